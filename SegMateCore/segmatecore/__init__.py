@@ -1,0 +1,8 @@
+"""SegMateCore: the SegMate organ-at-risk segmentation engine (no Slicer imports)."""
+from .checkpoint import CheckpointError, load_model, read_metadata, save_model
+from .models import SegMateNet, SegMateOutput, create_model
+
+__version__ = "0.1.0"
+
+__all__ = ["CheckpointError", "SegMateNet", "SegMateOutput", "create_model", "load_model", "read_metadata",
+           "save_model", "__version__"]

@@ -1,0 +1,215 @@
+"""SegMate weight files: safetensors tensors plus JSON metadata in the safetensors header.
+
+Nothing here ever unpickles: a file is refused unless it parses as safetensors, carries our
+metadata, and its tensors fit the architecture the metadata names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .models import SegMateNet, backbone_spec, create_model
+
+FORMAT_VERSION = 1
+ARCHITECTURE = "SegMateNet"
+METADATA_KEY = "segmate"
+REQUIRED_KEYS = ("format_version", "architecture", "backbone", "organs", "preprocessing", "z_norm",
+                 "provenance")
+PREPROCESSING_KEYS = ("hu_window", "normalize", "input_size", "slice_convention")
+
+
+class CheckpointError(ValueError):
+    """A weight file that SegMate refuses to load; the message says why and what to do."""
+
+
+def default_metadata(backbone: str, **overrides: Any) -> dict[str, Any]:
+    """Metadata for a model trained with the paper's defaults; override what differs."""
+    from .organs import organ_keys
+
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "architecture": ARCHITECTURE,
+        "backbone": backbone_spec(backbone).timm_name,
+        "deep_supervision": False,
+        "reparameterized": False,
+        "organs": organ_keys(),
+        "trained_organs": organ_keys(),
+        "preprocessing": {
+            "hu_window": [-1000.0, 400.0],
+            "normalize": {"mean": 0.5, "std": 0.5},
+            "input_size": [512, 512],
+            "slice_convention": "RAS+ closest canonical; axial slice = array[:, :, k]; 2.5D (k-1, k, k+1) edge-replicated",
+        },
+        "z_norm": {"mode": "organ_extent"},
+        "provenance": {"source": "untrained"},
+    }
+    meta.update(overrides)
+    return meta
+
+
+def validate_metadata(meta: Any, where: str = "metadata") -> dict[str, Any]:
+    """Check the metadata describes an architecture we can build; raise CheckpointError if not."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: SegMate metadata must be a JSON object.")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise CheckpointError(f"{where}: SegMate metadata lacks {', '.join(missing)}. "
+                              "Save weights with segmatecore.save_model or segmate import-research.")
+    if meta["architecture"] != ARCHITECTURE:
+        raise CheckpointError(f"{where}: unknown architecture {meta['architecture']!r}; expected {ARCHITECTURE!r}.")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{where}: format version {meta['format_version']!r} is not supported "
+                              f"(this SegMate reads version {FORMAT_VERSION}); update SegMate.")
+    try:
+        backbone_spec(str(meta["backbone"]))
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    organs = meta["organs"]
+    if not isinstance(organs, list) or not organs or not all(isinstance(o, str) for o in organs):
+        raise CheckpointError(f"{where}: 'organs' must be a non-empty list of organ keys.")
+    from .organs import organ_keys
+    unknown = [o for o in organs + list(meta.get("trained_organs", [])) if o not in organ_keys()]
+    if unknown:
+        raise CheckpointError(f"{where}: unknown organ keys {unknown}; known: {organ_keys()}.")
+    pre = meta["preprocessing"]
+    if not isinstance(pre, dict) or any(k not in pre for k in PREPROCESSING_KEYS):
+        raise CheckpointError(f"{where}: 'preprocessing' must give {', '.join(PREPROCESSING_KEYS)}.")
+    size = pre["input_size"]
+    if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(s, int) and s > 0 and s % 32 == 0
+                                                              for s in size)):
+        raise CheckpointError(f"{where}: input_size {size!r} must be two positive multiples of 32.")
+    lo, hi = pre["hu_window"]
+    if not lo < hi:
+        raise CheckpointError(f"{where}: hu_window {pre['hu_window']!r} must be [low, high] with low < high.")
+    if meta["z_norm"].get("mode") not in ("organ_extent", "volume", "none"):
+        raise CheckpointError(f"{where}: z_norm mode must be organ_extent, volume or none.")
+    return meta
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """Parse the safetensors header ourselves first, so the error names the real problem."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is not a safetensors file (only {size} bytes).")
+        (n,) = struct.unpack("<Q", head)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise CheckpointError(f"{path} looks like a pickled PyTorch checkpoint (.pth), which SegMate never "
+                                  "loads. Convert it with: segmate import-research CKPT.pth --backbone NAME -o OUT.safetensors")
+        if n > size - 8 or n > 100_000_000:
+            raise CheckpointError(f"{path} is not a safetensors file, or it is truncated (header claims "
+                                  f"{n} bytes, file has {size}). Download or copy it again.")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON).") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object).")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+               and "data_offsets" in v), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(f"{path} is truncated: {size} bytes, tensors need {8 + n + end}. Download or copy it again.")
+    return header
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The validated SegMate metadata of a weight file, without loading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Model file {path} does not exist.")
+    header = _read_header(path)
+    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if raw is None:
+        raise CheckpointError(f"{path} has no SegMate metadata: it is a safetensors file, but not a SegMate model. "
+                              "Research checkpoints are converted with segmate import-research.")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: the SegMate metadata is not valid JSON.") from None
+    return validate_metadata(meta, str(path))
+
+
+def model_from_metadata(meta: dict[str, Any]) -> SegMateNet:
+    """An untrained SegMateNet with the architecture the metadata describes."""
+    model = create_model(meta["backbone"], deep_supervision=bool(meta.get("deep_supervision", False)),
+                         num_classes=len(meta["organs"]))
+    if meta.get("reparameterized"):
+        model.reparameterize()
+    return model
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse tensors whose names or shapes do not fit ``model``, listing the first few."""
+    expected = model.state_dict()
+    problems = []
+    for k in expected:
+        if k not in state:
+            problems.append(f"missing {k}")
+        elif tuple(state[k].shape) != tuple(expected[k].shape):
+            problems.append(f"{k} has shape {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}")
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise CheckpointError(f"{where}: the tensors do not fit a {model.backbone} SegMateNet with "
+                              f"{model.num_classes} organs ({len(problems)} problems): {shown}.")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", reparameterize: bool = True) -> SegMateNet:
+    """Load a SegMate safetensors model in eval mode, with ``.metadata``.
+
+    FastViT branches are re-parameterised for inference unless ``reparameterize=False``.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    model = model_from_metadata(meta)
+    try:
+        state = load_file(str(path), device="cpu")
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} could not be read as safetensors: {exc}") from None
+    check_state_dict(model, state, str(path))
+    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in state.items()})
+    model.eval()
+    if reparameterize:
+        model.reparameterize()
+    model.metadata = meta
+    return model.to(device)
+
+
+def save_model(model: SegMateNet, path: str | Path, metadata: dict[str, Any] | None = None,
+               dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` with ``metadata`` (defaults filled in) atomically to ``path``.
+
+    ``dtype=torch.float16`` stores floating tensors in half precision (they load back as float32).
+    """
+    path = Path(path)
+    meta = default_metadata(model.backbone)
+    meta.update(deepcopy(metadata or getattr(model, "metadata", None) or {}))
+    meta.update(architecture=ARCHITECTURE, format_version=FORMAT_VERSION,
+                backbone=backbone_spec(model.backbone).timm_name,
+                deep_supervision=bool(len(model.deep_heads)), reparameterized=model.is_reparameterized)
+    if len(meta["organs"]) != model.num_classes:
+        raise CheckpointError(f"metadata lists {len(meta['organs'])} organs but the model predicts {model.num_classes}.")
+    validate_metadata(meta)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,53 @@
+"""The ``segmate`` command line: parses arguments and calls the library; no logic of its own.
+
+Each subcommand lives in ``segmatecore.commands.<name>`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func(args) -> int`` (the exit code).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+
+COMMANDS = [
+    "info",
+    "import_research",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segmate", description="SegMate: lightweight organ-at-risk segmentation of CT.")
+    parser.add_argument("--version", action="version", version=f"segmate {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"segmatecore.commands.{name}").register(sub)
+    return parser
+
+
+class UserError(Exception):
+    """An error whose message is all the user needs: printed as one line, exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, FileNotFoundError, KeyError) as exc:
+        if args.verbose:
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"segmate {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segmate: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``segmate`` subcommand (see segmatecore.cli)."""

@@ -1,0 +1,44 @@
+"""The documented deterministic fill of ../shared/reference (README there), for tests only."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+def reference_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+    """Research-layout state dict for ``backbone`` filled by the README's formula."""
+    shapes = json.loads((REFERENCE_DIR / f"research_state_dict_{backbone}.json").read_text())
+    state: dict[str, torch.Tensor] = {}
+    i = 0
+    for key in sorted(shapes):
+        shape = shapes[key]
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=torch.long)
+            continue
+        n = int(np.prod(shape)) if shape else 1
+        j = np.arange(n, dtype=np.float64)
+        base = np.sin(0.37 * (j + 1) + 1.3 * (i + 1))
+        if key.endswith("running_var"):
+            vals = 1 + 0.5 * np.abs(base)
+        elif key.endswith(".gamma"):
+            vals = 0.1 * base
+        elif len(shape) >= 2:
+            vals = 1.5 * base / math.sqrt(n / shape[0])
+        elif key.endswith(".weight"):
+            vals = 1 + 0.1 * base
+        else:
+            vals = 0.05 * base
+        state[key] = torch.from_numpy(vals.reshape(shape)).to(torch.float32)
+        i += 1
+    return state
+
+
+def reference_outputs(backbone: str) -> dict[str, np.ndarray]:
+    with np.load(REFERENCE_DIR / f"research_outputs_{backbone}.npz") as z:
+        return {k: z[k] for k in z.files}
