@@ -99,16 +99,21 @@ def _read_header(path: Path) -> dict[str, Any]:
     """Parse the safetensors header ourselves first, so the error names the real problem."""
     size = path.stat().st_size
     with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
+        head = fh.read(9)
+        if len(head) < 9:
             raise CheckpointError(f"{path} is not a safetensors file (only {size} bytes).")
-        (n,) = struct.unpack("<Q", head)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise CheckpointError(f"{path} looks like a pickled PyTorch checkpoint (.pth), which SegMate never "
-                                  "loads. Convert it with: segmate import-research CKPT.pth --backbone NAME -o OUT.safetensors")
+        if head[8:9] != b"{":  # a safetensors header is JSON right after its 8-byte length
+            if head[:2] == b"PK" or head[:1] == b"\x80":
+                raise CheckpointError(f"{path} looks like a pickled PyTorch checkpoint (.pth), which SegMate never "
+                                      "loads. Convert it with: segmate import-research CKPT.pth --backbone NAME "
+                                      "-o OUT.safetensors")
+            raise CheckpointError(f"{path} is not a safetensors file. SegMate models are .safetensors files "
+                                  "from the model catalogue or segmatecore.save_model.")
+        (n,) = struct.unpack("<Q", head[:8])
         if n > size - 8 or n > 100_000_000:
             raise CheckpointError(f"{path} is not a safetensors file, or it is truncated (header claims "
                                   f"{n} bytes, file has {size}). Download or copy it again.")
+        fh.seek(8)
         raw = fh.read(n)
     try:
         header = json.loads(raw)
