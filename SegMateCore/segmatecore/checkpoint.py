@@ -6,6 +6,7 @@ metadata, and its tensors fit the architecture the metadata names.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -73,11 +74,14 @@ def validate_metadata(meta: Any, where: str = "metadata") -> dict[str, Any]:
         backbone_spec(str(meta["backbone"]))
     except ValueError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
-    organs = meta["organs"]
-    if not isinstance(organs, list) or not organs or not all(isinstance(o, str) for o in organs):
+    organs, trained = meta["organs"], meta.get("trained_organs", [])
+    for name, keys in (("organs", organs), ("trained_organs", trained)):
+        if not isinstance(keys, list) or not all(isinstance(o, str) for o in keys) or len(set(keys)) != len(keys):
+            raise CheckpointError(f"{where}: '{name}' must be a list of distinct organ keys.")
+    if not organs:
         raise CheckpointError(f"{where}: 'organs' must be a non-empty list of organ keys.")
     from .organs import organ_keys
-    unknown = [o for o in organs + list(meta.get("trained_organs", [])) if o not in organ_keys()]
+    unknown = [o for o in organs + trained if o not in organ_keys()]
     if unknown:
         raise CheckpointError(f"{where}: unknown organ keys {unknown}; known: {organ_keys()}.")
     pre = meta["preprocessing"]
@@ -87,12 +91,20 @@ def validate_metadata(meta: Any, where: str = "metadata") -> dict[str, Any]:
     if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(s, int) and s > 0 and s % 32 == 0
                                                               for s in size)):
         raise CheckpointError(f"{where}: input_size {size!r} must be two positive multiples of 32.")
-    lo, hi = pre["hu_window"]
-    if not lo < hi:
-        raise CheckpointError(f"{where}: hu_window {pre['hu_window']!r} must be [low, high] with low < high.")
-    if meta["z_norm"].get("mode") not in ("organ_extent", "volume", "none"):
+    window, norm = pre["hu_window"], pre["normalize"]
+    if not (isinstance(window, list) and len(window) == 2 and all(_is_number(v) for v in window)
+            and window[0] < window[1]):
+        raise CheckpointError(f"{where}: hu_window {window!r} must be [low, high] with low < high.")
+    if not (isinstance(norm, dict) and _is_number(norm.get("mean")) and _is_number(norm.get("std"))
+            and norm["std"] > 0):
+        raise CheckpointError(f"{where}: normalize {norm!r} must be {{\"mean\": number, \"std\": number > 0}}.")
+    if not isinstance(meta["z_norm"], dict) or meta["z_norm"].get("mode") not in ("organ_extent", "volume", "none"):
         raise CheckpointError(f"{where}: z_norm mode must be organ_extent, volume or none.")
     return meta
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _read_header(path: Path) -> dict[str, Any]:
@@ -121,8 +133,15 @@ def _read_header(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON).") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object).")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-               and "data_offsets" in v), default=0)
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for key, entry in tensors.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+            raise CheckpointError(f"{path} is not a safetensors file (tensor {key[:80]!r} has no valid data_offsets).")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path} is not a safetensors file (its __metadata__ is not a map of strings).")
+    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
     if 8 + n + end > size:
         raise CheckpointError(f"{path} is truncated: {size} bytes, tensors need {8 + n + end}. Download or copy it again.")
     return header
@@ -183,7 +202,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", reparameter
     except SafetensorError as exc:
         raise CheckpointError(f"{path} could not be read as safetensors: {exc}") from None
     check_state_dict(model, state, str(path))
-    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in state.items()})
+    expected = model.state_dict()  # once: building it per tensor made loading quadratic
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.eval()
     if reparameterize:
         model.reparameterize()

@@ -15,6 +15,13 @@ from . import __version__
 COMMANDS = [
     "info",
     "import_research",
+    "predict",
+    "prepare",
+    "train",
+    "finetune",
+    "evaluate",
+    "models",
+    "bench",
 ]
 
 

@@ -1,0 +1,639 @@
+"""``segmate bench``: seconds and peak memory per CT volume, per backbone and per optimisation, and a
+3D nnU-Net peer (:mod:`segmatecore.peers`) on the same CT, all in one run.
+
+The CT is the bundled TotalSegmentator sample resampled with SimpleITK to 512 x 512 x 162 over
+its own physical extent. Each configuration runs in a fresh Python process, so peak memory
+figures do not mix; a thread samples the resident set size with psutil (and the kernel's own
+high-water mark is kept beside it); on CUDA ``torch.cuda.max_memory_allocated`` is reported too.
+
+Two kinds of rows:
+
+- ``network``: the network alone on ``network_slices`` slices spread over the volume, after one
+  warm-up batch; ``s_network`` is the per-slice time times the volume's slice count. These rows
+  switch the optimisations of :mod:`segmatecore.optimize` on one at a time.
+- ``end_to_end``: the product path, timed from reading the model file to the written labels:
+  ``load_model``, ``prepare_for_inference``, ``segment`` (read, preprocess, z_norm pass, network,
+  back to the grid, post-processing) and ``export.write_outputs``. ``s_network`` is the network
+  time inside ``segment``.
+
+The models are random (fixed seed): weights do not change cost. So that the Dice check against
+fp32 means something, their batch-norm statistics are re-estimated on CT slices and their output
+biases centred (:func:`benchmark_model`); an untouched random network predicts the same value at
+every pixel, which any precision reproduces.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .optimize import DEFAULT, NONE, Optimizations, cpu_description
+from .peers import NNUNET_PATCH, NNUNET_SPACING_MM
+
+log = logging.getLogger(__name__)
+
+BENCH_SIZE = (512, 512, 162)
+QUICK_SIZE = (64, 64, 12)
+BACKBONES = ("fastvit_t12", "mambaout_tiny", "efficientnetv2_m")
+SEED = 0
+DICE_BAR = 0.99
+NETWORK_SLICES = 16
+QUICK_NETWORK_SLICES = 4
+QUICK_PEER_PATCH = (64, 64, 64)
+QUICK_PEER_SPACING_MM = 6.0  # the quick run's peer grid fits one 64^3 patch
+SAMPLE_CT = ("SampleData", "totalsegmentator_example_ct.nii.gz")
+SCOPES = ("network", "end_to_end")
+ROW_FIELDS = ("name", "model", "device", "dtype", "params_m", "gmacs_per_slice", "s_per_volume", "s_network",
+              "peak_rss_mb", "peak_gpu_mb", "optimisations")
+
+
+# ------------------------------------------------------------------------------------------- configurations
+
+@dataclass
+class Config:
+    """One row of the benchmark: what runs and how."""
+
+    name: str
+    kind: str                      # "segmate" or "nnunet"
+    scope: str                     # "network" or "end_to_end"
+    backbone: str | None = None
+    precision: str = "auto"
+    grad_mode: str = "inference_mode"
+    optimizations: dict[str, Any] = field(default_factory=DEFAULT.as_dict)
+    skip_outside_extent: bool = False
+    reference: str | None = None   # the fp32 row whose outputs this one must agree with
+
+
+def _opts(o: Optimizations) -> dict[str, Any]:
+    return o.as_dict()
+
+
+def segmate_configs(backbone: str, openvino: bool, precision: str = "auto") -> list[Config]:
+    """The optimisation ladder (network alone) and the product path (end to end) for one backbone."""
+    from .models.encoder import backbone_spec
+
+    ladder: list[tuple[str, Optimizations, str, str]] = [("baseline fp32 eager (no_grad)", NONE, "fp32", "no_grad"),
+                                                         ("+ inference_mode", NONE, "fp32", "inference_mode")]
+    step = NONE
+    if backbone_spec(backbone).reparameterizable:
+        step = step.with_(reparameterize=True)
+        ladder.append(("+ reparameterize", step, "fp32", "inference_mode"))
+    step = step.with_(fold_batchnorm=True)
+    ladder.append(("+ fold batchnorm", step, "fp32", "inference_mode"))
+    step = step.with_(channels_last=True)
+    ladder.append(("+ channels_last", step, "fp32", "inference_mode"))
+    step = step.with_(bf16=True)
+    ladder.append(("+ bf16", step, "bf16", "inference_mode"))
+    ladder.append(("+ bf16, 1 thread", step.with_(threads=1), "bf16", "inference_mode"))
+    if openvino:
+        ladder.append(("openvino fp32", step.with_(runtime="openvino"), "fp32", "inference_mode"))
+        ladder.append(("openvino bf16", step.with_(runtime="openvino"), "bf16", "inference_mode"))
+    reference = f"{backbone} network: {ladder[0][0]}"
+    configs = [Config(f"{backbone} network: {label}", "segmate", "network", backbone, prec, grad, _opts(o),
+                      reference=None if i == 0 else reference)
+               for i, (label, o, prec, grad) in enumerate(ladder)]
+    e2e_ref = f"{backbone} end_to_end: eager fp32"
+    configs.append(Config(e2e_ref, "segmate", "end_to_end", backbone, "fp32", optimizations=_opts(DEFAULT.with_(
+        runtime="torch"))))
+    if openvino:
+        configs.append(Config(f"{backbone} end_to_end: eager {precision}", "segmate", "end_to_end", backbone,
+                              precision, optimizations=_opts(DEFAULT.with_(runtime="torch")), reference=e2e_ref))
+    configs.append(Config(f"{backbone} end_to_end: default {precision}", "segmate", "end_to_end", backbone, precision,
+                          reference=e2e_ref))
+    configs.append(Config(f"{backbone} end_to_end: default {precision}, skip_outside_extent", "segmate",
+                          "end_to_end", backbone, precision, skip_outside_extent=True, reference=e2e_ref))
+    return configs
+
+
+def peer_config() -> Config:
+    return Config("nnunet_3d_fullres end_to_end: fp32 (as nnU-Net runs on a CPU)", "nnunet", "end_to_end",
+                  precision="fp32", optimizations={})
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+def sample_ct_path() -> Path:
+    """The bundled TotalSegmentator example CT (the shared data copy when the bundle is absent)."""
+    from .resources import resource_path
+
+    bundled = resource_path(*SAMPLE_CT)
+    if bundled.is_file():
+        return bundled
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "totalseg_example" / "example_ct.nii.gz"
+    if shared.is_file():
+        return shared
+    raise FileNotFoundError(f"The benchmark CT {bundled} is missing; pass --ct PATH to a CT volume.")
+
+
+def resample_to_size(image: sitk.Image, size: Sequence[int]) -> sitk.Image:
+    """``image`` over the same physical extent on a ``size`` grid (linear, int16), as CTs are stored."""
+    size = [int(s) for s in size]
+    spacing = [n * s / m for n, s, m in zip(image.GetSize(), image.GetSpacing(), size)]
+    # keep the extent: the first voxel centre moves by half the change of spacing
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    shift = direction @ ((np.array(spacing) - np.array(image.GetSpacing())) / 2)
+    origin = (np.array(image.GetOrigin()) + shift).tolist()
+    out = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin, spacing, image.GetDirection(),
+                        -1024.0, sitk.sitkFloat32)
+    return sitk.Cast(sitk.Round(out), sitk.sitkInt16)
+
+
+def calibration_slices(image: sitk.Image, input_size: Sequence[int], count: int = 8) -> torch.Tensor:
+    """Normalised 2.5D stacks of ``count`` slices spread over ``image``, at the model's input size."""
+    from .geometry import to_canonical
+    from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
+
+    canonical, _ = to_canonical(image)
+    pre = Preprocessing(input_size=tuple(int(v) for v in input_size))
+    t = np.linspace(0, canonical.shape[2] - 1, count).round().astype(int)
+    return resize_slices(torch.from_numpy(normalize_hu(stack_25d(canonical, t), pre)), pre.input_size)
+
+
+@torch.no_grad()
+def benchmark_model(backbone: str, calibration: torch.Tensor, seed: int = SEED, positive_fraction: float = 0.3):
+    """A fixed-seed random SegMateNet whose outputs vary over the image like a trained model's.
+
+    Batch-norm statistics are re-estimated on CT slices (the network is otherwise a constant
+    function of position), then each organ's logit bias is set so that ``positive_fraction`` of
+    the calibration pixels are positive and the presence biases so that half the slices are.
+    """
+    from .checkpoint import default_metadata
+    from .models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(backbone)
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in batchnorms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    z = torch.linspace(0, 1, len(calibration))
+    for i in range(0, len(calibration), 4):
+        model(calibration[i:i + 4], z[i:i + 4])
+    model.eval()
+    out = model(calibration, z)
+    logits = out.seg.transpose(0, 1).reshape(model.num_classes, -1)
+    model.seg_head.bias -= torch.quantile(logits[:, ::97].float(), 1 - positive_fraction, dim=1)
+    presence_logits = torch.logit(out.presence.clamp(1e-6, 1 - 1e-6))
+    model.presence_head[-1].bias -= presence_logits.median(dim=0).values
+    size = list(calibration.shape[-2:])
+    meta = default_metadata(backbone, provenance={"source": "segmate bench", "seed": seed,
+                                                  "note": "random weights, batch-norm statistics from CT"})
+    meta["preprocessing"]["input_size"] = size
+    model.metadata = meta
+    return model
+
+
+# ------------------------------------------------------------------------------------------- measuring
+
+class PeakMemory:
+    """Peak resident set size of this process, sampled by a thread (psutil) every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.01):
+        import psutil
+
+        self._process = psutil.Process()
+        self.interval = interval
+        self.peak = self.peak_private = 0
+        self._read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _read(self) -> None:
+        info = self._process.memory_info()
+        self.peak = max(self.peak, info.rss)
+        # rss minus file-backed pages (shared libraries): the memory the process itself allocated
+        self.peak_private = max(self.peak_private, info.rss - getattr(info, "shared", 0))
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._read()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+    @property
+    def peak_private_mb(self) -> float:
+        return self.peak_private / 2**20
+
+
+def _kernel_peak_mb() -> float:
+    """The kernel's high-water mark of this process's resident set (ru_maxrss, KiB on Linux)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+# ------------------------------------------------------------------------------------------- workers
+
+def _grad_context(mode: str):
+    return torch.inference_mode() if mode == "inference_mode" else torch.no_grad()
+
+
+def _network_worker(job: dict[str, Any], config: Config, device: torch.device) -> dict[str, Any]:
+    from .checkpoint import load_model
+    from .geometry import to_canonical
+    from .optimize import compute_dtype, prepare_for_inference
+    from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
+    from .zpass import volume_z_norm
+
+    opts = Optimizations(**config.optimizations)
+    canonical, _ = to_canonical(sitk.ReadImage(job["ct"]))
+    depth = canonical.shape[2]
+    t_all = np.linspace(0, depth - 1, job["network_slices"]).round().astype(int)
+    row: dict[str, Any] = {}
+    with PeakMemory() as memory:
+        t0 = time.perf_counter()
+        model = load_model(job["model"], device="cpu", reparameterize=False)
+        pre = Preprocessing.from_metadata(model.metadata)
+        net, autocast = prepare_for_inference(model, device, config.precision, optimizations=opts, copy_model=False)
+        row["s_prepare"] = time.perf_counter() - t0
+        batch = job["batch_size"]
+        masks, elapsed, cpu = [], 0.0, 0.0
+        with _grad_context(config.grad_mode), torch.autocast(device.type, dtype=autocast or torch.float32,
+                                                             enabled=autocast is not None):
+            for i in range(-batch, len(t_all), batch):  # the first batch warms up and is not timed
+                t = t_all[max(i, 0):max(i, 0) + batch]
+                x = resize_slices(torch.from_numpy(normalize_hu(stack_25d(canonical, t), pre)), pre.input_size)
+                x, z = x.to(device), torch.from_numpy(volume_z_norm(t, depth)).to(device)
+                _sync(device)
+                start, cpu_start = time.perf_counter(), time.process_time()
+                out = net(x, z)
+                _sync(device)
+                if i >= 0:
+                    elapsed += time.perf_counter() - start
+                    cpu += time.process_time() - cpu_start
+                    masks.append((out.seg.float() > 0).cpu().numpy())
+    np.save(Path(job["outdir"]) / "masks.npy", np.packbits(np.concatenate(masks), axis=-1))
+    row.update(s_network=elapsed / len(t_all) * depth, s_per_slice=elapsed / len(t_all), slices_timed=len(t_all),
+               cpu_s_network=cpu / len(t_all) * depth,
+               peak_rss_mb=memory.peak_mb, peak_private_mb=memory.peak_private_mb, dtype=str(compute_dtype(device, config.precision, opts)).split(".")[-1],
+               runtime=type(net).__name__)
+    return row
+
+
+def _end_to_end_worker(job: dict[str, Any], config: Config, device: torch.device) -> dict[str, Any]:
+    from .checkpoint import load_model
+    from .export import write_outputs
+    from .inference import segment
+    from .optimize import compute_dtype, prepare_for_inference
+
+    opts = Optimizations(**config.optimizations)
+    with PeakMemory() as memory:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        model = load_model(job["model"], device="cpu", reparameterize=opts.reparameterize)
+        net, _ = prepare_for_inference(model, device, config.precision, optimizations=opts, copy_model=False)
+        s_prepare = time.perf_counter() - t0
+        result = segment(job["ct"], model=net, device=str(device), precision=config.precision,
+                         batch_size=job["batch_size"], skip_outside_extent=config.skip_outside_extent)
+        write_outputs(result, job["outdir"], formats=("nifti",))
+        total, cpu_total = time.perf_counter() - t0, time.process_time() - cpu0
+    timings = {k: round(v, 3) for k, v in result.timings.items()}
+    return {"s_per_volume": total, "s_network": result.timings["network"], "s_prepare": s_prepare,
+            "cpu_s_per_volume": cpu_total,
+            "timings": timings, "z_range": result.z_range, "peak_rss_mb": memory.peak_mb,
+            "peak_private_mb": memory.peak_private_mb,
+            "dtype": str(compute_dtype(device, config.precision, opts)).split(".")[-1], "runtime": type(net).__name__}
+
+
+def _nnunet_worker(job: dict[str, Any], config: Config, device: torch.device) -> dict[str, Any]:
+    from .export import write_labels_nifti
+    from .peers import build_nnunet_3d_fullres, run_nnunet_peer
+
+    torch.manual_seed(SEED)
+    with PeakMemory() as memory:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        image = sitk.ReadImage(job["ct"])
+        read = time.perf_counter() - t0
+        network = build_nnunet_3d_fullres()
+        result = run_nnunet_peer(image, network, patch=tuple(job["peer_patch"]), spacing_mm=job["peer_spacing_mm"])
+        t1 = time.perf_counter()
+        write_labels_nifti(result.labelmap, Path(job["outdir"]) / "labels.nii.gz")
+        total, cpu_total = time.perf_counter() - t0, time.process_time() - cpu0
+    timings = {"read": read, **result.timings, "write": time.perf_counter() - t1, "total": total}
+    return {"s_per_volume": total, "s_network": result.timings["network"], "patches": result.patches,
+            "cpu_s_per_volume": cpu_total,
+            "peer_grid": list(result.grid), "timings": {k: round(v, 3) for k, v in timings.items()},
+            "peak_rss_mb": memory.peak_mb, "peak_private_mb": memory.peak_private_mb, "dtype": "float32",
+            "runtime": "PlainConvUNet"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_worker(job_path: str | os.PathLike) -> int:
+    """Run one configuration (in this fresh process) and write its measurements beside the job file."""
+    job = json.loads(Path(job_path).read_text())
+    config = Config(**job["config"])
+    device = torch.device(job["device"])
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    load_before = os.getloadavg()
+    worker = {"network": _network_worker, "end_to_end": _end_to_end_worker}[config.scope] \
+        if config.kind == "segmate" else _nnunet_worker
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    row = worker(job, config, device)
+    row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    row["kernel_peak_rss_mb"] = _kernel_peak_mb()
+    row["threads"] = torch.get_num_threads()
+    row["load_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    Path(job_path).with_name("result.json").write_text(json.dumps(row, default=str))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+@dataclass
+class BenchSetup:
+    """Files shared by all rows: the CT, one model file per backbone, the output folder."""
+
+    workdir: Path
+    ct: Path
+    models: dict[str, Path]
+    costs: dict[str, dict[str, float]]
+    depth: int
+
+
+def prepare_inputs(workdir: Path, backbones: Sequence[str], size: Sequence[int], ct_source: Path,
+                   input_size: int) -> BenchSetup:
+    """Write the resampled CT and a benchmark model per backbone; count parameters and MACs."""
+    from .checkpoint import save_model
+    from .info import count_parameters, gmacs_per_slice
+
+    image = resample_to_size(sitk.ReadImage(str(ct_source)), size)
+    ct = workdir / "ct.nii.gz"
+    sitk.WriteImage(image, str(ct))
+    calibration = calibration_slices(image, (input_size, input_size))
+    models, costs = {}, {}
+    for backbone in backbones:
+        model = benchmark_model(backbone, calibration)
+        models[backbone] = save_model(model, workdir / f"{backbone}.safetensors")
+        costs[backbone] = {"params_m": count_parameters(model) / 1e6,
+                           "gmacs_per_slice": gmacs_per_slice(model, input_size)}
+    return BenchSetup(workdir, ct, models, costs, int(size[2]))
+
+
+def peer_costs(patch: Sequence[int], patches: int, depth: int) -> dict[str, float]:
+    """Parameters and MACs of the nnU-Net peer, counted on the meta device (nothing is computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .peers import build_nnunet_3d_fullres
+
+    with torch.device("meta"):
+        network = build_nnunet_3d_fullres()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            network(torch.zeros(1, 1, *patch))
+    per_patch = counter.get_total_flops() / 2e9
+    return {"params_m": sum(p.numel() for p in network.parameters()) / 1e6,
+            "gmacs_per_slice": per_patch * patches / depth, "gmacs_per_patch": per_patch}
+
+
+def _run_config(config: Config, setup: BenchSetup, device: str, batch_size: int, network_slices: int,
+                peer: tuple[Sequence[int], float], threads: int | None, timeout: float) -> dict[str, Any]:
+    outdir = setup.workdir / "rows" / config.name.replace(" ", "_").replace(":", "").replace(",", "")[:80]
+    outdir.mkdir(parents=True, exist_ok=True)
+    job = {"config": asdict(config), "device": device, "ct": str(setup.ct), "outdir": str(outdir),
+           "model": str(setup.models.get(config.backbone, "")), "batch_size": batch_size,
+           "network_slices": network_slices, "peer_patch": list(peer[0]), "peer_spacing_mm": peer[1],
+           "threads": threads}
+    job_path = outdir / "job.json"
+    job_path.write_text(json.dumps(job))
+    env = {**os.environ, "SEGMATE_HOME": str(setup.workdir / "home")}
+    proc = subprocess.run([sys.executable, "-m", "segmatecore.bench", "--worker", str(job_path)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark row {config.name!r} failed:\n{proc.stderr[-3000:]}")
+    row = json.loads((outdir / "result.json").read_text())
+    row["outdir"] = str(outdir)
+    return row
+
+
+def _compare(rows: list[dict[str, Any]], organs: Sequence[str]) -> None:
+    """Per-organ Dice of each row's output against its fp32 reference row (network masks or labelmaps)."""
+    by_name = {r["name"]: r for r in rows}
+    for row in rows:
+        ref = by_name.get(row.get("reference") or "")
+        if ref is None:
+            continue
+        if row["scope"] == "network":
+            a = np.unpackbits(np.load(Path(row["outdir"]) / "masks.npy"), axis=-1).astype(bool)
+            b = np.unpackbits(np.load(Path(ref["outdir"]) / "masks.npy"), axis=-1).astype(bool)
+            scores = {k: dice(a[:, i], b[:, i]) for i, k in enumerate(organs)}
+        else:
+            a = sitk.GetArrayViewFromImage(sitk.ReadImage(str(Path(row["outdir"]) / "labels.nii.gz")))
+            b = sitk.GetArrayViewFromImage(sitk.ReadImage(str(Path(ref["outdir"]) / "labels.nii.gz")))
+            scores = {k: dice(a == i + 1, b == i + 1) for i, k in enumerate(organs)}
+        row["dice_vs_fp32"] = {k: round(v, 4) for k, v in scores.items()}
+        row["dice_min"] = round(min(scores.values()), 4)
+        row["agrees_with_fp32"] = row["dice_min"] >= DICE_BAR
+
+
+def machine_description() -> dict[str, Any]:
+    import psutil
+
+    return {"cpu": cpu_description(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "openvino": _openvino_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _openvino_version() -> str | None:
+    from . import openvino_runtime
+
+    if not openvino_runtime.available():
+        return None
+    import openvino
+
+    return openvino.__version__
+
+
+def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, precision: str = "auto",
+                  device: str = "cpu", peer: bool = True, ct: str | os.PathLike | None = None,
+                  workdir: str | os.PathLike | None = None, batch_size: int = 4, network_slices: int | None = None,
+                  threads: int | None = None, timeout: float = 3600.0, scopes: Sequence[str] = SCOPES,
+                  report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every configuration and return ``{"machine", "ct", "rows"}`` (rows as documented in ROW_FIELDS)."""
+    from . import openvino_runtime
+    from .models.encoder import backbone_spec
+    from .organs import organ_keys
+
+    backbones = [backbone_spec(b).key for b in backbones]
+    size = QUICK_SIZE if quick else BENCH_SIZE
+    input_size = 64 if quick else 512
+    network_slices = network_slices or (QUICK_NETWORK_SLICES if quick else NETWORK_SLICES)
+    if quick and threads is None:
+        threads = 1  # tiny tensors: thread start-up and barriers would dominate, worst on a busy machine
+    peer_patch = QUICK_PEER_PATCH if quick else NNUNET_PATCH
+    peer_spacing = QUICK_PEER_SPACING_MM if quick else NNUNET_SPACING_MM
+    source = Path(ct) if ct else sample_ct_path()
+    context = contextlib.nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="segmate-bench-")
+    with context as folder:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        machine = machine_description()
+        setup = prepare_inputs(folder, backbones, size, source, input_size)
+        configs = [c for b in backbones for c in segmate_configs(b, openvino_runtime.available(), precision)
+                   if c.scope in scopes]
+        if peer and "end_to_end" in scopes:
+            configs.append(peer_config())
+        rows = []
+        for config in configs:
+            measured = _run_config(config, setup, device, batch_size, network_slices, (peer_patch, peer_spacing),
+                                   threads, timeout)
+            if config.kind == "nnunet":
+                costs = peer_costs(peer_patch, measured["patches"], setup.depth)
+                model = "nnunet_3d_fullres"
+            else:
+                costs, model = setup.costs[config.backbone], config.backbone
+            row = {"name": config.name, "model": model, "device": device, "scope": config.scope,
+                   "precision": config.precision, "grad_mode": config.grad_mode,
+                   "optimisations": config.optimizations, "skip_outside_extent": config.skip_outside_extent,
+                   "reference": config.reference, **costs, "s_per_volume": None, "peak_gpu_mb": None, **measured}
+            rows.append(row)
+            if report:
+                report(row)
+        _compare(rows, organ_keys())
+        for row in rows:
+            row.pop("outdir", None)
+            for key in ("params_m", "gmacs_per_slice", "s_per_volume", "s_network", "s_per_slice", "s_prepare",
+                        "cpu_s_network", "cpu_s_per_volume", "peak_rss_mb", "peak_private_mb", "kernel_peak_rss_mb",
+                        "peak_gpu_mb"):
+                if isinstance(row.get(key), float):
+                    row[key] = round(row[key], 3)
+        machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    return {"machine": machine, "ct": {"source": str(source), "size": list(size), "quick": quick}, "rows": rows}
+
+
+def profile_network(backbone: str, *, precision: str = "auto", runtime: str = "auto", input_size: int = 512,
+                    batch_size: int = 4, top: int = 15, ct: str | os.PathLike | None = None) -> str:
+    """Where the network's time goes, as a text table: OpenVINO's per-layer counters grouped by layer
+    type and execution kernel, or torch.profiler's operator table for the eager path."""
+    from . import openvino_runtime
+    from .optimize import prepare_for_inference
+
+    image = sitk.ReadImage(str(ct or sample_ct_path()))
+    slices = calibration_slices(image, (input_size, input_size), count=8)
+    model = benchmark_model(backbone, slices)
+    net, autocast = prepare_for_inference(model, torch.device("cpu"), precision,
+                                          optimizations=DEFAULT.with_(runtime=runtime), copy_model=False)
+    x, z = slices[:batch_size], torch.full((batch_size,), 0.5)
+    if isinstance(net, openvino_runtime.OpenVINONetwork):
+        request = net.compiled.create_infer_request()
+        request.infer([x.numpy(), z.numpy()])
+        start = time.perf_counter()
+        request.infer([x.numpy(), z.numpy()])
+        wall = time.perf_counter() - start
+        groups: dict[tuple[str, str], list[float]] = {}
+        for info in request.profiling_info:
+            entry = groups.setdefault((info.node_type, info.exec_type), [0.0, 0])
+            entry[0] += info.real_time.total_seconds()
+            entry[1] += 1
+        total = sum(v[0] for v in groups.values())
+        lines = [f"OpenVINO {net.precision}, batch {batch_size}, {input_size}x{input_size}: {wall:.3f} s wall, "
+                 f"{total:.3f} s summed over layers", "| layer type | kernel | layers | s | share |",
+                 "|---|---|---|---|---|"]
+        for (kind, kernel), (seconds, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
+            lines.append(f"| {kind} | {kernel} | {count} | {seconds:.3f} | {seconds / total:.0%} |")
+        return "\n".join(lines)
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
+        net(x, z)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            net(x, z)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs' results as one (rows concatenated; each row keeps its own load figures)."""
+    if not results:
+        raise ValueError("No benchmark results to merge.")
+    merged = dict(results[0])
+    merged["rows"] = [row for r in results for row in r["rows"]]
+    merged["runs"] = [{"machine": r["machine"], "ct": r["ct"], "rows": len(r["rows"])} for r in results]
+    return merged
+
+
+def plot(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Seconds per volume against peak memory for every row (network rows: network seconds, hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    colours = {}
+    for row in results["rows"]:
+        colour = colours.setdefault(row["model"], f"C{len(colours)}")
+        end_to_end = row["scope"] == "end_to_end"
+        seconds = row["s_per_volume"] if end_to_end else row["s_network"]
+        ax.scatter(row["peak_rss_mb"], seconds, s=60 if end_to_end else 30, color=colour if end_to_end else "none",
+                   edgecolors=colour, marker="o" if end_to_end else "s")
+        ax.annotate(row["name"].split(": ", 1)[-1], (row["peak_rss_mb"], seconds), fontsize=6,
+                    xytext=(3, 2), textcoords="offset points")
+    for model, colour in colours.items():
+        ax.scatter([], [], color=colour, label=model)
+    ax.scatter([], [], color="grey", marker="o", label="end to end (s per volume)")
+    ax.scatter([], [], color="none", edgecolors="grey", marker="s", label="network alone (s per volume)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("peak resident memory (MB)")
+    ax.set_ylabel("seconds per volume")
+    size = results["ct"]["size"]
+    ax.set_title(f"SegMate vs 3D nnU-Net, CT {size[0]} x {size[1]} x {size[2]}\n{results['machine']['cpu']}",
+                 fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def format_row(row: dict[str, Any]) -> str:
+    seconds = f"{row['s_per_volume']:.1f} s/volume" if row.get("s_per_volume") else "network only"
+    return (f"{row['name']}: {seconds}, network {row['s_network']:.1f} s, peak {row['peak_rss_mb']:.0f} MB, "
+            f"{row['dtype']}, load {row['load_before_after']}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        sys.exit(run_worker(sys.argv[2]))
+    sys.exit("usage: python -m segmatecore.bench --worker JOB.json (use `segmate bench` instead)")

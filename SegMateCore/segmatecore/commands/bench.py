@@ -1,0 +1,70 @@
+"""``segmate bench``: seconds and peak memory per CT for each backbone and optimisation, and a 3D nnU-Net peer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    from ..bench import BACKBONES
+
+    p = sub.add_parser("bench", help="speed and memory per CT volume against a 3D nnU-Net, in one run",
+                       description="Runs each configuration in a fresh process on the bundled sample CT resampled to "
+                                   "512 x 512 x 162 (64 x 64 x 12 with --quick) and prints one line per row.")
+    p.add_argument("--quick", action="store_true", help="a tiny volume and input size: checks the benchmark runs "
+                                                        "(figures are not meaningful)")
+    p.add_argument("--json", metavar="FILE", help="write every row (and the machine) as JSON")
+    p.add_argument("--plot", metavar="FILE", help="write seconds per volume against peak memory as a PNG")
+    p.add_argument("--backbones", nargs="+", default=list(BACKBONES), metavar="BACKBONE",
+                   help=f"backbones to measure (default: {' '.join(BACKBONES)})")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="precision of the product-path rows (auto: bf16 where the CPU computes it natively)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--no-peer", dest="peer", action="store_false", help="leave out the 3D nnU-Net peer")
+    p.add_argument("--ct", metavar="PATH", help="another CT to resample and use (default: the bundled sample)")
+    p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4, segment's CPU default)")
+    p.add_argument("--network-slices", type=int, help="slices timed in the network-alone rows (default 16)")
+    p.add_argument("--threads", type=int, help="PyTorch threads in every row (default: PyTorch's own)")
+    p.add_argument("--scope", choices=("all", "network", "end_to_end"), default="all",
+                   help="only the network-alone rows, or only the end-to-end rows (and the peer)")
+    p.add_argument("--from-json", nargs="+", metavar="FILE",
+                   help="measure nothing: merge these saved results and write --json/--plot from them")
+    p.add_argument("--profile", metavar="BACKBONE", help="measure nothing else: print where BACKBONE's network time "
+                                                        "goes (OpenVINO layer counters or torch.profiler)")
+    p.add_argument("--runtime", choices=("auto", "torch", "openvino"), default="auto", help="runtime for --profile")
+    p.add_argument("--workdir", metavar="DIR", help="keep the CT, models and outputs here (default: a temporary folder)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..bench import SCOPES, format_row, merge, plot, run_benchmark
+
+    if args.batch_size < 1 or (args.network_slices is not None and args.network_slices < 1):
+        raise ValueError("--batch-size and --network-slices must be at least 1.")
+    if args.profile:
+        from ..bench import profile_network
+
+        print(profile_network(args.profile, precision=args.precision, runtime=args.runtime,
+                              input_size=64 if args.quick else 512, batch_size=args.batch_size, ct=args.ct))
+        return 0
+    if args.from_json:
+        results = merge([json.loads(Path(f).read_text()) for f in args.from_json])
+        for row in results["rows"]:
+            print(format_row(row))
+    else:
+        results = run_benchmark(quick=args.quick, backbones=args.backbones, precision=args.precision,
+                                device=args.device, peer=args.peer, ct=args.ct, workdir=args.workdir,
+                                batch_size=args.batch_size, network_slices=args.network_slices, threads=args.threads,
+                                scopes=SCOPES if args.scope == "all" else (args.scope,),
+                                report=lambda row: print(format_row(row), flush=True))
+    for row in results["rows"]:
+        if "dice_min" in row:
+            verdict = "agrees" if row["agrees_with_fp32"] else "DIFFERS"
+            print(f"{row['name']}: Dice vs fp32 min {row['dice_min']:.4f} ({verdict})")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot(results, args.plot)}")
+    return 0

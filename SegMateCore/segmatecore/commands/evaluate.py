@@ -1,0 +1,40 @@
+"""``segmate evaluate --model M --data OUT [--split test] -o DIR``: Dice, HD95, IoU, precision, recall."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a model on a prepared split (CSV, Markdown summary, box plot)")
+    p.add_argument("--model", required=True, help="a SegMate .safetensors model")
+    p.add_argument("--data", nargs="+", required=True, help="prepared dataset folder(s) (segmate prepare)")
+    p.add_argument("--split", default="test", help="train, val or test (default %(default)s)")
+    p.add_argument("-o", "--output", required=True, help="folder for metrics.csv, summary.md, summary.json, boxplot.png")
+    p.add_argument("--organs", nargs="+", default=None, help="score only these organ keys")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    p.add_argument("--ground-truth-z", action="store_true",
+                   help="also run with z_norm from the ground-truth organ extent, for comparison")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..evaluate import evaluate
+
+    bar = tqdm(unit="case", desc="evaluate")
+
+    def progress(done: int, total: int, case: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(case)
+        bar.refresh()
+
+    summary = evaluate(args.model, args.data, args.output, split=args.split, device=args.device,
+                       ground_truth_z=args.ground_truth_z, organs=args.organs, progress=progress)
+    bar.close()
+    for mode, organs in summary["modes"].items():
+        for key, m in organs.items():
+            d, h = m["dice"], m["hd95_mm"]
+            print(f"{mode:15s} {key:13s} n={d['n']:3d} Dice {d.get('mean', float('nan')):.3f} "
+                  f"(median {d.get('median', float('nan')):.3f})  HD95 {h.get('mean', float('nan')):.1f} mm")
+    print(f"wrote {args.output}/metrics.csv, summary.md, summary.json, boxplot.png")
+    return 0

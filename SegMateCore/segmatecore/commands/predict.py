@@ -1,0 +1,194 @@
+"""``segmate predict INPUT [INPUT ...] -o OUTDIR``: segment CT volumes and write one folder per case.
+
+Each case is written into a hidden temporary folder inside OUTDIR and renamed to OUTDIR/<case>
+only when every file is complete, so a failure or Ctrl-C never leaves a partial case folder.
+A failing case is reported and the others still run; the exit code is 1 if any case failed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from collections import Counter
+from pathlib import Path
+
+FORMATS = ("nifti", "seg.nrrd", "report", "preview", "rtstruct")
+DEFAULT_FORMATS = "nifti,seg.nrrd,report,preview"
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    from ..inference import PRECISIONS, Z_NORM_MODES
+
+    p = sub.add_parser("predict", help="segment CT volumes (files or DICOM folders) into organ labelmaps",
+                       description="Segment each INPUT (NIfTI, NRRD, MHA/MHD file or DICOM series folder) and "
+                                   "write OUTDIR/<case>/ with the formats asked for.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="CT volume file or DICOM series folder")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the per-case output folders")
+    p.add_argument("--model", metavar="PATH_OR_ID", help="a .safetensors model or a catalogue id (default: the "
+                                                          "default model of the catalogue)")
+    p.add_argument("--organs", metavar="a,b,...", help="organ keys to segment (default: all the model was trained on)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, metavar="N", help="slices per batch (default 16 on CUDA, 4 on CPU)")
+    p.add_argument("--shard", metavar="i/n", help="process only the i-th of n interleaved parts of the inputs "
+                                                  "(0 <= i < n), for several machines or GPUs")
+    p.add_argument("--format", default=DEFAULT_FORMATS, metavar="LIST",
+                   help=f"comma-separated outputs among {', '.join(FORMATS)} (default {DEFAULT_FORMATS}; "
+                        "rtstruct only for DICOM input)")
+    p.add_argument("--z-norm", choices=Z_NORM_MODES, default="auto",
+                   help="slice position for FiLM: auto (label-free organ-extent estimate), volume or none")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto = fp16 autocast on CUDA, else fp32")
+    p.add_argument("--series", metavar="UID", help="SeriesInstanceUID to read from a DICOM folder with several series")
+    p.add_argument("--skip-outside-extent", action="store_true",
+                   help="with --z-norm auto, do not run slices outside the estimated organ extent")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="keep the thresholded network output (no largest component, no hole filling)")
+    p.set_defaults(func=run)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4.") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text!r}: need 0 <= i < n, e.g. 0/4 ... 3/4.")
+    return i, n
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"--format {text!r}: unknown {', '.join(unknown) or 'empty list'}; choose among "
+                         f"{', '.join(FORMATS)}.")
+    return formats
+
+
+def case_names(inputs: list[str]) -> list[str]:
+    """A distinct output folder name per input: its own name, prefixed by its parent's on a clash."""
+    from ..io import case_name
+
+    names = [case_name(p) for p in inputs]
+    clashes = Counter(names)
+    names = [f"{Path(p).resolve().parent.name}_{n}" if clashes[n] > 1 else n for p, n in zip(inputs, names)]
+    seen: Counter[str] = Counter()
+    unique = []
+    for n in names:
+        seen[n] += 1
+        unique.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return unique
+
+
+class _Progress:
+    """A tqdm bar per case that follows segment()'s (stage, done, total) callbacks."""
+
+    def __init__(self, name: str):
+        from tqdm import tqdm
+
+        self.name = name
+        self.bar = tqdm(total=0, desc=name, unit="slice", leave=False, file=sys.stderr, disable=None)
+        self.stage = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage or total != self.bar.total:
+            self.stage = stage
+            self.bar.reset(total=total)
+            self.bar.set_description(f"{self.name} [{stage}]")
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _write_case(result, loaded, formats: list[str], outdir: Path, name: str) -> Path:
+    """Write all outputs into a temporary folder, then rename it to OUTDIR/<name>."""
+    from ..export import write_outputs
+
+    dest = outdir / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=outdir))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the case folder should not be
+    old = None
+    try:
+        write_outputs(result, tmp, formats=tuple(formats), image=loaded.image, dicom_dir=loaded.dicom_dir,
+                      series_uid=loaded.series_uid)
+        if dest.exists():
+            old = dest.rename(outdir / f".{name}.old-{tmp.name}")
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            if dest.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.rename(dest)
+    return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    from ..validation import InputError
+
+    if isinstance(exc, (InputError, ValueError, FileNotFoundError, MemoryError)):
+        return message or type(exc).__name__
+    return f"{type(exc).__name__}: {message}"
+
+
+def run(args) -> int:
+    from ..inference import choose_organs, load_segmentation_model, segment
+    from ..io import load_volume
+
+    formats = parse_formats(args.format)
+    shard, shards = parse_shard(args.shard)
+    organs = [o.strip() for o in args.organs.split(",") if o.strip()] if args.organs else None
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1.")
+    names = case_names(list(args.inputs))
+    cases = list(zip(args.inputs, names))[shard::shards]
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    model, _ = load_segmentation_model(args.model)
+    choose_organs(organs, model.metadata)  # an unknown organ is a usage error, not a failure of every case
+    postprocess = {"largest_component": False, "fill_holes": False} if args.no_postprocess else None
+
+    failed = 0
+    for source, name in cases:
+        progress = _Progress(name)
+        try:
+            loaded = load_volume(source, series_uid=args.series)
+            result = segment(loaded, model, organs=organs, device=args.device, progress=progress,
+                             z_norm=args.z_norm, batch_size=args.batch_size, precision=args.precision,
+                             postprocess=postprocess, skip_outside_extent=args.skip_outside_extent)
+            case_formats = formats
+            if "rtstruct" in formats and not result.dicom_dir:
+                case_formats = [f for f in formats if f != "rtstruct"]
+                result.warnings.append("rtstruct needs a DICOM series as input; not written for this case.")
+            dest = _write_case(result, loaded, case_formats, outdir, name)
+            del loaded
+        except Exception as exc:  # noqa: BLE001 - one failing case must not stop the others
+            progress.close()
+            failed += 1
+            print(f"{name}: FAILED: {_one_line(exc)}", flush=True)
+            if getattr(args, "verbose", False):
+                traceback.print_exc()
+            continue
+        progress.close()
+        print(f"{name}: ok, {result.summary()} -> {dest}", flush=True)
+        for warning in result.warnings:
+            print(f"  warning: {warning}", flush=True)
+    print(f"{len(cases) - failed} of {len(cases)} case(s) done" + (f", {failed} failed" if failed else ""), flush=True)
+    return 1 if failed else 0

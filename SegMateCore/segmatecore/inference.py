@@ -1,0 +1,358 @@
+"""``segment()``: a CT volume in, a labelmap on the input's exact grid out.
+
+Slices stream through the network in batches: for each batch the 2.5D stacks are built from the
+canonical (RAS+) view of the input, windowed, resized to the model's input size, run, turned into
+probabilities, resized back to the input's in-plane size, thresholded and written as uint8 labels.
+Only one batch of probabilities exists at any time, never the volume's 512 x 512 x N x 9 floats.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from .geometry import from_canonical, to_canonical
+from .io import LoadedVolume, load_volume
+from .organs import organ, organ_keys
+from .postprocess import clean_organs, labels_from_probabilities, laterality_warnings, postprocess_options, volumes_ml
+from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
+from .result import SegmentationCancelled, SegmentationResult
+from .zpass import ZExtent, ZPassConfig, estimate_extent, volume_z_norm
+
+log = logging.getLogger(__name__)
+
+Z_NORM_MODES = ("auto", "volume", "none")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 4}
+ProgressCallback = Callable[[str, int, int], None]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; clear errors otherwise."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("Device 'mps' was requested but Apple's MPS is not available here; use --device cpu.")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"Device {name!r} was requested but no CUDA GPU is usable by this PyTorch; "
+                             "use --device cpu or install a CUDA build of PyTorch.")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ValueError(f"Device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+        return torch.device(name)
+    raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """fp16 autocast on CUDA for ``auto``; bf16 when asked; otherwise full fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; use {', '.join(PRECISIONS)}.")
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda":
+        return torch.float16
+    return None
+
+
+def load_segmentation_model(model: str | os.PathLike | nn.Module | None) -> tuple[nn.Module, dict[str, Any]]:
+    """The network to run and its ``model_info``: from a module, a .safetensors path, a catalogue id or None."""
+    if isinstance(model, nn.Module):
+        meta = getattr(model, "metadata", None)
+        if not isinstance(meta, dict) or "preprocessing" not in meta or "organs" not in meta:
+            raise ValueError("A model passed as a module needs a .metadata dict with 'organs' and 'preprocessing' "
+                             "(as segmatecore.load_model sets it).")
+        return model, _model_info(meta, None)
+    from .checkpoint import load_model
+
+    if model is not None and Path(model).is_file():
+        path, entry = Path(model), None
+    else:
+        from .catalogue import catalogue_entries, default_model_id, resolve_model
+
+        path = Path(resolve_model(model))
+        model_id = str(model) if model is not None else default_model_id()
+        entry = next((e for e in catalogue_entries() if e["id"] == model_id), None)
+    loaded = load_model(path, device="cpu")
+    return loaded, _model_info(loaded.metadata, path, entry)
+
+
+def _model_info(meta: dict[str, Any], path: Path | None, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the report says about the model: catalogue id and version when known, else from its metadata."""
+    provenance = meta.get("provenance", {}) or {}
+    entry = entry or {}
+    return {"backbone": meta.get("backbone"),
+            "id": entry.get("id") or meta.get("id") or provenance.get("id") or (path.stem if path else None),
+            "version": entry.get("version") or meta.get("version") or provenance.get("version"),
+            "input_size": list(meta["preprocessing"]["input_size"]), "provenance": provenance,
+            "path": str(path) if path else None}
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+@dataclass
+class BatchRunner:
+    """Runs a per-batch function over slice indices with the device policy of the issue.
+
+    On an out-of-memory error it halves the batch and retries; at batch 1 on a GPU it moves the
+    model to the CPU and carries on, each time with a warning. ``cancel`` is checked between batches.
+    """
+
+    model: nn.Module
+    device: torch.device
+    batch_size: int
+    precision: str = "auto"
+    cancel: Any = None
+    progress: ProgressCallback | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = autocast_dtype(self.device, self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise SegmentationCancelled("Segmentation cancelled; no output was written.")
+
+    def run(self, stage: str, t_all: np.ndarray, step: Callable[[np.ndarray], None]) -> None:
+        """Call ``step(t_batch)`` over ``t_all`` in batches, with progress, cancel and OOM fallback."""
+        done, total = 0, len(t_all)
+        if self.progress:
+            self.progress(stage, 0, total)
+        while done < total:
+            self.check_cancel()
+            batch = t_all[done:done + self.batch_size]
+            try:
+                step(batch)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
+                if not _is_out_of_memory(exc):
+                    raise
+                self._recover_from_oom(exc)
+                continue
+            done += len(batch)
+            if self.progress:
+                self.progress(stage, done, total)
+
+    def _recover_from_oom(self, exc: BaseException) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self.batch_size = max(1, self.batch_size // 2)
+            self.warnings.append(f"out of memory on {self.device}; batch size lowered to {self.batch_size}.")
+        elif self.device.type != "cpu":
+            self.warnings.append(f"out of memory on {self.device} even with batch size 1; continuing on the CPU "
+                                 "(slower).")
+            self.device = torch.device("cpu")
+            self.model.to(self.device)
+            if self.precision == "auto":
+                self.precision = "fp32"
+        else:
+            raise MemoryError(f"Out of memory on the CPU even with batch size 1 ({exc}); close other programs "
+                              "or use a smaller model input size.") from exc
+        log.warning(self.warnings[-1])
+
+
+class _Pipeline:
+    """The per-batch work of one segment() call, with its timings."""
+
+    def __init__(self, canonical: np.ndarray, pre: Preprocessing, runner: BatchRunner):
+        self.canonical = canonical
+        self.pre = pre
+        self.runner = runner
+        self.timings = {"preprocess": 0.0, "network": 0.0, "resample": 0.0}
+
+    def _sync(self) -> None:
+        if self.runner.device.type == "cuda":
+            torch.cuda.synchronize(self.runner.device)
+
+    def forward(self, t: np.ndarray, z_norm: np.ndarray | None):
+        start = time.perf_counter()
+        stacks = normalize_hu(stack_25d(self.canonical, t), self.pre)
+        x = resize_slices(torch.from_numpy(stacks).to(self.runner.device), self.pre.input_size)
+        z = None if z_norm is None else torch.from_numpy(np.asarray(z_norm, dtype=np.float32)).to(x.device)
+        self._sync()
+        mid = time.perf_counter()
+        self.timings["preprocess"] += mid - start
+        with self.runner.autocast():
+            out = self.runner.model(x, z)
+        self._sync()
+        self.timings["network"] += time.perf_counter() - mid
+        return out
+
+
+def choose_organs(organs: list[str] | None, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The organ keys to segment in organ-table order (default: the model's trained organs), and warnings."""
+    model_organs = list(meta["organs"])
+    trained = list(meta.get("trained_organs") or model_organs)
+    if organs is None:
+        return [k for k in organ_keys() if k in trained], []
+    organs = [organs] if isinstance(organs, str) else list(organs)
+    if not organs:
+        raise ValueError("No organs asked for; give at least one organ key, e.g. liver.")
+    unknown = [k for k in organs if k not in organ_keys()]
+    if unknown:
+        raise ValueError(f"Unknown organ(s) {', '.join(unknown)}; known organs: {', '.join(organ_keys())}.")
+    missing = [k for k in organs if k not in model_organs]
+    if missing:
+        raise ValueError(f"The model does not predict {', '.join(missing)}; it predicts {', '.join(model_organs)}.")
+    warnings = [f"the model was not trained on {k}; its {organ(k).name} output is not meaningful."
+                for k in organs if k not in trained]
+    return [k for k in organ_keys() if k in organs], warnings
+
+
+def segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model: str | os.PathLike | nn.Module | None = None,
+            organs: list[str] | None = None, device: str | torch.device = "auto",
+            progress: ProgressCallback | None = None, cancel: Any = None, *, z_norm: str = "auto",
+            batch_size: int | None = None, precision: str = "auto", postprocess: Mapping[str, Any] | None = None,
+            series_uid: str | None = None, skip_outside_extent: bool = False,
+            z_pass: ZPassConfig | None = None) -> SegmentationResult:
+    """Segment the organs of a CT volume; the labelmap has exactly the input's geometry.
+
+    ``z_norm``: ``auto`` estimates the organ extent with a first pass (FiLM off, presence head;
+    see :mod:`segmatecore.zpass`), ``volume`` spreads z over the whole volume, ``none`` turns FiLM off.
+    ``skip_outside_extent`` (auto only) leaves slices outside the estimated extent as background
+    without running them. ``cancel`` is any object with ``is_set()`` (a threading.Event); when set,
+    SegmentationCancelled is raised between batches and nothing is written.
+    """
+    t_start = time.perf_counter()
+    if z_norm not in Z_NORM_MODES:
+        raise ValueError(f"Unknown z_norm {z_norm!r}; use auto, volume or none.")
+    autocast_dtype(torch.device("cpu"), precision)  # validates the name before any work
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    timings: dict[str, float] = {}
+
+    loaded = load_volume(image_or_path, series_uid=series_uid)
+    image, warnings = loaded.image, list(loaded.warnings)
+    timings["read"] = loaded.read_seconds
+
+    net, info = load_segmentation_model(model)
+    meta = net.metadata
+    keys, organ_warnings = choose_organs(organs, meta)
+    warnings += organ_warnings
+    options = postprocess_options(keys, postprocess)
+    pre = Preprocessing.from_metadata(meta)
+    dev = resolve_device(device)
+    net.eval().to(dev)
+    runner = BatchRunner(net, dev, int(batch_size or DEFAULT_BATCH.get(dev.type, 4)), precision, cancel, progress)
+    runner.check_cancel()
+
+    canonical, frame = to_canonical(image)
+    nx, ny, nz = canonical.shape
+    pipeline = _Pipeline(canonical, pre, runner)
+    model_channels = list(meta["organs"])
+
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        extent = None
+        if z_norm == "auto":
+            trained = [model_channels.index(k) for k in (meta.get("trained_organs") or model_channels)]
+            extent = _estimate_extent(pipeline, runner, trained, nz, frame.spacing[2], z_pass or ZPassConfig())
+            if not extent.found:
+                warnings.append("z_norm: the first pass found no organ; z runs over the whole volume instead.")
+        timings["z_pass"] = time.perf_counter() - t0
+        for k in pipeline.timings:
+            pipeline.timings[k] = 0.0
+
+        labels_zxy = np.zeros((nz, nx, ny), dtype=np.uint8)
+        channels = torch.tensor([model_channels.index(k) for k in keys], dtype=torch.long)
+        label_values = torch.tensor([organ(k).label for k in keys], dtype=torch.uint8)
+        t_run = np.arange(nz)
+        if skip_outside_extent and extent is not None and extent.found:
+            t_run = t_run[extent.contains(t_run)]
+
+        def z_values(t: np.ndarray) -> np.ndarray | None:
+            if z_norm == "none":
+                return None
+            if extent is not None and extent.found:
+                return extent.z_norm(t)
+            return volume_z_norm(t, nz)
+
+        def step(t: np.ndarray) -> None:
+            out = pipeline.forward(t, z_values(t))
+            start = time.perf_counter()
+            logits = out.seg[:, channels.to(out.seg.device)].float()
+            probabilities = resize_slices(torch.sigmoid(logits), (nx, ny))
+            labels = labels_from_probabilities(probabilities, label_values)
+            labels_zxy[t] = labels.cpu().numpy()
+            pipeline.timings["resample"] += time.perf_counter() - start
+
+        runner.run("network", t_run, step)
+    timings.update(pipeline.timings)
+    warnings += runner.warnings
+
+    runner.check_cancel()
+    t0 = time.perf_counter()
+    if progress:
+        progress("postprocess", 0, 1)
+    canonical_labels = labels_zxy.transpose(1, 2, 0)
+    clean_organs(canonical_labels, options)
+    volumes = volumes_ml(labels_zxy, keys, frame.spacing)
+    timings["postprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    labelmap = from_canonical(canonical_labels, frame, image)
+    del labels_zxy, canonical_labels
+    timings["resample"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    warnings += laterality_warnings(labelmap, image, keys)
+    timings["postprocess"] += time.perf_counter() - t0
+    if progress:
+        progress("postprocess", 1, 1)
+    runner.check_cancel()
+
+    z_range = {"mode": z_norm, "first": None, "last": None, "num_slices": nz}
+    if z_norm == "volume" or (extent is not None and not extent.found):
+        z_range.update(first=0, last=nz - 1, mode="volume")
+    elif extent is not None:
+        z_range.update(first=extent.first, last=extent.last, slices_run=extent.slices_run,
+                       skipped_outside=bool(skip_outside_extent))
+    info = {**info, "device": str(runner.device), "precision": precision, "batch_size": runner.batch_size}
+    timings["total"] = time.perf_counter() - t_start + (loaded.read_seconds if loaded is image_or_path else 0.0)
+    return SegmentationResult(labelmap=labelmap, organs=keys, volumes_ml=volumes, timings=timings, z_range=z_range,
+                              warnings=warnings, model_info=info, source=loaded.source,
+                              dicom_dir=str(loaded.dicom_dir) if loaded.dicom_dir else None)
+
+
+def _estimate_extent(pipeline: _Pipeline, runner: BatchRunner, trained_channels: list[int], num_slices: int,
+                     slice_mm: float, config: ZPassConfig) -> ZExtent:
+    """The label-free organ extent: a first pass with FiLM off, read from the presence head."""
+    channels = torch.tensor(trained_channels, dtype=torch.long)
+
+    def presence(t: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(t), len(trained_channels)), dtype=np.float32)
+        position = {int(v): i for i, v in enumerate(t)}
+
+        def step(batch: np.ndarray) -> None:
+            result = pipeline.forward(batch, None)
+            values = result.presence[:, channels.to(result.presence.device)].float().cpu().numpy()
+            out[[position[int(v)] for v in batch]] = values
+
+        runner.run("z_pass", np.asarray(t), step)
+        return out
+
+    return estimate_extent(presence, num_slices, slice_mm, config)

@@ -1,0 +1,157 @@
+"""A SegMateNet compiled by OpenVINO for CPU inference, converted once and cached on disk.
+
+OpenVINO fuses the many small operations of the decoder's attention blocks and runs convolutions
+in bf16 on CPUs that have it (AMX, AVX512-BF16); ``segmate bench`` measured it at several times
+eager PyTorch on the CPU (docs/benchmark.md). The compiled network keeps the segment() model
+contract: ``forward(x[B,3,H,W], z_norm[B] | None) -> SegMateOutput`` and a ``.metadata`` dict.
+
+One graph serves both passes of segment(): FiLM is switched off by a negative z (the first, label-
+free pass runs with ``z_norm=None``). The batch size is dynamic; the slice size is the model's.
+The converted model is cached under ``$SEGMATE_HOME/cache/openvino`` (or the user cache folder),
+keyed by a hash of the weights, so only the first run on a machine pays for the conversion.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import SegMateNet, SegMateOutput
+
+log = logging.getLogger(__name__)
+
+GRAPH_VERSION = 1  # bump when the exported graph's inputs or outputs change
+
+
+def available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def cache_root() -> Path:
+    """``$SEGMATE_HOME/cache/openvino`` or the user cache folder's ``SegMate/openvino``."""
+    home = os.environ.get("SEGMATE_HOME")
+    if home:
+        return Path(home).expanduser() / "cache" / "openvino"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("SegMate", appauthor=False)) / "openvino"
+
+
+class SwitchableFiLM(nn.Module):
+    """FiLM that a negative z switches off, so one traced graph covers ``z_norm=None`` too."""
+
+    def __init__(self, film: nn.Module):
+        super().__init__()
+        self.film = film
+
+    def forward(self, x: torch.Tensor, z_norm: torch.Tensor) -> torch.Tensor:
+        on = (z_norm >= 0).to(x.dtype)[:, None, None, None]
+        return on * self.film(x, z_norm.clamp(min=0)) + (1 - on) * x
+
+
+class ExportGraph(nn.Module):
+    """The traced function: (x, z) -> (seg logits, boundary logits, presence probabilities)."""
+
+    def __init__(self, net: SegMateNet):
+        super().__init__()
+        net.film = SwitchableFiLM(net.film)
+        self.net = net
+
+    def forward(self, x: torch.Tensor, z_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net(x, z_norm)
+        return out.seg, out.boundary, out.presence
+
+
+def cache_key(net: SegMateNet, input_size: tuple[int, int]) -> str:
+    """A hash of everything the converted graph depends on: weights, sizes, library versions."""
+    import openvino
+
+    from . import __version__
+
+    digest = hashlib.sha256()
+    header = (GRAPH_VERSION, __version__, openvino.__version__, torch.__version__, net.backbone, tuple(input_size),
+              net.num_classes, net.is_reparameterized)
+    digest.update(repr(header).encode())
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def convert(net: SegMateNet, input_size: tuple[int, int], folder: Path | None = None) -> Path:
+    """The OpenVINO IR (.xml) of ``net`` for ``input_size`` slices, converting only when not cached."""
+    import openvino as ov
+
+    folder = folder or cache_root()
+    target = folder / cache_key(net, input_size)
+    xml = target / "segmate.xml"
+    if xml.is_file():
+        return xml
+    folder.mkdir(parents=True, exist_ok=True)
+    h, w = (int(v) for v in input_size)
+    graph = ExportGraph(net.eval()).eval()
+    log.info("converting the network for OpenVINO (once per model; cached in %s)", folder)
+    with torch.no_grad():
+        ov_model = ov.convert_model(graph, example_input=(torch.zeros(1, 3, h, w), torch.full((1,), 0.5)),
+                                    input=[([-1, 3, h, w], ov.Type.f32), ([-1], ov.Type.f32)])
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".partial-"))
+    try:
+        ov.save_model(ov_model, staging / "segmate.xml", compress_to_fp16=False)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process cached the same model meanwhile
+            if not xml.is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return xml
+
+
+class OpenVINONetwork(nn.Module):
+    """A compiled SegMateNet behind the segment() model contract (CPU only, no gradients)."""
+
+    def __init__(self, compiled: Any, metadata: dict[str, Any], backbone: str, precision: str):
+        super().__init__()
+        self.compiled = compiled
+        self.metadata = metadata
+        self.backbone = backbone
+        self.precision = precision
+        self.is_reparameterized = True
+
+    def forward(self, x: torch.Tensor, z_norm: torch.Tensor | None = None) -> SegMateOutput:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"SegMateNet expects [B, 3, H, W] (three adjacent slices), got {tuple(x.shape)}")
+        z = np.full((x.shape[0],), -1.0, dtype=np.float32) if z_norm is None else \
+            z_norm.detach().to("cpu", torch.float32).numpy()
+        seg, boundary, presence = self.compiled([x.detach().to("cpu", torch.float32).contiguous().numpy(), z]).to_tuple()
+        return SegMateOutput(torch.from_numpy(seg), torch.from_numpy(boundary), torch.from_numpy(presence), ())
+
+    def extra_repr(self) -> str:
+        return f"backbone={self.backbone}, precision={self.precision}"
+
+
+def compile_network(net: SegMateNet, dtype: torch.dtype, optimizations: Any) -> OpenVINONetwork:
+    """Convert (or load from the cache) and compile ``net`` for this CPU in ``dtype`` (bf16 or fp32)."""
+    import openvino as ov
+
+    metadata = dict(getattr(net, "metadata", {}) or {})
+    input_size = tuple(metadata.get("preprocessing", {}).get("input_size", (512, 512)))
+    if optimizations.reparameterize:
+        net.reparameterize()
+    xml = convert(net.eval(), input_size)
+    precision = "bf16" if dtype == torch.bfloat16 else "f32"
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+              "CACHE_DIR": str(xml.parent.parent / "compiled")}
+    if optimizations.threads:
+        config["INFERENCE_NUM_THREADS"] = int(optimizations.threads)
+    compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    return OpenVINONetwork(compiled, metadata, net.backbone, precision)

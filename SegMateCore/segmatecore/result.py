@@ -1,0 +1,58 @@
+"""What :func:`segmatecore.segment` returns, and the exception that a cancelled run raises."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import SimpleITK as sitk
+
+from .organs import organ
+
+
+class SegmentationCancelled(Exception):
+    """Raised by segment() when its cancel token was set; nothing has been written anywhere."""
+
+
+@dataclass
+class SegmentationResult:
+    """A labelmap on exactly the input's grid (value k+1 = organ channel k, 0 = background) and its facts.
+
+    ``timings`` are seconds for read, preprocess, z_pass, network, resample, postprocess, total;
+    ``z_range`` holds the z_norm mode and the canonical slice indices first/last it used.
+    """
+
+    labelmap: sitk.Image
+    organs: list[str]
+    volumes_ml: dict[str, float]
+    timings: dict[str, float]
+    z_range: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    model_info: dict[str, Any] = field(default_factory=dict)
+    source: str = "image"
+    dicom_dir: str | None = None
+
+    def organ_mask(self, key: str) -> sitk.Image:
+        """A uint8 0/1 mask of one organ, with the labelmap's geometry."""
+        if key not in self.organs:
+            raise KeyError(f"{key!r} was not segmented; segmented organs: {', '.join(self.organs)}")
+        label = organ(key).label
+        return sitk.BinaryThreshold(self.labelmap, label, label, 1, 0)
+
+    def summary(self) -> str:
+        """One line for logs and the CLI: organs found, total time, z-range."""
+        found = sum(1 for k in self.organs if self.volumes_ml.get(k, 0.0) > 0)
+        z = self.z_range
+        zr = f"z {z['mode']} {z['first']}-{z['last']}/{z['num_slices']}" if z.get("first") is not None \
+            else f"z {z['mode']}"
+        return (f"{found}/{len(self.organs)} organs found, {self.timings.get('total', 0.0):.1f} s, {zr}"
+                + (f", {len(self.warnings)} warning(s)" if self.warnings else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the labelmap, as JSON-ready values (the basis of report.json)."""
+        image = self.labelmap
+        return {"source": self.source, "organs": list(self.organs),
+                "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
+                "timings": {k: round(v, 3) for k, v in self.timings.items()}, "z_range": dict(self.z_range),
+                "warnings": list(self.warnings), "model": dict(self.model_info),
+                "geometry": {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
+                             "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())}}

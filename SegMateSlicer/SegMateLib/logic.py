@@ -1,0 +1,170 @@
+"""SegMateLogic: a CT volume node in, organ segments in a segmentation node out.
+
+Everything the panel, the batch script and user scripts need, with no Qt: the volume is copied
+to a SimpleITK image, ``segmatecore.segment`` (the same function the ``segmate`` command line
+uses) computes the labelmap, and the organs are written as segments on the calling (main)
+thread. ``process()`` does it synchronously; ``createJob()`` returns a job that computes on a
+worker thread for the panel.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .corepath import ensureSegMateCoreImportable
+from .job import SegmentationJob
+from .segments import placeInVolumeStudy, writeOrganSegments
+from .terminology import NAMING_CHOICES
+from .volume_image import imageFromVolumeNode
+
+DEVICE_CHOICES = {"auto": "Auto", "gpu": "GPU", "cpu": "CPU"}
+
+
+@dataclass
+class SegMateRun:
+    """What a run produced: the segmentation node, organ key -> segment ID, and SegMateCore's result."""
+
+    segmentationNode: Any
+    segmentIds: dict[str, str]
+    result: Any = field(repr=False)
+
+    def summary(self) -> str:
+        return self.result.summary()
+
+
+def torchDevice(choice: str) -> str:
+    """The PyTorch device for a panel choice: "gpu" is CUDA, or Apple's MPS; others pass through."""
+    name = str(choice).strip().lower()
+    if name != "gpu":
+        return name
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    raise ValueError("GPU was chosen but this PyTorch sees no usable GPU (CUDA or Apple MPS); choose Auto or CPU, "
+                     "or reinstall PyTorch for your GPU with the 'PyTorch Util' module.")
+
+
+def modelSourceText(result) -> str:
+    """Provenance stored with every segment: SegMate version and the model that made it."""
+    import segmatecore
+
+    info = result.model_info or {}
+    model = " ".join(str(v) for v in (info.get("id"), info.get("version")) if v) or "custom model"
+    text = f"SegMate {segmatecore.__version__}, model {model}"
+    return text.replace("|", "/").replace(":", " ")  # '|' and ':' delimit tags in .seg.nrrd headers
+
+
+class SegMateLogic:
+    """Segment organs at risk of a CT volume node into a segmentation node (main thread for MRML)."""
+
+    def __init__(self) -> None:
+        ensureSegMateCoreImportable()
+
+    # -- running ---------------------------------------------------------------------------------
+    def createJob(self, inputVolume, outputSegmentation=None, organs=None, model=None, device: str = "auto",
+                  progress: Optional[Callable[[str, int, int], None]] = None,
+                  cancel: Optional[threading.Event] = None, *, batchSize: Optional[int] = None,
+                  postprocess: Optional[dict] = None, naming: str = "slicer", zNorm: str = "auto") -> SegmentationJob:
+        """A job that segments ``inputVolume`` (copied now) and writes into ``outputSegmentation`` on ``finish()``.
+
+        ``outputSegmentation`` None creates a new segmentation node, but only when the run succeeded.
+        Options are checked here, before any computation, so a typo fails at once.
+        """
+        if naming not in NAMING_CHOICES:
+            raise ValueError(f"Unknown naming {naming!r}; use one of {', '.join(NAMING_CHOICES)}.")
+        image = imageFromVolumeNode(inputVolume)
+        deviceName = torchDevice(device)
+        organList = None if organs is None else list(organs)
+        if organList is not None and not organList:
+            raise ValueError("No organ selected: choose at least one organ to segment.")
+
+        def compute(report, cancelEvent):
+            import segmatecore
+
+            return segmatecore.segment(image, model=model, organs=organList, device=deviceName, progress=report,
+                                       cancel=cancelEvent, z_norm=zNorm, batch_size=batchSize,
+                                       postprocess=postprocess)
+
+        def write(result):
+            return self.writeResult(inputVolume, outputSegmentation, result, naming=naming)
+
+        return SegmentationJob(compute, write, progress=progress, cancel=cancel)
+
+    def process(self, inputVolume, outputSegmentation=None, organs=None, model=None, device: str = "auto",
+                progress: Optional[Callable[[str, int, int], None]] = None,
+                cancel: Optional[threading.Event] = None, **options) -> SegMateRun:
+        """Segment synchronously and write the organs as segments; returns the run's SegMateRun.
+
+        ``organs``: organ keys (default: the organs the model was trained on); ``model``: None (the
+        bundled default), a catalogue id, a .safetensors path or a loaded model; ``device``: auto,
+        gpu, cpu (or a PyTorch device name); ``progress(stage, done, total)``; ``cancel``: a
+        threading.Event. Options: ``batchSize``, ``postprocess``, ``naming`` ("slicer" or "tg263"),
+        ``zNorm``. If the run fails or is cancelled the scene is left exactly as it was.
+        """
+        job = self.createJob(inputVolume, outputSegmentation, organs, model, device, progress, cancel, **options)
+        job.runInThisThread()
+        return job.finish()
+
+    def writeResult(self, inputVolume, outputSegmentation, result, naming: str = "slicer") -> SegMateRun:
+        """Write a SegmentationResult of ``inputVolume`` into ``outputSegmentation`` (None: a new node)."""
+        scene = inputVolume.GetScene()
+        if scene is None:
+            raise RuntimeError(f"{inputVolume.GetName()} was removed from the scene while it was being segmented; "
+                               "nothing was written.")
+        created = outputSegmentation is None or outputSegmentation.GetScene() is None
+        if created:
+            name = scene.GenerateUniqueName(f"{inputVolume.GetName()} segmentation")
+            outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        try:
+            segmentIds = writeOrganSegments(outputSegmentation, inputVolume, result.labelmap, result.organs,
+                                            naming=naming, source=modelSourceText(result))
+        except Exception:
+            if created:
+                scene.RemoveNode(outputSegmentation)
+            raise
+        placeInVolumeStudy(outputSegmentation, inputVolume)
+        return SegMateRun(outputSegmentation, segmentIds, result)
+
+    # -- models ----------------------------------------------------------------------------------
+    @staticmethod
+    def modelChoices():
+        from .model_choices import modelChoices
+
+        return modelChoices()
+
+    @staticmethod
+    def downloadModel(modelId: str, progress: Optional[Callable[[int, int], None]] = None):
+        from segmatecore.catalogue import download
+
+        return download(modelId, progress=progress or False)
+
+    @staticmethod
+    def importModelFile(path: str):
+        from segmatecore.catalogue import install_from_file
+
+        return install_from_file(path)
+
+    @staticmethod
+    def modelFolder():
+        from segmatecore.catalogue import cache_dir
+
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @staticmethod
+    def clearModelCache():
+        from segmatecore.catalogue import clear_cache
+
+        return clear_cache()
+
+    # -- organs ----------------------------------------------------------------------------------
+    @staticmethod
+    def organTable():
+        from segmatecore.organs import organs
+
+        return organs()

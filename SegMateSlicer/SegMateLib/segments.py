@@ -1,0 +1,138 @@
+"""Writing SegMate's organs into a segmentation node, on the main thread, in one modification.
+
+Each organ becomes one segment with its standard name, recommended colour and SNOMED-CT
+terminology. All organs of one run share one labelmap layer (they never overlap), so a whole
+CT costs one cropped uint8 image. Segments that SegMate made earlier are recognised by their
+terminology and replaced in place (same ID, same position in the list); every other segment,
+and the user's edits to it, are left untouched.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+
+from .terminology import organKeyForTerminology, segmentName, terminologyEntry
+from .volume_image import checkSameGrid, ijkToRasMatrix, orientedLabelImage
+
+SOURCE_TAG = "SegMate.Source"
+
+_CONVERTER_RULES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule",
+                    "vtkClosedSurfaceToFractionalLabelmapConversionRule",
+                    "vtkFractionalLabelmapToClosedSurfaceConversionRule")
+
+
+def ensureConverterRules() -> None:
+    """Register the segmentation representation converters if nothing did yet.
+
+    The Segmentations module registers them when Slicer starts; a bare MRML scene (slicer-core,
+    scripts) has none and could not even create an empty binary labelmap without them.
+    """
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if factory.GetConverterRules():
+        return
+    for name in _CONVERTER_RULES:
+        factory.RegisterConverterRule(getattr(slicer, name)())
+
+
+def binaryLabelmapName() -> str:
+    return slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+
+
+def segMateSegmentIds(segmentationNode) -> dict[str, list[str]]:
+    """Organ key -> IDs of the segments whose terminology is that organ's, in list order."""
+    found: dict[str, list[str]] = {}
+    segmentation = segmentationNode.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        key = organKeyForTerminology(segment.GetTerminology())
+        if key is not None:
+            found.setdefault(key, []).append(segmentation.GetNthSegmentID(index))
+    return found
+
+
+def _newSegment(organ, naming: str, layer, source: str):
+    segment = slicer.vtkSegment()
+    segment.SetName(segmentName(organ, naming))
+    segment.SetColor(*organ.color_float)
+    segment.SetTerminology(terminologyEntry(organ))
+    segment.SetTag(SOURCE_TAG, source)
+    segment.AddRepresentation(binaryLabelmapName(), layer)
+    segment.SetLabelValue(organ.label)
+    return segment
+
+
+def _segmentIdAfter(segmentation, segmentId: str) -> str:
+    """The ID of the segment that follows ``segmentId`` ("" if it is the last one)."""
+    index = segmentation.GetSegmentIndex(segmentId)
+    return segmentation.GetNthSegmentID(index + 1) if index + 1 < segmentation.GetNumberOfSegments() else ""
+
+
+def _alignTransforms(segmentationNode, volumeNode) -> None:
+    """Put the segmentation under the volume's parent transform; refuse to mix two transforms."""
+    volumeTransform = volumeNode.GetTransformNodeID()
+    if segmentationNode.GetTransformNodeID() == volumeTransform:
+        return
+    if segmentationNode.GetSegmentation().GetNumberOfSegments():
+        raise ValueError(f"{segmentationNode.GetName()} is under a different transform than {volumeNode.GetName()}; "
+                         "choose 'Create new segmentation' or put both under the same transform first.")
+    segmentationNode.SetAndObserveTransformNodeID(volumeTransform)
+
+
+def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organKeys, naming: str = "slicer",
+                       source: str = "SegMate") -> dict[str, str]:
+    """Write ``organKeys`` of a SegMate labelmap (value = organ label) as segments; return key -> segment ID.
+
+    The labelmap must be on the volume's voxel grid (``segmatecore.segment`` guarantees it for an
+    image made by ``imageFromVolumeNode``). Organs absent from the labelmap still get a segment, empty.
+    """
+    from segmatecore.organs import organ
+
+    checkSameGrid(labelmap, volumeNode)
+    ensureConverterRules()
+    organList = [organ(key) for key in organKeys]
+    labels = sitk.GetArrayViewFromImage(labelmap)
+    layer = orientedLabelImage(np.asarray(labels), ijkToRasMatrix(volumeNode), [o.label for o in organList])
+    segmentation = segmentationNode.GetSegmentation()
+    existing = segMateSegmentIds(segmentationNode)
+    written: dict[str, str] = {}
+    with slicer.util.NodeModify(segmentationNode):
+        if segmentationNode.GetDisplayNode() is None:
+            segmentationNode.CreateDefaultDisplayNodes()
+        _alignTransforms(segmentationNode, volumeNode)
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(),
+                                            volumeNode.GetID())
+        for item in organList:
+            segment = _newSegment(item, naming, layer, source)
+            previous = existing.get(item.key)
+            if previous:
+                segmentId = previous[0]
+                insertBefore = _segmentIdAfter(segmentation, segmentId)
+                segmentation.RemoveSegment(segmentId)
+            else:
+                segmentId = segmentation.GenerateUniqueSegmentID(item.key)
+                insertBefore = ""
+            if not segmentation.AddSegment(segment, segmentId, insertBefore):
+                raise RuntimeError(f"Slicer refused to add the {item.display_name} segment to "
+                                   f"{segmentationNode.GetName()}.")
+            written[item.key] = segmentId
+    return written
+
+
+def placeInVolumeStudy(segmentationNode, volumeNode) -> None:
+    """Put the segmentation in the subject hierarchy under the volume's parent (its study).
+
+    That is where DICOM SEG and RTSTRUCT export (SlicerRT) look for the referenced series.
+    """
+    scene = volumeNode.GetScene()
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    volumeItem = shNode.GetItemByDataNode(volumeNode)
+    if not volumeItem:
+        return
+    parentItem = shNode.GetItemParent(volumeItem)
+    segmentationItem = shNode.GetItemByDataNode(segmentationNode)
+    if not segmentationItem:
+        shNode.CreateItem(parentItem, segmentationNode)
+    elif shNode.GetItemParent(segmentationItem) != parentItem:
+        shNode.SetItemParent(segmentationItem, parentItem)

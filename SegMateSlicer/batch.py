@@ -1,0 +1,100 @@
+"""Segment every CT volume of a folder with SegMate, from the command line, through Slicer.
+
+    Slicer --no-main-window --python-script SegMateSlicer/batch.py -- --input IN --output OUT [options]
+
+IN is a volume file, a DICOM series folder, or a folder of volume files (NIfTI, NRRD, MetaImage)
+and DICOM series sub-folders; OUT receives one <case>.seg.nrrd per case and segmate_batch.csv.
+The work is SegMateLogic.process, exactly what the SegMate panel runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+
+def _addModuleFolderToPath() -> None:
+    """SegMateLib is beside this script (source tree) or one folder up (installed, in SegMateScripts/)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isdir(os.path.join(folder, "SegMateLib")):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            return
+
+
+_addModuleFolderToPath()
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def buildParser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="Slicer --no-main-window --python-script SegMateSlicer/batch.py --",
+        description="Segment organs at risk in every CT volume of a folder into .seg.nrrd files, with a CSV log.")
+    parser.add_argument("--input", required=True, help="volume file, DICOM folder, or folder of volumes/DICOM folders")
+    parser.add_argument("--output", required=True, help="folder for the .seg.nrrd files and the CSV log")
+    parser.add_argument("--organs", default=None,
+                        help="organ keys separated by commas, e.g. liver,aorta (default: the organs the model was "
+                             "trained on)")
+    parser.add_argument("--model", default=None,
+                        help="catalogue model id or .safetensors file (default: the bundled default model)")
+    parser.add_argument("--device", default="auto", help="auto, gpu, cpu, or a PyTorch device such as cuda:1")
+    parser.add_argument("--batch-size", type=int, default=None, help="slices per network batch (default: automatic)")
+    parser.add_argument("--naming", choices=["slicer", "tg263"], default="slicer",
+                        help="segment names: Slicer standard names (default) or AAPM TG-263 names")
+    parser.add_argument("--no-postprocess", action="store_true",
+                        help="keep every connected piece and hole (default: clean solid organs)")
+    parser.add_argument("--csv", default=None, help="CSV log path (default: OUTPUT/segmate_batch.csv)")
+    parser.add_argument("--skip-existing", action="store_true", help="leave cases whose .seg.nrrd exists alone")
+    return parser
+
+
+def parseArguments(argv: list[str]) -> argparse.Namespace:
+    """Parse the script's arguments; Slicer may pass a leading ``--`` through, which is dropped."""
+    args = [a for a in argv if a != "--"]
+    parsed = buildParser().parse_args(args)
+    if parsed.batch_size is not None and parsed.batch_size < 1:
+        buildParser().error("--batch-size must be at least 1")
+    if not os.path.exists(parsed.input):
+        buildParser().error(f"--input {parsed.input} does not exist")
+    return parsed
+
+
+def main(argv: Optional[list[str]] = None, log=print) -> int:
+    """Run the batch; the exit code is 0 if every case succeeded, 1 if some failed, 2 for bad usage."""
+    try:
+        args = parseArguments(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    from SegMateLib import missingRequirements
+    from SegMateLib.batch import parseOrgans, runBatch
+
+    missing = missingRequirements()
+    if missing:
+        log("SegMate's Python packages are missing (" + ", ".join(r.text for r in missing) + "). Open the SegMate "
+            "module in Slicer once to install them, then run the batch again.")
+        return EXIT_USAGE
+    try:
+        rows = runBatch(args.input, args.output, csvPath=args.csv, skipExisting=args.skip_existing, log=log,
+                        organs=parseOrgans(args.organs), model=args.model, device=args.device,
+                        batchSize=args.batch_size, naming=args.naming,
+                        postprocess={"largest_component": False, "fill_holes": False} if args.no_postprocess else None)
+    except (ValueError, FileNotFoundError) as exc:
+        log(f"SegMate batch: error: {exc}")
+        return EXIT_USAGE
+    failed = sum(row["status"] == "failed" for row in rows)
+    log(f"SegMate batch: {len(rows) - failed} of {len(rows)} case(s) done, {failed} failed; log: "
+        f"{args.csv or os.path.join(args.output, 'segmate_batch.csv')}")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    exitCode = main()
+    import slicer
+
+    if getattr(slicer, "app", None) is not None:
+        slicer.util.exit(exitCode)
+    else:
+        sys.exit(exitCode)

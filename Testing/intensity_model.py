@@ -1,0 +1,70 @@
+"""A test network whose logits are a fixed function of intensity, to test geometry apart from weights.
+
+Organ k is "present" wherever the centre slice of the 2.5D stack lies in the organ's HU band, so a
+synthetic volume painted with those intensities must come back exactly where it was painted.
+It honours the segment() model contract: ``forward(x[B,3,H,W], z_norm[B] | None) -> SegMateOutput``
+and a ``.metadata`` dict like a loaded SegMate model.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from segmatecore.checkpoint import default_metadata
+from segmatecore.models import SegMateOutput
+from segmatecore.organs import organ_keys
+
+# 100 HU wide bands 20 HU apart, inside the default window [-1000, 400]; the centre is the value
+# to paint for a voxel that must come back as that organ.
+DEFAULT_BANDS: dict[str, tuple[float, float]] = {
+    key: (-900.0 + 120.0 * i, -800.0 + 120.0 * i) for i, key in enumerate(organ_keys())
+}
+
+
+def band_centre(key: str, bands: Mapping[str, tuple[float, float]] = DEFAULT_BANDS) -> float:
+    lo, hi = bands[key]
+    return (lo + hi) / 2.0
+
+
+class IntensityModel(nn.Module):
+    """logit_k = sharpness * (half width - |HU - band centre|) on the centre slice; presence = sigmoid(max)."""
+
+    def __init__(self, organs: Mapping[str, tuple[float, float]] | list[str] | None = None,
+                 input_size: tuple[int, int] | int = (64, 64), sharpness: float = 0.2):
+        super().__init__()
+        if organs is None:
+            organs = DEFAULT_BANDS
+        if not isinstance(organs, Mapping):
+            organs = {k: DEFAULT_BANDS[k] for k in organs}
+        size = [int(input_size), int(input_size)] if isinstance(input_size, int) else [int(s) for s in input_size]
+        keys = organ_keys()
+        centre = torch.full((len(keys),), 1e6)
+        half = torch.zeros(len(keys))
+        for key, (lo, hi) in organs.items():
+            centre[keys.index(key)] = (lo + hi) / 2.0
+            half[keys.index(key)] = (hi - lo) / 2.0
+        self.register_buffer("centre", centre)
+        self.register_buffer("half_width", half)
+        self.sharpness = sharpness
+        self.metadata = default_metadata("fastvit_t12", trained_organs=[k for k in keys if k in organs],
+                                         provenance={"source": "Testing/intensity_model.py", "id": "intensity-test"})
+        self.metadata["backbone"] = "intensity-test"
+        self.metadata["preprocessing"]["input_size"] = size
+        self.z_seen: list[torch.Tensor | None] = []
+        self.batches_seen: list[int] = []
+
+    def hounsfield(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the metadata's window and normalisation (exact inside the window)."""
+        pre = self.metadata["preprocessing"]
+        lo, hi = pre["hu_window"]
+        return (x * pre["normalize"]["std"] + pre["normalize"]["mean"]) * (hi - lo) + lo
+
+    def forward(self, x: torch.Tensor, z_norm: torch.Tensor | None = None) -> SegMateOutput:
+        self.z_seen.append(None if z_norm is None else z_norm.detach().cpu().clone())
+        self.batches_seen.append(int(x.shape[0]))
+        hu = self.hounsfield(x[:, 1:2].float())
+        logits = self.sharpness * (self.half_width[None, :, None, None] - (hu - self.centre[None, :, None, None]).abs())
+        presence = torch.sigmoid(logits.amax(dim=(2, 3)))
+        return SegMateOutput(logits, torch.zeros_like(logits), presence, ())

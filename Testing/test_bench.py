@@ -1,0 +1,117 @@
+"""`segmate bench --quick`: one row per configuration with the documented fields, sane values, outputs
+equal to fp32 within the Dice bar, and the nnU-Net peer built as nnU-Net's default 3d_fullres plans."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from segmatecore.bench import DICE_BAR, QUICK_SIZE, ROW_FIELDS, resample_to_size
+from segmatecore.cli import main
+from segmatecore.peers import (build_nnunet_3d_fullres, gaussian_importance, run_nnunet_peer,
+                               sliding_window_starts)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = main(["bench", "--quick", "--backbones", "fastvit_t12", "--json", str(out / "bench.json"),
+                 "--plot", str(out / "bench.png")])
+    assert code == 0
+    return json.loads((out / "bench.json").read_text()), out
+
+
+def test_every_row_has_the_documented_fields(quick):
+    results, _ = quick
+    assert results["ct"]["size"] == list(QUICK_SIZE)
+    assert "bf16" in results["machine"]["cpu"] or "avx" in results["machine"]["cpu"]
+    for row in results["rows"]:
+        missing = [f for f in ROW_FIELDS if f not in row]
+        assert not missing, (row["name"], missing)
+
+
+def test_values_are_sane(quick):
+    results, _ = quick
+    rows = results["rows"]
+    for row in rows:
+        assert row["device"] == "cpu" and row["peak_gpu_mb"] is None
+        assert row["s_network"] > 0 and row["peak_rss_mb"] > 50
+        assert row["peak_rss_mb"] <= row["kernel_peak_rss_mb"] * 1.05 + 5
+        assert row["dtype"] in ("float32", "bfloat16")
+        if row["scope"] == "end_to_end":
+            assert row["s_per_volume"] >= row["s_network"]
+    segmate = [r for r in rows if r["model"] == "fastvit_t12"]
+    assert {r["params_m"] for r in segmate} == {segmate[0]["params_m"]}
+    assert 12.0 < segmate[0]["params_m"] < 13.0  # FastViT-T12 SegMate: 12.5 M
+    assert 0 < segmate[0]["gmacs_per_slice"] < 1.0  # 9.1 GMACs at 512, so (64/512)^2 of that here
+    peer = [r for r in rows if r["model"] == "nnunet_3d_fullres"]
+    assert len(peer) == 1 and peer[0]["patches"] >= 1 and peer[0]["s_per_volume"] > 0
+    assert 30 < peer[0]["params_m"] < 33  # nnU-Net 3d_fullres, 6 stages: 31.2 M
+
+
+def test_each_optimisation_is_a_row_that_agrees_with_fp32(quick):
+    rows = quick[0]["rows"]
+    names = [r["name"] for r in rows]
+    for step in ("+ inference_mode", "+ reparameterize", "+ fold batchnorm", "+ channels_last", "+ bf16",
+                 "end_to_end: default"):
+        assert any(step in n for n in names), step
+    compared = [r for r in rows if r.get("reference")]
+    assert len(compared) >= 6
+    for row in compared:
+        assert set(row["dice_vs_fp32"]) == {"left_lung", "right_lung", "spinal_cord", "esophagus", "liver",
+                                            "left_kidney", "right_kidney", "aorta", "trachea"}
+        assert row["dice_min"] >= DICE_BAR, (row["name"], row["dice_vs_fp32"])
+    bf16 = [r for r in rows if r["name"].endswith("network: + bf16")]
+    assert bf16[0]["dtype"] == "bfloat16"
+    skip = [r for r in rows if r.get("skip_outside_extent")]
+    assert skip and skip[0]["z_range"]["mode"] in ("auto", "volume")
+
+
+def test_plot_is_written(quick):
+    _, out = quick
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peer_is_nnunet_default_3d_fullres():
+    net = build_nnunet_3d_fullres()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(c.kernel_size in ((3, 3, 3), (1, 1, 1)) for c in convs)
+    assert list(net.encoder.output_channels) == [32, 64, 128, 256, 320, 320]
+    assert [list(s) for s in net.encoder.strides] == [[1, 1, 1]] + [[2, 2, 2]] * 5
+    assert sum(p.numel() for p in net.parameters()) == 31_202_034
+
+
+def test_sliding_window_places_patches_like_nnunet():
+    # 50 % overlap, first and last patch flush with the borders
+    assert sliding_window_starts((224, 202, 244), (128, 128, 128)) == [[0, 48, 96], [0, 37, 74], [0, 58, 116]]
+    assert sliding_window_starts((100,), (128,)) == [[0]]
+    weight = gaussian_importance((8, 8, 8))
+    assert weight.max() == 1.0 and weight.min() > 0
+    assert torch.equal(weight, weight.flip(0))
+
+
+def test_peer_returns_labels_on_the_input_grid():
+    image = sitk.GetImageFromArray(np.full((20, 24, 28), -500, dtype=np.int16))
+    image.SetSpacing((4.0, 4.0, 5.0))
+    image.SetOrigin((10.0, -3.0, 7.0))
+    torch.manual_seed(0)
+    result = run_nnunet_peer(image, patch=(32, 32, 32), spacing_mm=6.0)
+    assert result.labelmap.GetSize() == image.GetSize()
+    assert result.labelmap.GetSpacing() == image.GetSpacing()
+    assert result.labelmap.GetOrigin() == image.GetOrigin()
+    assert result.patches == 1
+
+
+def test_resample_to_size_keeps_the_physical_extent():
+    image = sitk.GetImageFromArray(np.zeros((10, 20, 30), dtype=np.int16))
+    image.SetSpacing((1.0, 2.0, 3.0))
+    out = resample_to_size(image, (15, 40, 5))
+    assert out.GetSize() == (15, 40, 5)
+    extent = [n * s for n, s in zip(out.GetSize(), out.GetSpacing())]
+    assert extent == pytest.approx([30.0, 40.0, 30.0])
+    first_edge = np.array(out.GetOrigin()) - np.array(out.GetSpacing()) / 2
+    assert first_edge == pytest.approx(np.array(image.GetOrigin()) - np.array(image.GetSpacing()) / 2)
+    assert out.GetPixelID() == sitk.sitkInt16

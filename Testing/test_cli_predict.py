@@ -1,0 +1,209 @@
+"""`segmate predict`: one folder per case, outputs that open, failures that leave nothing behind.
+
+The first test runs the real command line (a subprocess) with a random-init FastViT-T12 saved as
+a .safetensors file (there are no trained weights yet), on the real example CT and DICOM series.
+The others call segmatecore.cli.main in-process with the intensity test network, for speed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import SimpleITK as sitk
+import slicerio
+import torch
+from intensity_model import IntensityModel, band_centre
+
+from segmatecore import cli, create_model, save_model
+from segmatecore.checkpoint import default_metadata
+from segmatecore.organs import organ, organs
+
+SEGMATE = [sys.executable, "-m", "segmatecore.cli"]
+CASE_FILES = {"labels.nii.gz", "segmentation.seg.nrrd", "report.json", "preview.png"}
+
+
+@pytest.fixture(scope="module")
+def random_model_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    meta = default_metadata("fastvit_t12")
+    meta["preprocessing"]["input_size"] = [32, 32]
+    return save_model(create_model("fastvit_t12"), tmp_path_factory.mktemp("model") / "random.safetensors", meta)
+
+
+@pytest.fixture
+def intensity_network(monkeypatch):
+    """Make `--model` load the intensity test network, whatever the argument."""
+    model = IntensityModel(input_size=32)
+    monkeypatch.setattr("segmatecore.inference.load_segmentation_model",
+                        lambda name: (model, {"backbone": "intensity-test", "id": str(name), "version": None}))
+    return model
+
+
+def synthetic_ct(path: Path, slices: int = 8) -> Path:
+    """A small CT-like volume with a liver-band organ on its left half."""
+    a = np.full((slices, 32, 32), -1000, dtype=np.int16)
+    a[:, 4:28, 4:28] = 300
+    a[2:6, 10:20, 16:26] = band_centre("liver")
+    image = sitk.GetImageFromArray(a)
+    image.SetSpacing((1.5, 1.5, 3.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def hidden_entries(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_predict_real_ct_and_dicom_with_a_model_file(shared_data, random_model_file, tmp_path):
+    nifti = shared_data / "totalseg_example" / "example_ct_sm.nii.gz"
+    dicom = shared_data / "totalseg_example" / "example_ct_dicom"
+    truncated = tmp_path / "inputs" / "truncated.nii.gz"
+    truncated.parent.mkdir()
+    truncated.write_bytes(nifti.read_bytes()[:4000])
+    no_dicom = tmp_path / "inputs" / "notes"
+    no_dicom.mkdir()
+    (no_dicom / "readme.txt").write_text("no images here")
+    out = tmp_path / "out"
+    # One OpenMP thread: on a CPU shared with other processes more threads only wait on each other.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(SEGMATE + ["predict", str(nifti), str(truncated), str(dicom), str(no_dicom), "-o", str(out),
+                                    "--model", str(random_model_file), "--device", "cpu", "--batch-size", "16"],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 1, run.stderr
+    lines = run.stdout.splitlines()
+    assert any(line.startswith("example_ct_sm: ok, ") for line in lines)
+    assert any(line.startswith("example_ct_dicom: ok, ") for line in lines)
+    assert any(line.startswith("truncated: FAILED: ") and "truncated" in line[20:] for line in lines)
+    assert any(line.startswith("notes: FAILED: ") and "no DICOM series found" in line for line in lines)
+    assert lines[-1] == "2 of 4 case(s) done, 2 failed"
+    assert sorted(p.name for p in out.iterdir()) == ["example_ct_dicom", "example_ct_sm"]
+
+    for case, source in (("example_ct_sm", sitk.ReadImage(str(nifti))),
+                         ("example_ct_dicom", sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom))))):
+        folder = out / case
+        assert {p.name for p in folder.iterdir()} == CASE_FILES
+        labels = sitk.ReadImage(str(folder / "labels.nii.gz"))
+        assert labels.GetPixelID() == sitk.sitkUInt8 and labels.GetSize() == source.GetSize()
+        assert np.allclose(labels.GetSpacing(), source.GetSpacing()) and np.allclose(labels.GetOrigin(), source.GetOrigin(), atol=1e-3)
+        segmentation = slicerio.read_segmentation(str(folder / "segmentation.seg.nrrd"))
+        segments = {s["name"]: s for s in segmentation["segments"]}
+        for o in organs():
+            assert segments[o.display_name]["labelValue"] == o.label
+            assert np.allclose(segments[o.display_name]["color"], o.color_float, atol=1e-3)
+            assert segments[o.display_name]["terminology"]["type"][1] == o.type["code"]
+        report = json.loads((folder / "report.json").read_text())
+        assert report["model"]["backbone"] == "fastvit_t12"
+        assert set(report["volumes_ml"]) == {o.key for o in organs()}
+        assert report["z_range"]["mode"] == "auto" and report["z_range"]["num_slices"] == source.GetSize()[2]
+        assert (folder / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shards_split_the_inputs_and_clashing_names_get_their_folder(tmp_path, intensity_network):
+    inputs = [str(synthetic_ct(tmp_path / "in" / name / "ct.nii.gz")) for name in ("a", "b", "c")]
+    out = tmp_path / "out"
+    assert cli.main(["predict", *inputs, "-o", str(out), "--shard", "0/2", "--format", "nifti"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_ct", "c_ct"]
+    assert cli.main(["predict", *inputs, "-o", str(out), "--shard", "1/2", "--format", "nifti,report"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_ct", "b_ct", "c_ct"]
+    assert {p.name for p in (out / "b_ct").iterdir()} == {"labels.nii.gz", "report.json"}
+
+
+def test_organs_option_and_rtstruct_for_a_file_input(tmp_path, intensity_network, capsys):
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(path), "-o", str(out), "--organs", "liver,aorta",
+                     "--format", "nifti,report,rtstruct"]) == 0
+    printed = capsys.readouterr().out
+    assert "rtstruct needs a DICOM series as input" in printed
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case" / "labels.nii.gz")))
+    assert set(np.unique(labels)) == {0, organ("liver").label}
+    report = json.loads((out / "case" / "report.json").read_text())
+    assert report["volumes_ml"]["liver"] == pytest.approx(4 * 10 * 10 * 1.5 * 1.5 * 3.0 / 1000)
+    assert set(report["volumes_ml"]) == {"liver", "aorta"}
+
+
+def test_a_failure_while_writing_leaves_no_case_folder_and_keeps_the_previous_one(tmp_path, intensity_network,
+                                                                                  monkeypatch, capsys):
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(path), "-o", str(out), "--format", "nifti"]) == 0
+    before = (out / "case" / "labels.nii.gz").read_bytes()
+
+    def write_then_fail(result, outdir, **kwargs):
+        (Path(outdir) / "labels.nii.gz").write_bytes(b"half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("segmatecore.export.write_outputs", write_then_fail)
+    assert cli.main(["predict", str(path), "-o", str(out), "--format", "nifti"]) == 1
+    assert "case: FAILED: OSError: No space left on device" in capsys.readouterr().out
+    assert (out / "case" / "labels.nii.gz").read_bytes() == before
+    fresh = tmp_path / "fresh"
+    assert cli.main(["predict", str(path), "-o", str(fresh), "--format", "nifti"]) == 1
+    assert list(fresh.iterdir()) == [] and hidden_entries(out) == []
+
+
+def test_a_cancelled_case_leaves_nothing(tmp_path, intensity_network, monkeypatch, capsys):
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    out = tmp_path / "out"
+    original = intensity_network.forward
+
+    def interrupted(x, z_norm=None):
+        if z_norm is not None:  # Ctrl-C during the second pass
+            raise KeyboardInterrupt
+        return original(x, z_norm)
+
+    monkeypatch.setattr(intensity_network, "forward", interrupted)
+    assert cli.main(["predict", str(path), "-o", str(out)]) == 130
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [(["--shard", "2/2"], "need 0 <= i < n"),
+                                           (["--format", "nifti,png"], "unknown png"),
+                                           (["--batch-size", "0"], "--batch-size must be at least 1"),
+                                           (["--organs", "liver,heart"], "Unknown organ(s) heart")])
+def test_bad_options_are_one_line_errors(tmp_path, intensity_network, capsys, args, message):
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    assert cli.main(["predict", str(path), "-o", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def peak_rss_of(command: list[str], interval: float = 0.05) -> tuple[int, int]:
+    """Run ``command``; return (exit code, peak resident memory in bytes of it and its children)."""
+    process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while process.poll() is None:
+        try:
+            rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(interval)
+    return process.returncode, peak
+
+
+@pytest.mark.slow
+def test_peak_memory_of_predict_on_a_512x512x300_volume(shared_data, tmp_path):
+    """`pytest -m slow Testing/test_cli_predict.py -s`: prints the figure reported in docs/inference.md."""
+    source = sitk.ReadImage(str(shared_data / "totalseg_example" / "example_ct.nii.gz"))
+    size = (512, 512, 300)
+    spacing = [sp * (n - 1) / (m - 1) for sp, n, m in zip(source.GetSpacing(), source.GetSize(), size)]
+    volume = sitk.Resample(source, size, sitk.Transform(), sitk.sitkLinear, source.GetOrigin(), spacing,
+                           source.GetDirection(), -1024, sitk.sitkInt16)
+    path = tmp_path / "ct_512x512x300.nii.gz"
+    sitk.WriteImage(volume, str(path))
+    torch.manual_seed(0)
+    model = save_model(create_model("fastvit_t12"), tmp_path / "fastvit_512.safetensors",
+                       default_metadata("fastvit_t12"))
+    code, peak = peak_rss_of(SEGMATE + ["predict", str(path), "-o", str(tmp_path / "out"), "--model", str(model),
+                                        "--device", "cpu"])
+    print(f"\npeak RSS of segmate predict on 512x512x300 (FastViT-T12, 512 x 512 input, CPU): {peak / 2**30:.2f} GiB")
+    assert code == 0 and peak < 2.5e9

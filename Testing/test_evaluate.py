@@ -1,0 +1,81 @@
+"""`segmate evaluate`: runs segment() on prepared cases and writes per-case, per-organ metrics."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from intensity_model import IntensityModel, band_centre
+from segmatecore import segment
+from segmatecore.evaluate import GroundTruthZNorm, canonical_image, evaluate
+from segmatecore.geometry import to_canonical
+from segmatecore.train.dataset import load_cases, z_norm_for
+from segmatecore.train.prepare import prepare
+
+SHAPE = (12, 64, 64)  # z, y, x: 64 x 64 slices need no resizing at input size 64
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Three cases painted with the intensity model's bands; case02's cord label lacks one slice."""
+    root = tmp_path_factory.mktemp("eval")
+    (root / "src" / "images").mkdir(parents=True)
+    (root / "src" / "labels").mkdir()
+    for n in range(3):
+        ct = np.zeros(SHAPE, dtype=np.int16)
+        lab = np.zeros(SHAPE, dtype=np.uint8)
+        lab[2:10, 40:46, 28:34] = 1
+        lab[4:11, 24:30, 30:36] = 2
+        ct[lab == 1] = band_centre("spinal_cord")
+        ct[lab == 2] = band_centre("esophagus")
+        if n == 2:
+            lab[9, 40:46, 28:34] = 0  # the painted cord has 8 slices, its label 7
+        for array, folder in ((ct, "images"), (lab, "labels")):
+            image = sitk.GetImageFromArray(array)
+            image.SetSpacing((1.5, 1.5, 4.0))
+            sitk.WriteImage(image, str(root / "src" / folder / f"case{n:02d}.nii.gz"))
+    (root / "src" / "label_map.json").write_text(json.dumps({"spinal_cord": 1, "esophagus": 2, "liver": 9}))
+    prepare("nifti-pairs", root / "src", root / "data", workers=1, fractions=(0.0, 0.0, 1.0), progress=False)
+    return root / "data"
+
+
+def test_canonical_image_maps_back_onto_the_prepared_array(prepared):
+    case = load_cases([prepared], "test")[0]
+    image = canonical_image(case.image, case.record["spacing"])
+    array = np.array(to_canonical(image)[0])
+    np.testing.assert_array_equal(array, case.image)
+
+
+def test_evaluate_writes_csv_summary_and_boxplot(prepared, tmp_path):
+    model = IntensityModel(organs=["spinal_cord", "esophagus"], input_size=64)
+    summary = evaluate(model, [prepared], tmp_path, split="test", device="cpu", ground_truth_z=True)
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    # liver is annotated but the model was not trained on it: not scored
+    assert {(r["case"], r["organ"], r["mode"]) for r in rows} == {
+        (f"case{n:02d}", organ, mode) for n in range(3) for organ in ("spinal_cord", "esophagus")
+        for mode in ("label_free", "ground_truth_z")}
+    by = {(r["case"], r["organ"], r["mode"]): r for r in rows}
+    exact = by[("case00", "spinal_cord", "label_free")]
+    assert float(exact["dice"]) == 1.0 and float(exact["hd95_mm"]) == 0.0
+    short = by[("case02", "spinal_cord", "label_free")]
+    assert float(short["dice"]) == pytest.approx(2 * 7 / 15, abs=1e-6)  # 8 predicted slices, 7 labelled
+    assert float(short["precision"]) == pytest.approx(7 / 8, abs=1e-6) and float(short["recall"]) == 1.0
+    assert float(short["truth_ml"]) == pytest.approx(7 * 36 * 1.5 * 1.5 * 4.0 / 1000, abs=1e-6)
+    cord = summary["modes"]["label_free"]["spinal_cord"]["dice"]
+    assert cord["n"] == 3 and cord["mean"] == pytest.approx((2 + 14 / 15) / 3)
+    text = (tmp_path / "summary.md").read_text()
+    assert "spinal_cord" in text and "HD95" in text
+    assert (tmp_path / "boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ground_truth_z_norm_follows_the_organ_extent(prepared):
+    case = load_cases([prepared], "test")[0]
+    model = IntensityModel(organs=["spinal_cord", "esophagus"], input_size=64)
+    wrapper = GroundTruthZNorm(model, case.record["extent"], case.depth)
+    segment(canonical_image(case.image, case.record["spacing"]), model=wrapper, device="cpu", z_norm="volume")
+    seen = np.concatenate([z.cpu().numpy() for z in model.z_seen if z is not None])
+    expected = z_norm_for(np.arange(case.depth), case.record["extent"], case.depth)
+    np.testing.assert_allclose(np.sort(seen), np.sort(expected), atol=1e-6)

@@ -1,0 +1,180 @@
+"""Inference optimisations: each one keeps the network's outputs equal to fp32 (Dice >= 0.99 per organ)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from intensity_model import IntensityModel
+from segmatecore import openvino_runtime
+from segmatecore.bench import DICE_BAR, benchmark_model, calibration_slices, dice
+from segmatecore.optimize import (DEFAULT, NONE, Optimizations, compute_dtype, cpu_has_native_bf16, fold_batchnorm,
+                                  prepare_for_inference)
+from segmatecore.resources import resource_path
+
+SIZE = 64
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def slices() -> torch.Tensor:
+    """Eight normalised 2.5D stacks of the bundled sample CT at 64 x 64."""
+    image = sitk.ReadImage(str(resource_path("SampleData", "totalsegmentator_example_ct.nii.gz")))
+    return calibration_slices(image, (SIZE, SIZE), count=8)
+
+
+@pytest.fixture(scope="module")
+def fastvit(slices) -> nn.Module:
+    return benchmark_model("fastvit_t12", slices)
+
+
+@pytest.fixture(scope="module")
+def reference(fastvit, slices) -> torch.Tensor:
+    """fp32 eager masks of the untouched model."""
+    with torch.inference_mode():
+        return fastvit(slices, torch.linspace(0, 1, len(slices))).seg > 0
+
+
+def masks(model: nn.Module, slices: torch.Tensor, z: torch.Tensor | None = "ramp") -> torch.Tensor:
+    z = torch.linspace(0, 1, len(slices)) if isinstance(z, str) else z
+    with torch.inference_mode():
+        return model(slices, z).seg.float() > 0
+
+
+def assert_agrees(a: torch.Tensor, b: torch.Tensor) -> None:
+    scores = [dice(a[:, k].numpy(), b[:, k].numpy()) for k in range(a.shape[1])]
+    assert min(scores) >= DICE_BAR, f"Dice per organ vs fp32: {np.round(scores, 4).tolist()}"
+
+
+def test_benchmark_model_output_varies_over_the_image(reference):
+    """The Dice checks below are only meaningful if the random network's masks are not constant."""
+    fraction = reference.float().mean(dim=(0, 2, 3))
+    assert ((fraction > 0.05) & (fraction < 0.95)).all(), fraction
+
+
+@pytest.mark.parametrize("backbone", ["fastvit_t12", "efficientnetv2_m"])
+def test_fold_batchnorm_removes_every_batchnorm_and_keeps_outputs(backbone, slices):
+    model = benchmark_model(backbone, slices[:4]).reparameterize()
+    folded = copy.deepcopy(model)
+    count = fold_batchnorm(folded)
+    assert count > 0
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    z = torch.linspace(0, 1, 4)
+    with torch.inference_mode():
+        expected, got = model(slices[:4], z), folded(slices[:4], z)
+    torch.testing.assert_close(got.seg, expected.seg, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got.presence, expected.presence, rtol=1e-3, atol=1e-4)
+
+
+def test_fold_batchnorm_leaves_a_convolution_whose_output_is_used_twice():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.other = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+
+        def forward(self, x, z=None):
+            y = self.conv(x)
+            return self.bn(y) + self.other(y)
+
+    model = Shared().eval()
+    model.bn.running_mean.fill_(0.5)
+    x = torch.randn(1, 3, 8, 8)
+    expected = model(x)
+    assert fold_batchnorm(model) == 0
+    assert isinstance(model.bn, nn.BatchNorm2d)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_fold_batchnorm_refuses_a_training_model(fastvit):
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(copy.deepcopy(fastvit).train())
+
+
+@pytest.mark.parametrize("opts", [NONE.with_(reparameterize=True), NONE.with_(reparameterize=True, fold_batchnorm=True),
+                                  NONE.with_(reparameterize=True, fold_batchnorm=True, channels_last=True)],
+                         ids=["reparameterize", "fold", "channels_last"])
+def test_each_fp32_optimisation_keeps_the_outputs(opts, fastvit, slices, reference):
+    net, autocast = prepare_for_inference(fastvit, CPU, "fp32", optimizations=opts)
+    assert autocast is None
+    assert_agrees(masks(net, slices), reference)
+
+
+def test_bf16_keeps_outputs_within_the_dice_bar(fastvit, slices, reference):
+    net, autocast = prepare_for_inference(fastvit, CPU, "bf16", optimizations=DEFAULT.with_(runtime="torch"))
+    assert autocast is None, "the CPU bf16 network casts its own input"
+    assert next(net.parameters()).dtype == torch.bfloat16
+    assert net.slice_fusion.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert_agrees(masks(net, slices), reference)
+
+
+def test_prepare_works_on_a_copy_unless_told_otherwise(fastvit):
+    before = sum(isinstance(m, nn.BatchNorm2d) for m in fastvit.modules())
+    prepare_for_inference(fastvit, CPU, "fp32", optimizations=DEFAULT.with_(runtime="torch"))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fastvit.modules()) == before
+    assert not fastvit.is_reparameterized
+
+
+def test_prepare_leaves_other_modules_untouched():
+    model = IntensityModel()
+    prepared, autocast = prepare_for_inference(model, CPU, "auto")
+    assert prepared is model and autocast is None
+    assert prepare_for_inference(model, CPU, "bf16")[1] == torch.bfloat16
+
+
+def test_compute_dtype_follows_precision_and_the_cpu():
+    assert compute_dtype(CPU, "fp32") == torch.float32
+    assert compute_dtype(CPU, "bf16") == torch.bfloat16
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert compute_dtype(CPU, "auto") == expected
+    assert compute_dtype(CPU, "auto", Optimizations(bf16=False)) == torch.float32
+    assert compute_dtype(torch.device("cuda"), "auto") == torch.float16
+    with pytest.raises(ValueError, match="precision"):
+        compute_dtype(CPU, "int8")
+
+
+def test_native_bf16_detection_matches_the_cpu_flags():
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def test_bad_optimisation_settings_are_refused():
+    with pytest.raises(ValueError, match="runtime"):
+        Optimizations(runtime="tensorrt")
+    with pytest.raises(ValueError, match="threads"):
+        Optimizations(threads=0)
+
+
+@pytest.fixture(scope="module")
+def openvino_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("segmate-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGMATE_HOME", str(home))
+        yield home
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_network_agrees_with_eager_fp32(precision, openvino_home, fastvit, slices, reference):
+    net, autocast = prepare_for_inference(fastvit, CPU, precision, optimizations=DEFAULT.with_(runtime="openvino"))
+    assert isinstance(net, openvino_runtime.OpenVINONetwork) and autocast is None
+    assert net.metadata == fastvit.metadata
+    assert_agrees(masks(net, slices), reference)
+    # FiLM off (the z_norm pass) through the same compiled graph
+    with torch.inference_mode():
+        off_expected = fastvit(slices, None)
+        off = net(slices, None)
+    assert_agrees(off.seg > 0, off_expected.seg > 0)
+    torch.testing.assert_close(off.presence, off_expected.presence, atol=0.02, rtol=0)
+
+
+def test_openvino_conversion_is_cached(openvino_home, fastvit):
+    net = copy.deepcopy(fastvit).reparameterize()
+    first = openvino_runtime.convert(net, (SIZE, SIZE))
+    stamp = first.stat().st_mtime_ns
+    again = openvino_runtime.convert(copy.deepcopy(fastvit).reparameterize(), (SIZE, SIZE))
+    assert again == first and again.stat().st_mtime_ns == stamp
+    assert first.is_relative_to(openvino_home)

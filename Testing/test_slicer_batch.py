@@ -1,0 +1,155 @@
+"""SegMateSlicer/batch.py: argument handling and the folder loop, through SegMateLogic.process.
+
+Runs in a real MRML scene from slicer-core, as ``Slicer --no-main-window --python-script`` would.
+Cases are tiny CT-like volumes; the voxel checks use the intensity test model, and one full
+command-line run uses a real SegMate model file (random weights, 32 x 32 input).
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import slicerio
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "SegMateSlicer"))
+
+import batch  # noqa: E402  (SegMateSlicer/batch.py)
+import segmatecore  # noqa: E402
+from intensity_model import IntensityModel, band_centre  # noqa: E402
+from segmatecore.organs import organ  # noqa: E402
+
+from SegMateLib.batch import CSV_NAME, findCases, parseOrgans, runBatch  # noqa: E402
+from SegMateLib.segments import ensureConverterRules  # noqa: E402
+
+ORGANS = ["liver", "aorta"]
+
+
+@pytest.fixture
+def scene():
+    mrml = slicer.vtkMRMLScene()
+    slicer.mrmlScene = mrml
+    ensureConverterRules()
+    yield mrml
+    mrml.Clear(1)
+
+
+def ct_image(shift: int, oblique: bool = False) -> sitk.Image:
+    array = np.full((8, 30, 32), -1000, dtype=np.int16)
+    array[2:7, 5 + shift:20 + shift, 4:16] = band_centre("liver")
+    array[1:8, 22:27, 18:24] = band_centre("aorta")
+    array[0, 0, 0] = 300
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.2, 1.1, 3.0))
+    image.SetOrigin((-20.0, 15.0, 100.0 + shift))
+    if oblique:
+        c, s = np.cos(0.3), np.sin(0.3)
+        image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    return image
+
+
+@pytest.fixture
+def case_folder(tmp_path) -> Path:
+    """Two NIfTI/NRRD volumes, a DICOM series folder, a damaged file, and files the loop must ignore."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    sitk.WriteImage(ct_image(0), str(folder / "alpha.nii.gz"))
+    sitk.WriteImage(ct_image(3, oblique=True), str(folder / "beta.nrrd"))
+    (folder / "damaged.nii.gz").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored")
+    (folder / "old.seg.nrrd").write_bytes(b"ignored: a segmentation, not a CT")
+    return folder
+
+
+def test_find_cases_lists_volumes_and_dicom_folders(case_folder, shared_data):
+    shutil.copytree(shared_data / "dcmqi_ct3slice" / "ct-3slice", case_folder / "gamma_dicom")
+    (case_folder / "empty_folder").mkdir()
+    cases = findCases(case_folder)
+    assert [(c.name, c.path.name) for c in cases] == [
+        ("alpha", "alpha.nii.gz"), ("beta", "beta.nrrd"), ("damaged", "damaged.nii.gz"), ("gamma_dicom", "gamma_dicom")]
+    assert [c.name for c in findCases(case_folder / "beta.nrrd")] == ["beta"]
+    assert [c.name for c in findCases(case_folder / "gamma_dicom")] == ["gamma_dicom"]
+    with pytest.raises(FileNotFoundError):
+        findCases(case_folder / "missing")
+
+
+def test_folder_loop_writes_a_seg_nrrd_per_case_and_a_csv_log(scene, case_folder, tmp_path):
+    model = IntensityModel(organs=ORGANS, input_size=64)
+    output = tmp_path / "out"
+    messages = []
+    rows = runBatch(case_folder, output, scene=scene, log=messages.append, organs=ORGANS, model=model,
+                    device="cpu", naming="tg263")
+
+    assert [(r["case"], r["status"]) for r in rows] == [("alpha", "ok"), ("beta", "ok"), ("damaged", "failed")]
+    assert "damaged.nii.gz" in rows[2]["error"] and "InputError" in rows[2]["error"]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLVolumeNode") == 0
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert len(messages) == 3 and "FAILED" in messages[2]
+    with (output / CSV_NAME).open(newline="") as stream:
+        logged = list(csv.DictReader(stream))
+    assert [(r["case"], r["status"]) for r in logged] == [("alpha", "ok"), ("beta", "ok"), ("damaged", "failed")]
+    for row, name, image in ((logged[0], "alpha", ct_image(0)), (logged[1], "beta", ct_image(3, oblique=True))):
+        assert row["output"] == str(output / f"{name}.seg.nrrd") and row["organs"] == "liver aorta"
+        expected = segmatecore.segment(image, model=model, organs=ORGANS, device="cpu")
+        assert float(row["liver_ml"]) == pytest.approx(expected.volumes_ml["liver"], abs=1e-3)
+        saved = slicerio.read_segmentation(row["output"])
+        by_name = {s["name"]: s for s in saved["segments"]}
+        assert sorted(by_name) == ["A_Aorta", "Liver"]
+        labels = sitk.GetArrayFromImage(expected.labelmap).transpose(2, 1, 0)
+        for key in ORGANS:
+            np.testing.assert_array_equal(saved["voxels"] == by_name[organ(key).tg263]["labelValue"],
+                                          labels == organ(key).label)
+        lps = np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+        assert np.allclose(saved["ijkToLPS"][:3, :3], lps, atol=1e-6)
+        assert np.allclose(saved["ijkToLPS"][:3, 3], image.GetOrigin(), atol=1e-6)
+
+    again = runBatch(case_folder, output, scene=scene, log=messages.append, skipExisting=True, organs=ORGANS,
+                     model=model, device="cpu")
+    assert [r["status"] for r in again] == ["skipped", "skipped", "failed"]
+
+
+def test_organ_list_parsing():
+    assert parseOrgans(None) is None and parseOrgans("") is None
+    assert parseOrgans("liver,aorta") == ["liver", "aorta"]
+    assert parseOrgans("liver aorta, trachea") == ["liver", "aorta", "trachea"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--input"),
+    (["--input", "x"], "--output"),
+    (["--input", "/no/such/folder", "--output", "out"], "does not exist"),
+    (["--", "--input", ".", "--output", "out", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--input", ".", "--output", "out", "--naming", "short"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
+    assert batch.main(argv) == batch.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_command_line_run_with_a_model_file(scene, case_folder, tmp_path):
+    from segmatecore.checkpoint import default_metadata, save_model
+    from segmatecore.models import create_model
+
+    network = create_model("fastvit_t12")
+    metadata = default_metadata("fastvit_t12")
+    metadata["preprocessing"]["input_size"] = [32, 32]
+    model_path = save_model(network, tmp_path / "tiny.safetensors", metadata)
+    (case_folder / "beta.nrrd").unlink()
+    output = tmp_path / "out"
+    log = []
+    code = batch.main(["--", "--input", str(case_folder), "--output", str(output), "--model", str(model_path),
+                       "--device", "cpu", "--organs", "liver,aorta", "--batch-size", "8", "--csv",
+                       str(tmp_path / "log.csv")], log=log.append)
+    assert code == batch.EXIT_SOME_FAILED  # the damaged file fails, alpha succeeds
+    with (tmp_path / "log.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [(r["case"], r["status"]) for r in rows] == [("alpha", "ok"), ("damaged", "failed")]
+    saved = slicerio.read_segmentation(str(output / "alpha.seg.nrrd"))
+    assert sorted(s["name"] for s in saved["segments"]) == ["Aorta", "Liver"]
+    assert "1 of 2 case(s) done, 1 failed" in log[-1]

@@ -1,0 +1,553 @@
+"""The Slicer module's logic (SegMateSlicer/SegMateLib) against a real MRML scene from slicer-core.
+
+SegMate's labelmap is computed independently by ``segmatecore.segment`` on the volume as Slicer's
+own NRRD writer saves it, and compared voxel for voxel with each segment exported by Slicer's
+Segmentations logic into the volume's geometry. The network is the intensity test model, so the
+result depends only on geometry and bookkeeping, and every run takes about a second.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+import slicerio
+import vtk
+import vtk.util.numpy_support
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "SegMateSlicer"))
+
+import segmatecore  # noqa: E402
+from intensity_model import IntensityModel, band_centre  # noqa: E402
+from segmatecore.organs import category, organ, organ_keys, organs  # noqa: E402
+from segmatecore.result import SegmentationCancelled  # noqa: E402
+
+import SegMateLib  # noqa: E402
+from SegMateLib import dependencies, diagnostics, sample_data  # noqa: E402
+from SegMateLib.batch import saveSegmentation  # noqa: E402
+from SegMateLib.job import JobProgress, elapsedText  # noqa: E402
+from SegMateLib.logic import SegMateLogic  # noqa: E402
+from SegMateLib.model_choices import modelChoices  # noqa: E402
+from SegMateLib.segments import SOURCE_TAG, binaryLabelmapName, ensureConverterRules  # noqa: E402
+from SegMateLib.terminology import organKeyForTerminology, terminologyEntry  # noqa: E402
+from SegMateLib.volume_image import imageFromVolumeNode  # noqa: E402
+
+SegLogic = slicer.vtkSlicerSegmentationsModuleLogic
+PAINTED = ["left_lung", "liver", "aorta", "trachea"]
+ORGANS = ["left_lung", "esophagus", "liver", "aorta", "trachea"]  # the test model never finds esophagus: empty
+SHAPE = (12, 40, 44)  # k, j, i
+
+
+def painted_array() -> np.ndarray:
+    """A small CT-like array: air, one bone voxel, and blocks painted at four organs' test intensities."""
+    array = np.full(SHAPE, -1000, dtype=np.int16)
+    array[3:10, 10:25, 4:19] = band_centre("liver")
+    array[2:11, 5:21, 26:41] = band_centre("left_lung")
+    array[1:12, 28:35, 20:26] = band_centre("aorta")
+    array[6:12, 30:39, 30:37] = band_centre("trachea")
+    array[0, 0, 0] = 300
+    return array
+
+
+def ijk_to_ras(oblique: bool) -> np.ndarray:
+    """Axial (a DICOM-like LPS volume) or oblique: rotated 20 deg about one axis and 10 deg about another."""
+    spacing = np.diag([0.9, 0.8, 2.5])
+    directions = np.diag([-1.0, -1.0, 1.0])
+    if oblique:
+        a, b = math.radians(20), math.radians(10)
+        rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+        rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+        directions = rz @ rx @ directions
+    matrix = np.eye(4)
+    matrix[:3, :3] = directions @ spacing
+    matrix[:3, 3] = [12.5, -30.0, 40.0]
+    return matrix
+
+
+@pytest.fixture
+def scene():
+    """A fresh real MRML scene as slicer.mrmlScene, with a patient/study in the subject hierarchy."""
+    mrml = slicer.vtkMRMLScene()
+    slicer.mrmlScene = mrml
+    ensureConverterRules()
+    yield mrml
+    mrml.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return IntensityModel(organs=PAINTED, input_size=64)
+
+
+def add_ct(scene, oblique=False, name="CT"):
+    """A CT volume node made with Slicer's own API, placed under a study in the subject hierarchy."""
+    volume = slicer.util.addVolumeFromArray(painted_array(), ijk_to_ras(oblique), name=name)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1")
+    study = sh.CreateStudyItem(patient, "CT study")
+    sh.CreateItem(study, volume)
+    return volume
+
+
+def slicer_written_image(volume, tmp_path) -> sitk.Image:
+    """The volume as Slicer's NRRD writer stores it, read back by SimpleITK: an independent geometry."""
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    path = tmp_path / f"{volume.GetName()}.nrrd"
+    storage.SetFileName(str(path))
+    assert storage.WriteData(volume)
+    return sitk.ReadImage(str(path))
+
+
+def reference_labels(volume, tmp_path, model, organ_keys=ORGANS) -> np.ndarray:
+    """SegMateCore's labelmap of the volume, [k, j, i]."""
+    result = segmatecore.segment(slicer_written_image(volume, tmp_path), model=model, organs=organ_keys, device="cpu")
+    return sitk.GetArrayFromImage(result.labelmap)
+
+
+def export_segment(segmentation_node, segment_id, volume) -> np.ndarray:
+    """A segment exported by Slicer's Segmentations logic into the volume's geometry, [k, j, i]."""
+    scene = volume.GetScene()
+    labelmap_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    try:
+        assert SegLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap_node, volume)
+        exported, reference = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        labelmap_node.GetIJKToRASMatrix(exported)
+        volume.GetIJKToRASMatrix(reference)
+        assert np.allclose(slicer.util.arrayFromVTKMatrix(exported), slicer.util.arrayFromVTKMatrix(reference))
+        return slicer.util.arrayFromVolume(labelmap_node).copy()
+    finally:
+        display_nodes = [labelmap_node.GetNthDisplayNode(i) for i in range(labelmap_node.GetNumberOfDisplayNodes())]
+        scene.RemoveNode(labelmap_node)
+        for display_node in display_nodes:
+            scene.RemoveNode(display_node)
+
+
+def segment_snapshot(segmentation_node) -> dict:
+    """Everything a user sees of a segmentation, read without touching the scene: IDs in order, names,
+    colours, terminology and each segment's binary labelmap (extent, geometry, label value, voxels)."""
+    segmentation = segmentation_node.GetSegmentation()
+    snapshot = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        segment = segmentation.GetSegment(segment_id)
+        labelmap = segment.GetRepresentation(binaryLabelmapName())
+        matrix = vtk.vtkMatrix4x4()
+        labelmap.GetImageToWorldMatrix(matrix)
+        voxels = vtk.util.numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
+        snapshot[segment_id] = (index, segment.GetName(), tuple(segment.GetColor()), segment.GetTerminology(),
+                                segment.GetLabelValue(), tuple(labelmap.GetExtent()),
+                                tuple(slicer.util.arrayFromVTKMatrix(matrix).ravel()), voxels.tobytes())
+    return snapshot
+
+
+def add_user_segment(segmentation_node, volume, name="My structure") -> tuple[str, np.ndarray]:
+    """A segment drawn by the user, overlapping the liver and aorta blocks."""
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[4:9, 15:32, 10:24] = 1
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(0, SHAPE[2] - 1, 0, SHAPE[1] - 1, 0, SHAPE[0] - 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.ravel()
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    segment_id = segmentation_node.GetSegmentation().AddEmptySegment("", name, [0.1, 0.9, 0.2])
+    assert SegLogic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, SegLogic.MODE_REPLACE,
+                                               image.GetExtent())
+    return segment_id, mask
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("oblique", [False, True], ids=["axial", "oblique"])
+def test_volume_node_becomes_the_image_slicer_writes(scene, tmp_path, oblique):
+    volume = add_ct(scene, oblique)
+    image = imageFromVolumeNode(volume)
+    written = slicer_written_image(volume, tmp_path)
+    assert image.GetSize() == written.GetSize()
+    assert np.allclose(image.GetSpacing(), written.GetSpacing(), atol=1e-6)
+    assert np.allclose(image.GetOrigin(), written.GetOrigin(), atol=1e-6)
+    assert np.allclose(image.GetDirection(), written.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(written))
+    # a copy: changing the node afterwards does not change the image handed to the worker thread
+    slicer.util.arrayFromVolume(volume)[:] = 0
+    assert sitk.GetArrayViewFromImage(image).max() == 300
+
+
+def test_labelmaps_and_vectors_are_refused_with_a_clear_message(scene):
+    labelmap = slicer.util.addVolumeFromArray(np.zeros((3, 4, 5), np.uint8), name="labels",
+                                              nodeClassName="vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(ValueError, match="scalar CT volume"):
+        imageFromVolumeNode(labelmap)
+    with pytest.raises(ValueError, match="select a CT volume"):
+        imageFromVolumeNode(None)
+
+
+# ----------------------------------------------------------------------------------------------- process
+
+
+def expected_terminology(key: str) -> str:
+    o, c = organ(key), category()
+    modifier = f"{o.modifier['scheme']}^{o.modifier['code']}^{o.modifier['meaning']}" if o.modifier else "^^"
+    return (f"Segmentation category and type - DICOM master list~{c['scheme']}^{c['code']}^{c['meaning']}"
+            f"~{o.type['scheme']}^{o.type['code']}^{o.type['meaning']}~{modifier}"
+            "~Anatomic codes - DICOM master list~^^~^^")
+
+
+def test_terminology_string_is_slicers_format():
+    assert terminologyEntry(organ("left_lung")) == (
+        "Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure~SCT^39607008^Lung"
+        "~SCT^7771000^Left~Anatomic codes - DICOM master list~^^~^^")
+    assert terminologyEntry(organ("spinal_cord")) == (
+        "Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure~SCT^2748008^Spinal cord"
+        "~^^~Anatomic codes - DICOM master list~^^~^^")
+    for o in organs():
+        assert organKeyForTerminology(terminologyEntry(o)) == o.key
+    # the same codes from another context list are still that organ; other codes are not SegMate's
+    assert organKeyForTerminology(terminologyEntry(organ("liver")).replace(
+        "DICOM master list~SCT^123037004", "3D Slicer General Anatomy list~SCT^123037004", 1)) == "liver"
+    assert organKeyForTerminology("Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^"
+                                  "Tissue~SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^") is None
+    right_kidney = terminologyEntry(organ("right_kidney"))
+    assert organKeyForTerminology(right_kidney.replace("24028007^Right", "7771000^Left")) == "left_kidney"
+    assert organKeyForTerminology("") is None
+
+
+@pytest.mark.parametrize("oblique", [False, True], ids=["axial", "oblique"])
+def test_process_writes_each_organ_voxel_for_voxel(scene, tmp_path, model, oblique):
+    volume = add_ct(scene, oblique)
+    expected = reference_labels(volume, tmp_path, model)
+    assert {organ(k).label for k in ("left_lung", "liver", "aorta", "trachea")} <= set(np.unique(expected))
+
+    run = SegMateLogic().process(volume, None, organs=ORGANS, model=model, device="cpu")
+
+    node = run.segmentationNode
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == len(ORGANS)
+    assert [segmentation.GetNthSegmentID(i) for i in range(len(ORGANS))] == [run.segmentIds[k] for k in ORGANS]
+    for key in ORGANS:
+        o = organ(key)
+        segment = segmentation.GetSegment(run.segmentIds[key])
+        np.testing.assert_array_equal(export_segment(node, run.segmentIds[key], volume) > 0, expected == o.label,
+                                      err_msg=key)
+        assert segment.GetName() == o.display_name
+        assert np.allclose(segment.GetColor(), o.color_float)
+        assert segment.GetTerminology() == expected_terminology(key)
+        source = vtk.reference("")
+        assert segment.GetTag(SOURCE_TAG, source) and "SegMate" in str(source)
+    assert not export_segment(node, run.segmentIds["esophagus"], volume).any()
+    # reference geometry and subject hierarchy: what DICOM SEG / RTSTRUCT export need
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    assert sh.GetItemParent(sh.GetItemByDataNode(node)) == sh.GetItemParent(sh.GetItemByDataNode(volume))
+    assert sh.GetItemLevel(sh.GetItemParent(sh.GetItemByDataNode(node))) == "Study"
+    assert node.GetName() == "CT segmentation"
+
+
+def test_tg263_names_and_default_organs(scene, tmp_path):
+    volume = add_ct(scene)
+    model = IntensityModel(organs=["liver", "left_lung", "aorta"], input_size=64)  # trained on three organs
+    run = SegMateLogic().process(volume, None, model=model, device="cpu", naming="tg263")
+    names = [run.segmentationNode.GetSegmentation().GetSegment(run.segmentIds[k]).GetName() for k in run.segmentIds]
+    assert list(run.segmentIds) == ["left_lung", "liver", "aorta"]
+    assert names == ["Lung_L", "Liver", "A_Aorta"]
+    with pytest.raises(ValueError, match="naming"):
+        SegMateLogic().createJob(volume, None, model=model, naming="short")
+    with pytest.raises(ValueError, match="at least one organ"):
+        SegMateLogic().createJob(volume, None, organs=[], model=model)
+
+
+def test_user_segment_survives_and_a_second_run_replaces_segmates_segments(scene, tmp_path, model):
+    volume = add_ct(scene)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
+    node.CreateDefaultDisplayNodes()
+    user_id, user_mask = add_user_segment(node, volume)
+    logic = SegMateLogic()
+
+    first = logic.process(volume, node, organs=ORGANS, model=model, device="cpu")
+    assert first.segmentationNode is node
+    liver_id = first.segmentIds["liver"]
+    node.GetSegmentation().GetSegment(liver_id).SetName("my liver")  # renamed: still SegMate's by terminology
+    order_before = [node.GetSegmentation().GetNthSegmentID(i) for i in range(node.GetSegmentation().GetNumberOfSegments())]
+
+    # the liver block shrinks; the second run must replace the liver segment, not add another one
+    slicer.util.arrayFromVolume(volume)[3:10, 10:25, 4:11] = -1000
+    slicer.util.arrayFromVolumeModified(volume)
+    expected = reference_labels(volume, tmp_path, model, ["liver", "aorta"])
+    second = logic.process(volume, node, organs=["liver", "aorta"], model=model, device="cpu")
+
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1 + len(ORGANS)
+    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == order_before
+    assert second.segmentIds == {"liver": liver_id, "aorta": first.segmentIds["aorta"]}
+    assert segmentation.GetSegment(liver_id).GetName() == "Liver"
+    for key in ("liver", "aorta"):
+        np.testing.assert_array_equal(export_segment(node, second.segmentIds[key], volume) > 0,
+                                      expected == organ(key).label)
+    user = segmentation.GetSegment(user_id)
+    assert user.GetName() == "My structure" and np.allclose(user.GetColor(), (0.1, 0.9, 0.2))
+    np.testing.assert_array_equal(export_segment(node, user_id, volume), user_mask)
+
+
+# ----------------------------------------------------------------------------------------------- cancel, errors
+
+
+class FailingModel(IntensityModel):
+    """The intensity model, failing on its second batch (as a GPU running out of memory might)."""
+
+    def forward(self, x, z_norm=None):
+        if len(self.batches_seen) >= 1:
+            raise RuntimeError("simulated failure in the network")
+        return super().forward(x, z_norm)
+
+
+def scene_state(scene, node, volume):
+    node_ids = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+    return node_ids, segment_snapshot(node)
+
+
+def test_cancel_leaves_the_segmentation_unchanged(scene, tmp_path, model):
+    volume = add_ct(scene)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
+    add_user_segment(node, volume)
+    logic = SegMateLogic()
+    logic.process(volume, node, organs=["liver"], model=model, device="cpu")
+    before = scene_state(scene, node, volume)
+
+    cancel = threading.Event()
+    stages = []
+
+    def progress(stage, done, total):
+        stages.append((stage, done, total))
+        if stage == "network" and done >= 1:
+            cancel.set()
+
+    with pytest.raises(SegmentationCancelled):
+        logic.process(volume, node, organs=ORGANS, model=model, device="cpu", progress=progress, cancel=cancel,
+                      batchSize=1, zNorm="none")
+    assert ("network", 1, SHAPE[0]) in stages
+    assert scene_state(scene, node, volume) == before
+
+
+def test_error_mid_inference_leaves_node_and_scene_unchanged(scene, tmp_path):
+    volume = add_ct(scene)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
+    add_user_segment(node, volume)
+    before = scene_state(scene, node, volume)
+    logic = SegMateLogic()
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        logic.process(volume, node, organs=ORGANS, model=FailingModel(PAINTED, input_size=64), device="cpu",
+                      batchSize=2)
+    assert scene_state(scene, node, volume) == before
+    # "create new segmentation" must not leave an empty node behind either
+    nodes = scene.GetNumberOfNodes()
+    job = logic.createJob(volume, None, organs=ORGANS, model=FailingModel(PAINTED, input_size=64), device="cpu",
+                          batchSize=2)
+    job.start()
+    assert job.wait(60)
+    assert isinstance(job.error, RuntimeError)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        job.finish()
+    assert scene.GetNumberOfNodes() == nodes
+
+
+def test_background_job_reports_progress_and_writes_only_in_finish(scene, tmp_path, model):
+    volume = add_ct(scene, oblique=True)
+    expected = reference_labels(volume, tmp_path, model)
+    nodes = scene.GetNumberOfNodes()
+    job = SegMateLogic().createJob(volume, None, organs=ORGANS, model=model, device="cpu", batchSize=3)
+    assert not job.started
+    job.start()
+    assert job.wait(60) and job.done and job.error is None
+    progress = job.progress()
+    assert progress.stage == "done" and progress.elapsed > 0
+    assert scene.GetNumberOfNodes() == nodes  # the worker thread did not touch the scene
+    run = job.finish()
+    assert scene.GetNumberOfNodes() > nodes
+    for key in ORGANS:
+        np.testing.assert_array_equal(export_segment(run.segmentationNode, run.segmentIds[key], volume) > 0,
+                                      expected == organ(key).label)
+    with pytest.raises(RuntimeError, match="already called"):
+        job.finish()
+
+
+def test_background_job_cancel(scene, model):
+    volume = add_ct(scene)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
+    before = scene_state(scene, node, volume)
+    started = threading.Event()
+    release = threading.Event()
+
+    def progress(stage, done, total):
+        if stage == "network" and done >= 1:
+            started.set()
+            release.wait(30)
+
+    job = SegMateLogic().createJob(volume, node, organs=ORGANS, model=model, device="cpu", progress=progress,
+                                   batchSize=1, zNorm="none")
+    job.start()
+    assert started.wait(60)
+    assert job.running and job.progress().stage == "network"
+    job.cancel()
+    release.set()
+    assert job.wait(60)
+    with pytest.raises(SegmentationCancelled):
+        job.finish()
+    assert scene_state(scene, node, volume) == before
+
+
+def test_progress_text():
+    assert JobProgress("network", 12, 40, 3.0).text() == "Segmenting: slice 12 of 40"
+    assert JobProgress("z_pass", 2, 40, 3.0).text() == "Finding the organs' extent: slice 2 of 40"
+    assert JobProgress("postprocess", 0, 1, 3.0).text() == "Post-processing"
+    assert elapsedText(75.4) == "1:15"
+
+
+# ----------------------------------------------------------------------------------------------- saving
+
+
+def test_saved_seg_nrrd_reads_back_with_slicerio(scene, tmp_path, model):
+    volume = add_ct(scene, oblique=True)
+    expected = reference_labels(volume, tmp_path, model)
+    run = SegMateLogic().process(volume, None, organs=ORGANS, model=model, device="cpu", naming="tg263")
+    path = tmp_path / "result.seg.nrrd"
+    saveSegmentation(run.segmentationNode, path)
+
+    info = slicerio.read_segmentation(str(path))
+    ijk_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras(oblique=True)
+    assert np.allclose(info["ijkToLPS"], ijk_to_lps, atol=1e-6)
+    voxels = info["voxels"]
+    if voxels.ndim == 4:
+        pytest.fail("SegMate's organs never overlap, so Slicer should store them in one layer")
+    by_name = {s["name"]: s for s in info["segments"]}
+    assert sorted(by_name) == sorted(organ(k).tg263 for k in ORGANS)
+    for key in ORGANS:
+        segment = by_name[organ(key).tg263]
+        assert segment["terminology"]["type"] == [organ(key).type["scheme"], organ(key).type["code"],
+                                                   organ(key).type["meaning"]]
+        assert segment["terminology"]["category"] == ["SCT", "123037004", "Anatomical Structure"]
+        np.testing.assert_array_equal(voxels.transpose(2, 1, 0) == segment["labelValue"], expected == organ(key).label)
+
+
+# ----------------------------------------------------------------------------------------------- models, packages
+
+
+def test_imported_model_is_offered_with_its_trained_organs(tmp_path, monkeypatch):
+    from segmatecore.checkpoint import default_metadata, save_model
+    from segmatecore.models import create_model
+
+    monkeypatch.setenv("SEGMATE_HOME", str(tmp_path / "home"))
+    network = create_model("fastvit_t12")
+    network.metadata = default_metadata("fastvit_t12", trained_organs=["spinal_cord", "esophagus"])
+    source = save_model(network, tmp_path / "my_cord_model.safetensors")
+    logic = SegMateLogic()
+    installed = logic.importModelFile(str(source))
+    assert installed.parent == logic.modelFolder()
+    choice = next(c for c in modelChoices() if c.id == "my_cord_model")
+    assert choice.installed and choice.source == "imported"
+    assert choice.trainedOrgans == ("spinal_cord", "esophagus")
+    assert choice.untrainedOrgans() == [k for k in organ_keys() if k not in choice.trainedOrgans]
+    assert logic.clearModelCache() == [installed]
+    assert not installed.exists()
+
+
+def test_requirements_and_version_ranges(monkeypatch):
+    assert dependencies.missingRequirements() == []
+    fake = dependencies.Requirement("segmate-no-such-package", ">=1", "test")
+    too_new = dependencies.Requirement("numpy", "<1.0", "test")
+    assert dependencies.missingRequirements([fake, too_new]) == [fake, too_new]
+    text = dependencies.describe([fake, too_new])
+    assert "segmate-no-such-package (not installed)" in text and f"installed {np.__version__}, needs <1.0" in text
+    constraints = dependencies.shippedVersionConstraints()
+    assert f"numpy=={np.__version__}" in constraints and f"SimpleITK=={sitk.Version.VersionString()}" in constraints
+    # the ranges are SegMateCore's own
+    declared = tomllib.loads((REPO / "SegMateCore" / "pyproject.toml").read_text())["project"]["dependencies"]
+    from packaging.requirements import Requirement
+
+    ranges = {Requirement(d).name.lower(): str(Requirement(d).specifier) for d in declared}
+    for requirement in dependencies.REQUIREMENTS:
+        assert str(Requirement(requirement.text).specifier) == ranges[requirement.name.lower()], requirement.name
+
+
+def _third_party_imports(module_file: Path, seen: set[Path]) -> set[str]:
+    """Top-level third-party names imported by a segmatecore module and the segmatecore modules it imports."""
+    if module_file in seen or not module_file.is_file():
+        return set()
+    seen.add(module_file)
+    package = REPO / "SegMateCore" / "segmatecore"
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(module_file.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = module_file.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            parts = (node.module or "").split(".") if node.module else []
+            target = base.joinpath(*parts)
+            candidates = [target.with_suffix(".py"), target / "__init__.py"]
+            candidates += [target / f"{alias.name}.py" for alias in node.names]
+            for candidate in candidates:
+                names |= _third_party_imports(candidate, seen)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for module in modules:
+                top = module.split(".")[0]
+                if top == "segmatecore":
+                    names |= _third_party_imports(package.joinpath(*module.split(".")[1:]).with_suffix(".py"), seen)
+                    names |= _third_party_imports(package.joinpath(*module.split(".")[1:], "__init__.py"), seen)
+                elif top and top not in sys.stdlib_module_names:
+                    names.add(top)
+    return names
+
+
+def test_every_package_segmentation_imports_is_installed_or_shipped_by_slicer():
+    package = REPO / "SegMateCore" / "segmatecore"
+    seen: set[Path] = set()
+    needed = set()
+    for module in ("__init__.py", "inference.py", "catalogue.py", "io.py", "organs.py"):
+        needed |= _third_party_imports(package / module, seen)
+    import importlib.metadata
+
+    distributions = importlib.metadata.packages_distributions()
+    provided = {r.name.lower() for r in dependencies.REQUIREMENTS} | {n.lower() for n in dependencies.SHIPPED_WITH_SLICER}
+    provided |= {"torchvision"}  # installed with torch by the PyTorch extension
+    for name in needed:
+        owners = {d.lower() for d in distributions.get(name, [name])}
+        assert owners & provided, f"segmatecore imports {name} ({owners}) but SegMate neither installs it nor finds it in Slicer"
+
+
+def test_diagnostics_lists_versions_and_device():
+    import platform
+
+    import torch
+
+    text = diagnostics.diagnosticsText()
+    assert "Slicer: not running inside the Slicer application" in text
+    assert f"Python: {platform.python_version()}" in text
+    assert f"PyTorch: {torch.__version__}" in text
+    assert "Device for 'Auto':" in text or "CUDA: not available; device for 'Auto': cpu" in text
+    assert f"SegMateCore: {segmatecore.__version__}" in text
+
+
+def test_sample_data_sources_point_at_the_bundled_files():
+    listed = json.loads(sample_data.samplesFile().read_text())
+    sources = SegMateLib.sampleDataSources()
+    assert [s["sampleName"] for s in sources] == [entry["name"] for entry in listed]
+    for source, entry in zip(sources, listed):
+        path = Path(source["uris"].removeprefix("file://"))
+        assert path.is_file() and source["fileNames"] == entry["file"]
+        assert source["checksums"] == "SHA256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        assert Path(source["thumbnailFileName"]).is_file()
+        assert source["category"] == "SegMate" and source["nodeNames"] == entry["node_name"]

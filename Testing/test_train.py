@@ -1,0 +1,80 @@
+"""`segmate train` / `segmate finetune`: a tiny run writes a loadable model with its provenance, and resumes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from segmatecore import load_model, read_metadata
+from segmatecore.cli import main
+from segmatecore.train.prepare import prepare
+from test_prepare import make_nifti_pairs
+
+TINY = ["--backbone", "fastvit_t12", "--input-size", "64", "--batch-size", "2", "--samples-per-epoch", "4",
+        "--epochs", "4", "--workers", "0", "--val-max-slices", "4", "--augment", "light", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    src = make_nifti_pairs(root / "src", cases=4)
+    prepare("nifti-pairs", src, root / "data", workers=1, fractions=(0.5, 0.5, 0.0), progress=False)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    code = main(["train", "--data", str(data), *TINY, "--max-steps", "3", "--run-dir", str(run),
+                 "-o", str(run / "model.safetensors"), "--dtype", "fp16"])
+    assert code == 0
+    return run
+
+
+def test_tiny_run_writes_a_loadable_model_with_provenance(trained, data):
+    model = load_model(trained / "model.safetensors")
+    meta = model.metadata
+    assert meta["backbone"] == "fastvit_t12" and meta["preprocessing"]["input_size"] == [64, 64]
+    assert meta["trained_organs"] == ["spinal_cord", "esophagus", "left_kidney"]
+    assert not meta["deep_supervision"] and len(model.deep_heads) == 0  # training-only heads dropped
+    prov = meta["provenance"]
+    assert prov["source"] == "segmate train"
+    assert prov["data"][0]["path"] == str(data.resolve())
+    assert prov["data"][0]["splits"] == json.loads((data / "dataset.json").read_text())["splits"]
+    assert prov["recipe"]["lr"] == 2e-4 and prov["recipe"]["optimizer"] == "AdamW"
+    assert prov["recipe"]["steps_done"] == 3
+    assert "commit" in prov["code"]
+    assert prov["metrics"]["validation"]["step"] in (2, 3)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 64), torch.tensor([0.5]))
+    assert out.seg.shape == (1, 9, 64, 64)
+    history = json.loads((trained / "history.json").read_text())
+    assert [h["step"] for h in history] == [2, 3]
+    assert (trained / "tb").is_dir() and (trained / "best.safetensors").is_file()
+    # fp16 on disk
+    assert (trained / "model.safetensors").stat().st_size < (trained / "best.safetensors").stat().st_size * 0.6
+
+
+def test_resume_continues_where_the_run_stopped(trained, data):
+    assert main(["train", "--data", str(data), *TINY, "--max-steps", "5", "--run-dir", str(trained),
+                 "--resume"]) == 0
+    history = json.loads((trained / "history.json").read_text())
+    assert [h["step"] for h in history] == [2, 3, 4, 5]
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 5 and state["epoch"] == 2
+
+
+def test_finetune_keeps_the_encoder_frozen_at_first(trained, data, tmp_path):
+    start = trained / "model.safetensors"
+    code = main(["finetune", "--model", str(start), "--data", str(data), *TINY, "--max-steps", "2",
+                 "--freeze-encoder-epochs", "1", "--run-dir", str(tmp_path), "-o", str(tmp_path / "ft.safetensors")])
+    assert code == 0
+    before = load_model(start, reparameterize=False)
+    after = load_model(tmp_path / "ft.safetensors", reparameterize=False)
+    params_before = dict(before.named_parameters())
+    changed = {n for n, p in after.named_parameters() if not torch.equal(p, params_before[n])}
+    assert changed and not any(n.startswith("encoder.") for n in changed)
+    meta = read_metadata(tmp_path / "ft.safetensors")
+    assert meta["provenance"]["source"] == "segmate finetune"
+    assert meta["provenance"]["recipe"]["schedule"] == "cosine" and meta["provenance"]["recipe"]["lr"] == 5e-6
