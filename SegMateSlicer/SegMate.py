@@ -294,18 +294,14 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelInfoLabel.text = ""
             return
         untrained = choice.untrainedOrgans()
-        parts = [_("backbone {backbone}").format(backbone=choice.backbone or "?"),
-                 _("installed") if choice.installed else _("not installed")]
-        if choice.demo:
-            parts.append(_("demonstration model, not for clinical use"))
-        if untrained:
-            parts.append(_("not trained on: {organs}").format(organs=", ".join(k.replace("_", " ") for k in untrained)))
-        self.ui.modelInfoLabel.text = "; ".join(parts)
+        self.ui.modelInfoLabel.text = choice.infoText()
         for row in range(self.ui.organListWidget.count):
             item = self.ui.organListWidget.item(row)
             key = item.data(qt.Qt.UserRole)
-            if key:
-                item.setForeground(qt.QBrush(qt.QColor("gray" if key in untrained else "black")))
+            if key in untrained:
+                item.setForeground(qt.QBrush(qt.QColor("gray")))
+            elif key:
+                item.setData(qt.Qt.ForegroundRole, None)  # the theme's text colour (light or dark)
 
     def onModelChanged(self, index: int) -> None:
         if self._updatingGui or self._parameterNode is None or index < 0:

@@ -168,7 +168,8 @@ def test_a_cancelled_case_leaves_nothing(tmp_path, intensity_network, monkeypatc
 @pytest.mark.parametrize("args, message", [(["--shard", "2/2"], "need 0 <= i < n"),
                                            (["--format", "nifti,png"], "unknown png"),
                                            (["--batch-size", "0"], "--batch-size must be at least 1"),
-                                           (["--organs", "liver,heart"], "Unknown organ(s) heart")])
+                                           (["--organs", "liver,heart"], "Unknown organ(s) heart"),
+                                           (["--device", "cuda:99"], "Device 'cuda:99'")])
 def test_bad_options_are_one_line_errors(tmp_path, intensity_network, capsys, args, message):
     path = synthetic_ct(tmp_path / "case.nii.gz")
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "out"), *args]) == 2

@@ -79,3 +79,24 @@ def test_ground_truth_z_norm_follows_the_organ_extent(prepared):
     seen = np.concatenate([z.cpu().numpy() for z in model.z_seen if z is not None])
     expected = z_norm_for(np.arange(case.depth), case.record["extent"], case.depth)
     np.testing.assert_allclose(np.sort(seen), np.sort(expected), atol=1e-6)
+
+
+def test_held_out_results_are_recorded_in_the_model_file(tmp_path):
+    import torch
+    from safetensors import safe_open
+
+    from segmatecore import create_model, read_metadata, save_model
+    from segmatecore.evaluate import record_in_model, summarise
+
+    path = save_model(create_model("fastvit_t12"), tmp_path / "m.safetensors",
+                      {"trained_organs": ["spinal_cord"]}, dtype=torch.float16)
+    rows = [{"case": f"c{n}", "organ": "spinal_cord", "mode": "label_free", "dice": d, "hd95_mm": h, "iou": 0.5,
+             "precision": 0.5, "recall": 0.5} for n, (d, h) in enumerate([(0.8, 2.0), (0.6, 4.0)])]
+    summary = {**summarise(rows), "data": ["d"], "split": "test", "cases": 2}
+    record_in_model(path, summary, "segmate evaluate ...")
+    held_out = read_metadata(path)["provenance"]["metrics"]["held_out"]
+    assert held_out["organs"]["spinal_cord"]["dice"] == pytest.approx(0.7)
+    assert held_out["organs"]["spinal_cord"]["hd95_mm"] == pytest.approx(3.0)
+    assert held_out["cases"] == 2 and held_out["split"] == "test"
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.get_tensor(next(iter(fh.keys()))).dtype == torch.float16

@@ -8,6 +8,7 @@ the patient's z axis, a "left kidney" cylinder 10 mm toward the patient's left (
 """
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -171,3 +172,12 @@ def test_canonical_round_trip_is_exact_and_points_right_anterior_superior(perm_s
         step[frame.axes[c]] = -1.0 if frame.flips[c] else 1.0
         move = direction @ (step * np.asarray(spacing))
         assert np.dot(move, expected[c]) > 0
+
+
+def test_the_canonical_view_keeps_a_temporary_image_alive():
+    """``to_canonical(sitk.ReadImage(path))`` is a view of an image nobody else holds."""
+    expected = np.random.default_rng(1).integers(-1000, 1000, (7, 64, 48)).astype(np.int16)
+    canonical, _ = to_canonical(sitk.GetImageFromArray(expected))
+    gc.collect()
+    clutter = [sitk.GetImageFromArray(np.full((7, 64, 48), 5, np.int16)) for _ in range(20)]
+    assert np.array_equal(canonical, np.transpose(expected, (2, 1, 0))[::-1, ::-1]) and clutter

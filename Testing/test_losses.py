@@ -2,6 +2,9 @@
 organs a case does not annotate get no gradient at all."""
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from segmatecore.models import SegMateOutput
@@ -98,13 +101,17 @@ def test_unannotated_organ_gets_no_gradient():
     assert torch.allclose(a, b)
 
 
-def test_class_weights_raise_the_cost_of_small_organs():
+def test_class_weights_raise_the_cost_of_small_organs_voxels():
+    """Weights belong to an organ's own voxels (as a class-weighted CE); its background weighs 1."""
     target = torch.zeros(1, C, 8, 8)
-    annotated = torch.zeros(1, C)
-    seg = torch.full((1, C, 8, 8), 2.0)
+    target[:, :, :4] = 1  # half of every channel is organ
+    seg = torch.zeros(1, C, 8, 8)
     costs = {}
     for key in ("left_lung", "aorta"):
-        annotated.zero_()
+        annotated = torch.zeros(1, C)
         annotated[0, KEYS.index(key)] = 1
         costs[key] = bce_loss(seg, target, annotated, torch.tensor(CLASS_WEIGHTS)).item()
-    assert abs(costs["aorta"] / costs["left_lung"] - 6.0) < 1e-5
+    assert costs["aorta"] / costs["left_lung"] == pytest.approx((6 + 1) / (1 + 1))
+    annotated = torch.ones(1, C)
+    empty = torch.zeros(1, C, 8, 8)
+    assert bce_loss(seg, empty, annotated, torch.tensor(CLASS_WEIGHTS)).item() == pytest.approx(math.log(2))

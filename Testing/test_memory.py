@@ -25,7 +25,7 @@ import SimpleITK as sitk
 pytestmark = pytest.mark.slow
 
 TESTING = Path(__file__).resolve().parent
-LIMIT_BYTES = 3 * 1024**3
+LIMIT_BYTES = 3_000_000_000  # 3 GB
 SHAPE = (1000, 512, 512)  # slices, rows, columns
 SAMPLE_SECONDS = 0.01
 
@@ -83,15 +83,15 @@ def test_1000_slices_of_512x512_stay_under_3_gb(ct_file, network, capsys):
     peak = max(report["sampled_peak_bytes"], report["maxrss_bytes"])
     with capsys.disabled():
         print(f"\n[memory] {network}: 512 x 512 x 1000 int16 NIfTI -> segment(): peak RSS "
-              f"{report['maxrss_bytes'] / 2**30:.2f} GiB (kernel ru_maxrss), {report['sampled_peak_bytes'] / 2**30:.2f}"
-              f" GiB (psutil, {report['samples']} samples every {SAMPLE_SECONDS * 1000:.0f} ms); after imports and "
-              f"model {report['baseline_bytes'] / 2**30:.2f} GiB; {report['wall_seconds']:.0f} s wall; "
+              f"{report['maxrss_bytes'] / 1e9:.2f} GB (kernel ru_maxrss), {report['sampled_peak_bytes'] / 1e9:.2f}"
+              f" GB (psutil, {report['samples']} samples every {SAMPLE_SECONDS * 1000:.0f} ms); after imports and "
+              f"model {report['baseline_bytes'] / 1e9:.2f} GB; {report['wall_seconds']:.0f} s wall; "
               f"timings {json.dumps({k: round(v, 1) for k, v in report['timings'].items()})}")
     assert report["organs"], "nothing was segmented"
     assert report["size"] == [SHAPE[2], SHAPE[1], SHAPE[0]]
     if network.startswith("intensity"):
         assert all(v > 0 for v in report["volumes_ml"].values()), report["volumes_ml"]
-    assert peak < LIMIT_BYTES, f"peak {peak / 2**30:.2f} GiB >= 3 GiB"
+    assert peak < LIMIT_BYTES, f"peak {peak / 1e9:.2f} GB >= 3 GB"
 
 
 def child_main(ct_path: str, network: str) -> None:
@@ -102,7 +102,7 @@ def child_main(ct_path: str, network: str) -> None:
     from intensity_model import IntensityModel
     from segmatecore.checkpoint import default_metadata
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # memory does not depend on it; on a shared CPU a second thread mostly waits
     name, size = network.rsplit("-", 1)
     if name == "intensity":
         model = IntensityModel(input_size=int(size))

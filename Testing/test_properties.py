@@ -25,7 +25,7 @@ import torch
 
 import segmatecore
 from intensity_model import IntensityModel
-from segmatecore.geometry import canonical_frame
+from segmatecore.geometry import closest_canonical_axes
 from segmatecore.organs import organ
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegMateSlicer"))
@@ -113,18 +113,12 @@ def sitk_image(geometry: dict) -> sitk.Image:
 
 def tolerance(geometry: dict) -> np.ndarray:
     """Voxels a box edge may move along i, j, k: none between slices, the resize step in-plane."""
-    frame = canonical_frame(sitk_image_info(geometry))
+    axes, _ = closest_canonical_axes(geometry["direction"])
     tol = np.zeros(3)
-    for canonical_axis, image_axis in enumerate(frame.axes):
+    for canonical_axis, image_axis in enumerate(axes):
         n = geometry["size"][image_axis]
         tol[image_axis] = 0.0 if canonical_axis == 2 else math.ceil(n / INPUT_SIZE)
     return tol
-
-
-def sitk_image_info(geometry: dict) -> sitk.Image:
-    image = sitk.Image([1, 1, 1], sitk.sitkUInt8)
-    image.SetDirection(tuple(geometry["direction"].ravel()))
-    return image
 
 
 def assert_marker_in_place(found_kji: np.ndarray, geometry: dict, to_world) -> None:

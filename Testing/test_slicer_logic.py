@@ -456,10 +456,15 @@ def test_imported_model_is_offered_with_its_trained_organs(tmp_path, monkeypatch
     logic = SegMateLogic()
     installed = logic.importModelFile(str(source))
     assert installed.parent == logic.modelFolder()
-    choice = next(c for c in modelChoices() if c.id == "my_cord_model")
-    assert choice.installed and choice.source == "imported"
+    choices = modelChoices()
+    from segmatecore.catalogue import default_model_id
+
+    assert choices[0].id == default_model_id() and choices[0].default  # the catalogue's default comes first
+    choice = next(c for c in choices if c.id == "my_cord_model")
+    assert choice.installed and choice.source == "imported" and not choice.downloadable
     assert choice.trainedOrgans == ("spinal_cord", "esophagus")
     assert choice.untrainedOrgans() == [k for k in organ_keys() if k not in choice.trainedOrgans]
+    assert "not trained on: left lung, right lung, liver" in choice.infoText()
     assert logic.clearModelCache() == [installed]
     assert not installed.exists()
 
@@ -551,3 +556,14 @@ def test_sample_data_sources_point_at_the_bundled_files():
         assert source["checksums"] == "SHA256:" + hashlib.sha256(path.read_bytes()).hexdigest()
         assert Path(source["thumbnailFileName"]).is_file()
         assert source["category"] == "SegMate" and source["nodeNames"] == entry["node_name"]
+
+
+def test_segmentation_follows_the_volumes_parent_transform(scene, model):
+    volume = add_ct(scene)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Registration")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(1, 3, -7.5)
+    transform.SetMatrixTransformToParent(matrix)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    run = SegMateLogic().process(volume, None, organs=["liver"], model=model, device="cpu")
+    assert run.segmentationNode.GetTransformNodeID() == transform.GetID()

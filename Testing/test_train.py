@@ -11,8 +11,8 @@ from segmatecore.cli import main
 from segmatecore.train.prepare import prepare
 from test_prepare import make_nifti_pairs
 
-TINY = ["--backbone", "fastvit_t12", "--input-size", "64", "--batch-size", "2", "--samples-per-epoch", "4",
-        "--epochs", "4", "--workers", "0", "--val-max-slices", "4", "--augment", "light", "--log-every", "1"]
+TINY = ["--input-size", "64", "--batch-size", "2", "--samples-per-epoch", "4",
+        "--epochs", "4", "--workers", "0", "--val-max-slices", "2", "--augment", "light", "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    code = main(["train", "--data", str(data), *TINY, "--max-steps", "3", "--run-dir", str(run),
+    code = main(["train", "--backbone", "fastvit_t12", "--data", str(data), *TINY, "--max-steps", "3", "--run-dir", str(run),
                  "-o", str(run / "model.safetensors"), "--dtype", "fp16"])
     assert code == 0
     return run
@@ -57,7 +57,7 @@ def test_tiny_run_writes_a_loadable_model_with_provenance(trained, data):
 
 
 def test_resume_continues_where_the_run_stopped(trained, data):
-    assert main(["train", "--data", str(data), *TINY, "--max-steps", "5", "--run-dir", str(trained),
+    assert main(["train", "--backbone", "fastvit_t12", "--data", str(data), *TINY, "--max-steps", "5", "--run-dir", str(trained),
                  "--resume"]) == 0
     history = json.loads((trained / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 3, 4, 5]

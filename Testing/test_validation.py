@@ -145,7 +145,7 @@ def test_gantry_tilt_kept_as_a_sheared_direction_is_warned():
     tilt = math.radians(25.0)  # slice axis leaning toward anterior; in-plane axes unchanged
     direction = (1, 0, 0, 0, 1, -math.sin(tilt), 0, 0, math.cos(tilt))
     warnings = validate_volume(ct_image(direction=direction), "tilted")
-    assert "sheared by 25.0 degrees (a gantry tilt kept without resampling)" in warnings[0]
+    assert "sheared by 25.0 degrees (a gantry tilt kept as a sheared grid)" in warnings[0]
 
 
 def test_degenerate_direction_is_refused():
@@ -312,7 +312,7 @@ def test_gantry_tilted_dicom_series_is_accepted_with_the_displacement_it_causes(
     image = reader.Execute()
     actual = max(np.linalg.norm(np.subtract(image.TransformIndexToPhysicalPoint((0, 0, k)), positions[k]))
                  for k in range(6))
-    assert f"up to {actual:.2f} mm from the scanner's" in warnings[0]
+    assert f"up to {actual:.2f} mm from the scanner's positions" in warnings[0]
     assert load_volume(tmp_path).warnings == [warnings[0].replace("tilted", str(tmp_path), 1)]
 
 
@@ -328,6 +328,30 @@ def test_dicom_series_mixing_slice_sizes_is_refused(tmp_path):
     names += write_dicom_series(tmp_path, [(0, 0, 6)], size=(16, 8), first_instance=4)
     with pytest.raises(InputError, match="the series mixes slice sizes 16x8, 8x8"):
         validate_dicom_series(names, "mixed")
+
+
+def test_dicom_slice_without_position_is_refused(tmp_path):
+    import pydicom
+
+    names = write_dicom_series(tmp_path, [(0, 0, 2.0 * k) for k in range(4)])
+    dataset = pydicom.dcmread(names[2])
+    del dataset.ImagePositionPatient
+    dataset.save_as(names[2])
+    with pytest.raises(InputError, match=r"slice0003.dcm has no valid Image Position/Orientation \(Patient\); "
+                                         "SegMate cannot place its slice"):
+        validate_dicom_series(names, "unplaced")
+
+
+def test_dicom_series_with_broken_orientation_is_refused(tmp_path):
+    import pydicom
+
+    names = write_dicom_series(tmp_path, [(0, 0, 2.0 * k) for k in range(3)])
+    for name in names:  # row and column both along x: no slice normal
+        dataset = pydicom.dcmread(name)
+        dataset.ImageOrientationPatient = [1, 0, 0, 1, 0, 0]
+        dataset.save_as(name)
+    with pytest.raises(InputError, match="does not give two perpendicular unit vectors"):
+        validate_dicom_series(names, "broken")
 
 
 def test_non_ct_dicom_series_is_warned(tmp_path):

@@ -125,7 +125,7 @@ def test_fuzzed_header_is_refused_or_changes_nothing(weights, data):
 
 # ---- byte flips and the catalogue's SHA-256 -----------------------------------------------------
 
-@fuzz(40)
+@fuzz(30)
 @given(at=st.floats(0.0, 1.0, exclude_max=True), mask=st.integers(1, 255))
 def test_any_byte_flip_is_caught_by_the_sha256(weights, at, mask):
     body = bytearray(weights["bytes"])

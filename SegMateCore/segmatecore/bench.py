@@ -83,13 +83,21 @@ def _opts(o: Optimizations) -> dict[str, Any]:
     return o.as_dict()
 
 
-def segmate_configs(backbone: str, openvino: bool, precision: str = "auto") -> list[Config]:
-    """The optimisation ladder (network alone) and the product path (end to end) for one backbone."""
+def segmate_configs(backbone: str, openvino: bool, precision: str = "auto", threads: int | None = None
+                    ) -> list[Config]:
+    """The optimisation ladder (network alone) and the product path (end to end) for one backbone.
+
+    Every row runs with ``threads`` (None: PyTorch's and OpenVINO's defaults, one per core) but
+    one, which runs the bf16 network with one thread (two when ``threads`` is 1) to show the
+    effect of the thread count.
+    """
     from .models.encoder import backbone_spec
 
-    ladder: list[tuple[str, Optimizations, str, str]] = [("baseline fp32 eager (no_grad)", NONE, "fp32", "no_grad"),
-                                                         ("+ inference_mode", NONE, "fp32", "inference_mode")]
-    step = NONE
+    none, default = NONE.with_(threads=threads), DEFAULT.with_(threads=threads)
+    other_threads = 2 if threads == 1 else 1
+    ladder: list[tuple[str, Optimizations, str, str]] = [("baseline fp32 eager (no_grad)", none, "fp32", "no_grad"),
+                                                         ("+ inference_mode", none, "fp32", "inference_mode")]
+    step = none
     if backbone_spec(backbone).reparameterizable:
         step = step.with_(reparameterize=True)
         ladder.append(("+ reparameterize", step, "fp32", "inference_mode"))
@@ -99,7 +107,8 @@ def segmate_configs(backbone: str, openvino: bool, precision: str = "auto") -> l
     ladder.append(("+ channels_last", step, "fp32", "inference_mode"))
     step = step.with_(bf16=True)
     ladder.append(("+ bf16", step, "bf16", "inference_mode"))
-    ladder.append(("+ bf16, 1 thread", step.with_(threads=1), "bf16", "inference_mode"))
+    ladder.append((f"+ bf16, {other_threads} thread{'s' if other_threads > 1 else ''}",
+                   step.with_(threads=other_threads), "bf16", "inference_mode"))
     if openvino:
         ladder.append(("openvino fp32", step.with_(runtime="openvino"), "fp32", "inference_mode"))
         ladder.append(("openvino bf16", step.with_(runtime="openvino"), "bf16", "inference_mode"))
@@ -107,16 +116,13 @@ def segmate_configs(backbone: str, openvino: bool, precision: str = "auto") -> l
     configs = [Config(f"{backbone} network: {label}", "segmate", "network", backbone, prec, grad, _opts(o),
                       reference=None if i == 0 else reference)
                for i, (label, o, prec, grad) in enumerate(ladder)]
-    e2e_ref = f"{backbone} end_to_end: eager fp32"
-    configs.append(Config(e2e_ref, "segmate", "end_to_end", backbone, "fp32", optimizations=_opts(DEFAULT.with_(
-        runtime="torch"))))
-    if openvino:
-        configs.append(Config(f"{backbone} end_to_end: eager {precision}", "segmate", "end_to_end", backbone,
-                              precision, optimizations=_opts(DEFAULT.with_(runtime="torch")), reference=e2e_ref))
-    configs.append(Config(f"{backbone} end_to_end: default {precision}", "segmate", "end_to_end", backbone, precision,
-                          reference=e2e_ref))
+    e2e_ref = f"{backbone} end_to_end: default fp32"
+    configs.append(Config(e2e_ref, "segmate", "end_to_end", backbone, "fp32", optimizations=_opts(default)))
+    configs.append(Config(f"{backbone} end_to_end: default bf16", "segmate", "end_to_end", backbone, "bf16",
+                          optimizations=_opts(default), reference=e2e_ref))
     configs.append(Config(f"{backbone} end_to_end: default {precision}, skip_outside_extent", "segmate",
-                          "end_to_end", backbone, precision, skip_outside_extent=True, reference=e2e_ref))
+                          "end_to_end", backbone, precision, optimizations=_opts(default), skip_outside_extent=True,
+                          reference=e2e_ref))
     return configs
 
 
@@ -269,7 +275,8 @@ def _network_worker(job: dict[str, Any], config: Config, device: torch.device) -
     from .zpass import volume_z_norm
 
     opts = Optimizations(**config.optimizations)
-    canonical, _ = to_canonical(sitk.ReadImage(job["ct"]))
+    image = sitk.ReadImage(job["ct"])
+    canonical, _ = to_canonical(image)  # a view into image's buffer: image must stay alive while it is used
     depth = canonical.shape[2]
     t_all = np.linspace(0, depth - 1, job["network_slices"]).round().astype(int)
     row: dict[str, Any] = {}
@@ -359,8 +366,9 @@ def run_worker(job_path: str | os.PathLike) -> int:
     job = json.loads(Path(job_path).read_text())
     config = Config(**job["config"])
     device = torch.device(job["device"])
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
+    threads = config.optimizations.get("threads") or job.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
     load_before = os.getloadavg()
     worker = {"network": _network_worker, "end_to_end": _end_to_end_worker}[config.scope] \
         if config.kind == "segmate" else _nnunet_worker
@@ -507,7 +515,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
         folder.mkdir(parents=True, exist_ok=True)
         machine = machine_description()
         setup = prepare_inputs(folder, backbones, size, source, input_size)
-        configs = [c for b in backbones for c in segmate_configs(b, openvino_runtime.available(), precision)
+        configs = [c for b in backbones for c in segmate_configs(b, openvino_runtime.available(), precision, threads)
                    if c.scope in scopes]
         if peer and "end_to_end" in scopes:
             configs.append(peer_config())
@@ -625,6 +633,29 @@ def plot(results: dict[str, Any], path: str | os.PathLike) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    """One markdown table per model: every row's seconds (wall and CPU), memory, dtype and Dice vs fp32."""
+    def num(value, digits=1):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    out = []
+    for model in dict.fromkeys(r["model"] for r in results["rows"]):
+        rows = [r for r in results["rows"] if r["model"] == model]
+        first = rows[0]
+        out.append(f"#### {model}: {first['params_m']:.1f} M parameters, {first['gmacs_per_slice']:.2f} GMACs per slice\n")
+        out.append("| configuration | s / volume | network s | CPU s | peak RSS MB | private MB | dtype | Dice vs fp32 (min) "
+                   "| load 1-min |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            cpu = r.get("cpu_s_per_volume") if r["scope"] == "end_to_end" else r.get("cpu_s_network")
+            out.append(f"| {r['name'].split(': ', 1)[-1]} ({r['scope'].replace('_', ' ')}) | {num(r.get('s_per_volume'))} "
+                       f"| {num(r['s_network'])} | {num(cpu)} | {num(r['peak_rss_mb'], 0)} "
+                       f"| {num(r.get('peak_private_mb'), 0)} | {r['dtype']} | {num(r.get('dice_min'), 4)} "
+                       f"| {r['load_before_after'][0]} to {r['load_before_after'][1]} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def format_row(row: dict[str, Any]) -> str:

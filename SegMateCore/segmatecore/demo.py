@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = StageProgress()
     try:
-        result = segment(ct_path, model=model_path, device="cpu", progress=progress)
+        result = segment(ct_path, model=model_path, organs=sample.get("organs"), device="cpu", progress=progress)
     finally:
         progress.close()
     written = write_outputs(result, args.output, image=sitk.ReadImage(str(ct_path)))

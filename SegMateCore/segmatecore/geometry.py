@@ -77,10 +77,23 @@ def from_canonical_array(canonical: np.ndarray, frame: CanonicalFrame) -> np.nda
     return np.ascontiguousarray(np.transpose(xyz, (2, 1, 0)))
 
 
+class _ImageBuffer:
+    """Exposes an image's voxel buffer to numpy while keeping the image alive.
+
+    ``sitk.GetArrayViewFromImage`` does not reference the image, so a view outliving a temporary
+    image (``to_canonical(sitk.ReadImage(path))``) would read freed memory; an array made from
+    this object has it as its base, and so keeps the image.
+    """
+
+    def __init__(self, image: sitk.Image):
+        self.image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
+
+
 def to_canonical(image: sitk.Image) -> tuple[np.ndarray, CanonicalFrame]:
-    """The image's voxels in the canonical layout, and the frame to undo it."""
+    """The image's voxels in the canonical layout (a read-only view, no copy), and the frame to undo it."""
     frame = canonical_frame(image)
-    return to_canonical_array(sitk.GetArrayViewFromImage(image), frame), frame
+    return to_canonical_array(np.asarray(_ImageBuffer(image)), frame), frame
 
 
 def from_canonical(canonical: np.ndarray, frame: CanonicalFrame, reference: sitk.Image) -> sitk.Image:

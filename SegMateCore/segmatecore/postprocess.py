@@ -75,16 +75,30 @@ def clean_organs(labels: np.ndarray, options: dict[str, tuple[bool, bool]]) -> N
         if boxes[0] is None:
             continue
         region = tuple(slice(a, b) for a, b in boxes)  # type: ignore[misc]
+        del present
         crop = labels[region]
-        mask = sitk.GetImageFromArray((crop == value).astype(np.uint8))
+        mask = sitk.GetImageFromArray((crop == value).view(np.uint8))
         if largest:
-            components = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
-            mask = sitk.Equal(components, 1)
+            mask = _largest_component(mask)
         if fill:
             mask = sitk.BinaryFillhole(mask, fullyConnected=False, foregroundValue=1)
-        keep = sitk.GetArrayViewFromImage(mask).astype(bool)
-        crop[(crop == value) & ~keep] = 0
-        crop[keep & (crop == 0)] = value
+        keep = sitk.GetArrayViewFromImage(mask)
+        crop[(crop == value) & (keep == 0)] = 0
+        crop[(keep != 0) & (crop == 0)] = value
+
+
+def _largest_component(mask: sitk.Image) -> sitk.Image:
+    """The largest connected component of a 0/1 mask (one uint32 label image, not two)."""
+    components = sitk.ConnectedComponent(mask)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.ComputePerimeterOff()
+    stats.ComputeFeretDiameterOff()
+    stats.Execute(components)
+    labels = stats.GetLabels()
+    if len(labels) <= 1:
+        return mask
+    largest = max(labels, key=stats.GetNumberOfPixels)
+    return sitk.Equal(components, largest)
 
 
 def volumes_ml(labels: np.ndarray, organ_keys: list[str], spacing: tuple[float, float, float]) -> dict[str, float]:

@@ -142,7 +142,7 @@ def _check_obliquity(matrix: np.ndarray, axes: Sequence[int], source: str) -> li
     tilt = _shear_degrees(matrix)
     if oblique <= OBLIQUE_WARN_DEGREES:
         return []
-    what = (f"sheared by {tilt:.1f} degrees (a gantry tilt kept without resampling)" if tilt > 0.1
+    what = (f"sheared by {tilt:.1f} degrees (a gantry tilt kept as a sheared grid)" if tilt > 0.1
             else "oblique")
     return [f"{source}: the volume is {what}: its axes are up to {oblique:.1f} degrees from the patient axes. "
             "SegMate segments it in the closest canonical orientation without resampling, so the result stays exact "
@@ -209,12 +209,16 @@ def validate_dicom_series(file_names: Sequence[str], source: str = "input") -> l
     if len(sizes) > 1:
         raise InputError(f"{source}: the series mixes slice sizes {', '.join(f'{c}x{r}' for c, r in sizes)}; it holds "
                          "more than one image stack (e.g. a localizer). Export the axial CT series alone.")
+    if len(headers) < 2:  # one file (one slice, or an enhanced multi-frame CT): nothing to stack
+        return warnings
+    unplaced = next((name for name, h in zip(file_names, headers) if h["position"] is None), None)
+    if unplaced is not None:
+        raise InputError(f"{source}: {unplaced} has no valid Image Position/Orientation (Patient); SegMate cannot "
+                         "place its slice. Export the series with its geometry tags.")
     orientation = np.array(headers[0]["orientation"])
     if any(np.abs(np.array(h["orientation"]) - orientation).max() > DIRECTION_TOLERANCE for h in headers):
         raise InputError(f"{source}: the series mixes slice orientations; it holds more than one image stack "
                          "(e.g. a localizer or reformats). Export the axial CT series alone.")
-    if len(headers) < 2:
-        return warnings
     return warnings + _check_slice_positions(np.array([h["position"] for h in headers]), orientation, source)
 
 
@@ -222,6 +226,9 @@ def _check_slice_positions(positions: np.ndarray, orientation: np.ndarray, sourc
     """Compare each slice's recorded position with where the uniform stack puts it."""
     n = len(positions)
     normal = np.cross(orientation[:3], orientation[3:])
+    if np.linalg.norm(normal) < 0.5:
+        raise InputError(f"{source}: the Image Orientation (Patient) {orientation.tolist()} does not give two "
+                         "perpendicular unit vectors; the series' geometry tags are broken.")
     normal /= np.linalg.norm(normal)
     along = (positions - positions[0]) @ normal
     steps = np.diff(along)
@@ -256,12 +263,13 @@ def _check_slice_positions(positions: np.ndarray, orientation: np.ndarray, sourc
     if tilt > 0.1:
         return [f"{source}: gantry tilt of {tilt:.1f} degrees; SimpleITK stacks the slices as if untilted (no "
                 f"resampling), so positions in the image and its labelmap are up to {error:.2f} mm from the scanner's "
-                "(each labelmap slice still matches its CT slice)."]
+                "positions (each labelmap slice still matches its CT slice)."]
     return [f"{source}: uneven slice spacing (steps from {np.abs(steps).min():.2f} to {np.abs(steps).max():.2f} mm); "
             f"read as an evenly spaced stack, slices sit up to {error:.2f} mm from their recorded positions."]
 
 
 def _dicom_header(file_name: str, source: str) -> dict:
+    """The tags the checks need (position and orientation None when missing or invalid)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(file_name))
     reader.LoadPrivateTagsOff()
@@ -277,11 +285,10 @@ def _dicom_header(file_name: str, source: str) -> dict:
     try:
         position = [float(v) for v in tag(_IPP).split("\\")]
         orientation = [float(v) for v in tag(_IOP).split("\\")]
-        if len(position) != 3 or len(orientation) != 6:
+        if len(position) != 3 or len(orientation) != 6 or not np.isfinite(position + orientation).all():
             raise ValueError
     except ValueError:
-        raise InputError(f"{source}: {file_name} has no valid Image Position/Orientation (Patient); SegMate cannot "
-                         "place its slice. Export the series with its geometry tags.") from None
+        position = orientation = None
     return {"position": position, "orientation": orientation, "modality": tag(_MODALITY).upper(),
             "rows": tag(_ROWS), "columns": tag(_COLUMNS)}
 

@@ -42,6 +42,15 @@ class ModelChoice:
     def untrainedOrgans(self) -> list[str]:
         return [key for key in self.organs if key not in self.trainedOrgans]
 
+    def infoText(self) -> str:
+        """The line under the model choice: backbone, installed or not, demonstration, untrained organs."""
+        parts = [f"backbone {self.backbone or '?'}", "installed" if self.installed else "not installed"]
+        if self.demo:
+            parts.append("demonstration model, not for clinical use")
+        if self.untrainedOrgans():
+            parts.append("not trained on: " + ", ".join(key.replace("_", " ") for key in self.untrainedOrgans()))
+        return "; ".join(parts)
+
 
 def _choice(entry: dict[str, Any]) -> ModelChoice:
     organs = tuple(entry.get("organs") or ())

@@ -68,15 +68,13 @@ def _segmentIdAfter(segmentation, segmentId: str) -> str:
     return segmentation.GetNthSegmentID(index + 1) if index + 1 < segmentation.GetNumberOfSegments() else ""
 
 
-def _alignTransforms(segmentationNode, volumeNode) -> None:
-    """Put the segmentation under the volume's parent transform; refuse to mix two transforms."""
-    volumeTransform = volumeNode.GetTransformNodeID()
-    if segmentationNode.GetTransformNodeID() == volumeTransform:
+def _checkTransforms(segmentationNode, volumeNode) -> None:
+    """Refuse to mix two transforms: segments already placed under another transform would move."""
+    if segmentationNode.GetTransformNodeID() == volumeNode.GetTransformNodeID():
         return
     if segmentationNode.GetSegmentation().GetNumberOfSegments():
         raise ValueError(f"{segmentationNode.GetName()} is under a different transform than {volumeNode.GetName()}; "
                          "choose 'Create new segmentation' or put both under the same transform first.")
-    segmentationNode.SetAndObserveTransformNodeID(volumeTransform)
 
 
 def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organKeys, naming: str = "slicer",
@@ -89,6 +87,7 @@ def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organ
     from segmatecore.organs import organ
 
     checkSameGrid(labelmap, volumeNode)
+    _checkTransforms(segmentationNode, volumeNode)  # every refusal comes before the first change
     ensureConverterRules()
     organList = [organ(key) for key in organKeys]
     labels = sitk.GetArrayViewFromImage(labelmap)
@@ -99,7 +98,8 @@ def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organ
     with slicer.util.NodeModify(segmentationNode):
         if segmentationNode.GetDisplayNode() is None:
             segmentationNode.CreateDefaultDisplayNodes()
-        _alignTransforms(segmentationNode, volumeNode)
+        if segmentationNode.GetTransformNodeID() != volumeNode.GetTransformNodeID():
+            segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(),
                                             volumeNode.GetID())

@@ -91,14 +91,14 @@ def loadPanel():
         modelCombo.addItem(choice.label, choice.id)
     if choices:
         trained = set(choices[0].trainedOrgans)
-        panel.findChild(object, "modelInfoLabel").setText(
-            f"backbone {choices[0].backbone or '?'}; {'installed' if choices[0].installed else 'not installed'}"
-            + ("; demonstration model, not for clinical use" if choices[0].demo else ""))
+        panel.findChild(object, "modelInfoLabel").setText(choices[0].infoText())
     organList = panel.findChild(object, "organListWidget")
     for organ in logic.organTable():
         item = QListWidgetItem(organ.display_name)
         item.setFlags(Qt.ItemIsUserCheckable | Qt.ItemIsEnabled)
         item.setCheckState(Qt.Checked if trained is None or organ.key in trained else Qt.Unchecked)
+        if trained is not None and organ.key not in trained:
+            item.setForeground(QColor("gray"))
         pixmap = QPixmap(14, 14)
         pixmap.fill(QColor(*organ.color))
         item.setIcon(QIcon(pixmap))

@@ -15,10 +15,10 @@ def register(sub) -> None:
                                                         "(figures are not meaningful)")
     p.add_argument("--json", metavar="FILE", help="write every row (and the machine) as JSON")
     p.add_argument("--plot", metavar="FILE", help="write seconds per volume against peak memory as a PNG")
-    p.add_argument("--backbones", nargs="+", default=list(BACKBONES), metavar="BACKBONE",
-                   help=f"backbones to measure (default: {' '.join(BACKBONES)})")
+    p.add_argument("--backbones", nargs="*", default=list(BACKBONES), metavar="BACKBONE",
+                   help=f"backbones to measure (default: {' '.join(BACKBONES)}; none: only the peer)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="precision of the product-path rows (auto: bf16 where the CPU computes it natively)")
+                   help="precision of the skip_outside_extent row (auto: fp32 on the CPU, fp16 on CUDA)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="leave out the 3D nnU-Net peer")
     p.add_argument("--ct", metavar="PATH", help="another CT to resample and use (default: the bundled sample)")
@@ -29,6 +29,7 @@ def register(sub) -> None:
                    help="only the network-alone rows, or only the end-to-end rows (and the peer)")
     p.add_argument("--from-json", nargs="+", metavar="FILE",
                    help="measure nothing: merge these saved results and write --json/--plot from them")
+    p.add_argument("--markdown", metavar="FILE", help="write one markdown table per model")
     p.add_argument("--profile", metavar="BACKBONE", help="measure nothing else: print where BACKBONE's network time "
                                                         "goes (OpenVINO layer counters or torch.profiler)")
     p.add_argument("--runtime", choices=("auto", "torch", "openvino"), default="auto", help="runtime for --profile")
@@ -67,4 +68,9 @@ def run(args) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         print(f"wrote {plot(results, args.plot)}")
+    if args.markdown:
+        from ..bench import markdown_tables
+
+        Path(args.markdown).write_text(markdown_tables(results))
+        print(f"wrote {args.markdown}")
     return 0

@@ -12,6 +12,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
     p.add_argument("--ground-truth-z", action="store_true",
                    help="also run with z_norm from the ground-truth organ extent, for comparison")
+    p.add_argument("--record-in-model", action="store_true",
+                   help="store the label-free results in the model file's metadata (provenance.metrics.held_out)")
     p.set_defaults(func=run)
 
 
@@ -37,4 +39,11 @@ def run(args) -> int:
             print(f"{mode:15s} {key:13s} n={d['n']:3d} Dice {d.get('mean', float('nan')):.3f} "
                   f"(median {d.get('median', float('nan')):.3f})  HD95 {h.get('mean', float('nan')):.1f} mm")
     print(f"wrote {args.output}/metrics.csv, summary.md, summary.json, boxplot.png")
+    if args.record_in_model:
+        import shlex
+        import sys
+
+        from ..evaluate import record_in_model
+        record_in_model(args.model, summary, "segmate " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        print(f"recorded the held-out metrics in {args.model}")
     return 0

@@ -6,7 +6,6 @@ A failing case is reported and the others still run; the exit code is 1 if any c
 """
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 FORMATS = ("nifti", "seg.nrrd", "report", "preview", "rtstruct")
 DEFAULT_FORMATS = "nifti,seg.nrrd,report,preview"
-log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -32,7 +30,7 @@ def register(sub) -> None:
                                                           "default model of the catalogue)")
     p.add_argument("--organs", metavar="a,b,...", help="organ keys to segment (default: all the model was trained on)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=int, metavar="N", help="slices per batch (default 16 on CUDA, 4 on CPU)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="slices per batch (default 16 on CUDA, 8 on MPS, 2 on CPU)")
     p.add_argument("--shard", metavar="i/n", help="process only the i-th of n interleaved parts of the inputs "
                                                   "(0 <= i < n), for several machines or GPUs")
     p.add_argument("--format", default=DEFAULT_FORMATS, metavar="LIST",
@@ -149,7 +147,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run(args) -> int:
-    from ..inference import choose_organs, load_segmentation_model, segment
+    from ..inference import choose_organs, load_segmentation_model, resolve_device, segment
     from ..io import load_volume
 
     formats = parse_formats(args.format)
@@ -161,6 +159,7 @@ def run(args) -> int:
     cases = list(zip(args.inputs, names))[shard::shards]
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)  # a missing GPU is a usage error, reported once
     model, _ = load_segmentation_model(args.model)
     choose_organs(organs, model.metadata)  # an unknown organ is a usage error, not a failure of every case
     postprocess = {"largest_component": False, "fill_holes": False} if args.no_postprocess else None
@@ -170,7 +169,7 @@ def run(args) -> int:
         progress = _Progress(name)
         try:
             loaded = load_volume(source, series_uid=args.series)
-            result = segment(loaded, model, organs=organs, device=args.device, progress=progress,
+            result = segment(loaded, model, organs=organs, device=device, progress=progress,
                              z_norm=args.z_norm, batch_size=args.batch_size, precision=args.precision,
                              postprocess=postprocess, skip_outside_extent=args.skip_outside_extent)
             case_formats = formats
@@ -178,17 +177,18 @@ def run(args) -> int:
                 case_formats = [f for f in formats if f != "rtstruct"]
                 result.warnings.append("rtstruct needs a DICOM series as input; not written for this case.")
             dest = _write_case(result, loaded, case_formats, outdir, name)
-            del loaded
+            progress.close()
+            print(f"{name}: ok, {result.summary()} -> {dest}", flush=True)
+            for warning in result.warnings:
+                print(f"  warning: {warning}", flush=True)
         except Exception as exc:  # noqa: BLE001 - one failing case must not stop the others
             progress.close()
             failed += 1
             print(f"{name}: FAILED: {_one_line(exc)}", flush=True)
             if getattr(args, "verbose", False):
                 traceback.print_exc()
-            continue
-        progress.close()
-        print(f"{name}: ok, {result.summary()} -> {dest}", flush=True)
-        for warning in result.warnings:
-            print(f"  warning: {warning}", flush=True)
+        finally:
+            progress.close()
+            loaded = result = None  # free this case's volumes before the next one is read
     print(f"{len(cases) - failed} of {len(cases)} case(s) done" + (f", {failed} failed" if failed else ""), flush=True)
     return 1 if failed else 0

@@ -14,6 +14,7 @@ def register(sub) -> None:
     p.add_argument("--fractions", type=float, nargs=3, default=(0.75, 0.15, 0.10), metavar=("TRAIN", "VAL", "TEST"),
                    help="split fractions for cases the dataset does not assign (default 0.75 0.15 0.10)")
     p.add_argument("--all-train", action="store_true", help="put every case in the train split")
+    p.add_argument("--cases", nargs="+", default=None, help="prepare only these case ids")
     p.set_defaults(func=run)
 
 
@@ -21,7 +22,7 @@ def run(args) -> int:
     from ..train.prepare import prepare
 
     index = prepare(args.kind, args.src, args.output, workers=args.workers, seed=args.seed,
-                    fractions=tuple(args.fractions), all_train=args.all_train)
+                    fractions=tuple(args.fractions), all_train=args.all_train, only=args.cases)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in index["splits"].items())
     print(f"{len(index['cases'])} cases prepared in {args.output} ({sizes}); {len(index['failures'])} failed")
     return 1 if index["failures"] else 0

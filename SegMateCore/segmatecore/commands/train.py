@@ -33,6 +33,7 @@ def add_common(p, *, defaults: dict) -> None:
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (AMP fp16 is the default there)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="precision of the final model file")
     p.add_argument("--val-max-slices", type=int, default=None, help="validate on at most N slices per case")
+    p.add_argument("--val-split", default="val", help="split to validate on (train: overfit checks only)")
     p.add_argument("--log-every", type=int, default=20, help="steps between log lines")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (also every epoch)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
@@ -59,7 +60,7 @@ def config_from_args(args, **extra):
         max_steps=args.max_steps, max_minutes=args.max_minutes, lr=args.lr, weight_decay=args.weight_decay,
         augment=args.augment, balance_power=args.balance_power, deep_supervision=not args.no_deep_supervision,
         workers=args.workers, seed=args.seed, device=args.device, amp=not args.no_amp, dtype=args.dtype,
-        val_max_slices=args.val_max_slices, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+        val_max_slices=args.val_max_slices, val_split=args.val_split, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
         resume=args.resume, provenance=provenance, **extra)
 
 

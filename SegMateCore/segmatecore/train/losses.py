@@ -34,7 +34,7 @@ class LossWeights:
     deep: float = 0.2
 
     def to_metadata(self) -> dict:
-        return {**asdict(self), "class_weights": list(CLASS_WEIGHTS),
+        return {**asdict(self), "class_weights": list(CLASS_WEIGHTS), "class_weights_apply_to": "the organ's own voxels (background weight 1)",
                 "ce": "per-organ binary cross-entropy (background = negative of every annotated organ)",
                 "boundary_dice": "squared form on Sobel magnitudes",
                 "partial_labels": "organs a case does not annotate are masked out of every term"}
@@ -59,15 +59,22 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.
     return (1.0 - dice)[organs].mean()
 
 
-def _weighted_mean(values: torch.Tensor, annotated: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
-    w = _mask(annotated, values) * class_weights.to(values)[None, :, None, None]
-    return (values * w).sum() / _mask(annotated, values).sum().clamp_min(1.0)
+def _weighted_mean(values: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
+                   class_weights: torch.Tensor) -> torch.Tensor:
+    """Mean over annotated pixels; organ k's own pixels weigh class_weights[k], its background 1.
+
+    As in a class-weighted cross-entropy, the weight belongs to the pixel's true class, so a rare
+    organ's voxels count more without also strengthening the push toward background.
+    """
+    pixel_weight = 1.0 + (class_weights.to(values)[None, :, None, None] - 1.0) * target
+    m = _mask(annotated, values)
+    return (values * pixel_weight * m).sum() / m.sum().clamp_min(1.0)
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
              class_weights: torch.Tensor) -> torch.Tensor:
     values = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
-    return _weighted_mean(values, annotated, class_weights)
+    return _weighted_mean(values, target, annotated, class_weights)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor,
@@ -75,7 +82,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tens
     logits = logits.float()
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_true = torch.exp(-ce)
-    return _weighted_mean((1 - p_true) ** gamma * ce, annotated, class_weights)
+    return _weighted_mean((1 - p_true) ** gamma * ce, target, annotated, class_weights)
 
 
 def sobel_edges(x: torch.Tensor) -> torch.Tensor:

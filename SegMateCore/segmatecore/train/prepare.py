@@ -154,10 +154,18 @@ def assign_splits(records: list[dict[str, Any]], seed: int, fractions: tuple[flo
 
 def prepare(kind: str, src: str | Path, out: str | Path, *, workers: int | None = None, seed: int = 0,
             fractions: tuple[float, float, float] = (0.75, 0.15, 0.10), all_train: bool = False,
-            progress: bool = True) -> dict[str, Any]:
-    """Prepare dataset ``src`` of ``kind`` into ``out``; cases already written are kept (written once)."""
+            only: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Prepare dataset ``src`` of ``kind`` into ``out``; cases already written are kept (written once).
+
+    ``only`` restricts the preparation to these case ids (e.g. a one-case overfit check).
+    """
     out = Path(out)
     cases = find_cases(kind, src)
+    if only:
+        unknown = sorted(set(only) - {c.case_id for c in cases})
+        if unknown:
+            raise ValueError(f"no case {', '.join(unknown)} in {src}.")
+        cases = [c for c in cases if c.case_id in only]
     (out / "cases").mkdir(parents=True, exist_ok=True)
     index_path = out / "dataset.json"
     previous = {}

@@ -8,6 +8,7 @@ Run folder (``--run-dir``)::
 
     checkpoint.pt        last state (model, optimiser, scheduler, scaler, sampler position); written atomically
     best.safetensors     weights with the best validation Dice so far (fp32, full metadata)
+    last.safetensors     weights at the last validation (to continue with segmate finetune)
     history.json         per-validation losses and Dice
     tb/                  TensorBoard logs
 """
@@ -70,6 +71,7 @@ class TrainConfig:
     amp: bool = True
     dtype: str = "fp32"                    # of the final model file
     val_max_slices: int | None = None      # per validation case, centred on its organs (None: all)
+    val_split: str = "val"                 # "train" only for overfit checks
     log_every: int = 20
     checkpoint_every: int = 500
     resume: bool = False
@@ -197,7 +199,8 @@ class Trainer:
             raise ValueError(f"--input-size {cfg.input_size} must be a multiple of 32.")
         self.indexes = [load_index(d) for d in cfg.data]
         self.train_cases = load_cases(cfg.data, "train")
-        self.val_cases = [c for d in cfg.data if load_index(d)["splits"].get("val") for c in load_cases([d], "val")]
+        self.val_cases = [c for d in cfg.data if load_index(d)["splits"].get(cfg.val_split)
+                          for c in load_cases([d], cfg.val_split)]
         if not self.val_cases:
             raise ValueError("the prepared data have no validation cases; prepare with a val fraction > 0 "
                              "(segmate prepare ... --fractions 0.8 0.1 0.1).")
@@ -278,7 +281,7 @@ class Trainer:
         provenance = {
             "source": "segmate train" if not cfg.init_model else "segmate finetune",
             "data": data,
-            "train_cases": len(self.train_cases), "val_cases": len(self.val_cases),
+            "train_cases": len(self.train_cases), "val_cases": len(self.val_cases), "val_split": cfg.val_split,
             "recipe": {
                 "optimizer": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
                 "plateau": {"factor": cfg.plateau_factor, "patience": cfg.plateau_patience, "on": "val loss"}
@@ -416,6 +419,7 @@ class Trainer:
                              "epoch": self.epoch, "step": self.step}
                 save_model(self._inference_copy(), self.run_dir / "best.safetensors",
                            self.metadata({"validation": self.best}))
+            save_model(self._inference_copy(), self.run_dir / "last.safetensors", self.metadata({"validation": entry}))
             (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1), encoding="utf-8")
         if self.dist.world_size > 1:
             dist.broadcast(val_loss, src=0)

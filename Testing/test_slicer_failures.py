@@ -1,0 +1,134 @@
+"""Failure paths of the Slicer logic: bad input, a node deleted mid-run, a refused write.
+
+Each leaves the output segmentation node and the scene exactly as they were and raises an error
+whose message the panel shows. Real MRML scene from slicer-core; the intensity test network.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegMateSlicer"))
+
+from intensity_model import IntensityModel, band_centre  # noqa: E402
+from segmatecore.validation import InputError  # noqa: E402
+from SegMateLib.logic import SegMateLogic  # noqa: E402
+from SegMateLib.segments import binaryLabelmapName, ensureConverterRules  # noqa: E402
+
+ORGANS = ["liver", "aorta"]
+IJK_TO_RAS = [[-0.8, 0, 0, 10.0], [0, -0.8, 0, 20.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1]]
+
+
+@pytest.fixture
+def scene():
+    mrml = slicer.vtkMRMLScene()
+    slicer.mrmlScene = mrml
+    ensureConverterRules()
+    yield mrml
+    mrml.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return IntensityModel(organs=ORGANS, input_size=32)
+
+
+def ct_array(dtype=np.int16) -> np.ndarray:
+    array = np.full((8, 24, 28), -1000, dtype=dtype)
+    array[2:6, 5:15, 4:14] = band_centre("liver")
+    array[1:7, 16:20, 18:22] = band_centre("aorta")
+    array[0, 0, 0] = 300
+    return array
+
+
+def state(scene) -> dict:
+    """Every node (ID, class, name) and every segment (ID, name, label value, voxels) in the scene."""
+    nodes = [(n.GetID(), n.GetClassName(), n.GetName()) for n in
+             (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))]
+    segments = {}
+    for node in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())):
+        if node.IsA("vtkMRMLSegmentationNode"):
+            segmentation = node.GetSegmentation()
+            for index in range(segmentation.GetNumberOfSegments()):
+                segment_id = segmentation.GetNthSegmentID(index)
+                segment = segmentation.GetSegment(segment_id)
+                labelmap = segment.GetRepresentation(binaryLabelmapName())
+                voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).tobytes()
+                segments[(node.GetID(), index)] = (segment_id, segment.GetName(), segment.GetLabelValue(),
+                                                   tuple(labelmap.GetExtent()), voxels)
+    return {"nodes": nodes, "segments": segments}
+
+
+def segmented(scene, model):
+    """A CT volume and a segmentation node already holding SegMate's organs and a user segment."""
+    volume = slicer.util.addVolumeFromArray(ct_array(), np.array(IJK_TO_RAS), name="CT")
+    run = SegMateLogic().process(volume, None, organs=ORGANS, model=model, device="cpu")
+    node = run.segmentationNode
+    node.GetSegmentation().AddEmptySegment("", "My structure", [0.2, 0.8, 0.3])
+    return volume, node
+
+
+@pytest.mark.parametrize("bad, message", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite")])
+def test_bad_input_is_refused_and_the_scene_is_unchanged(scene, model, bad, message):
+    volume, node = segmented(scene, model)
+    array = slicer.util.arrayFromVolume(volume)
+    float_volume = slicer.util.addVolumeFromArray(array.astype(np.float32), np.array(IJK_TO_RAS), name="float CT")
+    slicer.util.arrayFromVolume(float_volume)[3, 4, 5] = bad
+    slicer.util.arrayFromVolumeModified(float_volume)
+    before = state(scene)
+    with pytest.raises(InputError, match=message):
+        SegMateLogic().process(float_volume, node, organs=ORGANS, model=model, device="cpu")
+    with pytest.raises(InputError, match=message):
+        SegMateLogic().process(float_volume, None, organs=ORGANS, model=model, device="cpu")
+    assert state(scene) == before
+
+
+def test_volume_deleted_during_a_background_run_writes_nothing(scene, model):
+    volume, node = segmented(scene, model)
+    job = SegMateLogic().createJob(volume, node, organs=ORGANS, model=model, device="cpu")
+    scene.RemoveNode(volume)  # the user deletes the CT while the worker computes on its copy
+    before = state(scene)
+    job.start()
+    assert job.wait(120) and job.error is None
+    with pytest.raises(RuntimeError, match="was removed from the scene while it was being segmented; nothing was "
+                                           "written"):
+        job.finish()
+    assert state(scene) == before
+
+
+def test_output_deleted_during_a_background_run_gets_a_new_node(scene, model):
+    volume, node = segmented(scene, model)
+    job = SegMateLogic().createJob(volume, node, organs=ORGANS, model=model, device="cpu")
+    scene.RemoveNode(node)
+    nodes_before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    job.start()
+    assert job.wait(120)
+    run = job.finish()
+    assert run.segmentationNode is not node and run.segmentationNode.GetScene() is scene
+    assert list(run.segmentIds) == ORGANS
+    added = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())} - nodes_before
+    assert run.segmentationNode.GetID() in added
+
+
+@pytest.mark.parametrize("with_display", [True, False], ids=["displayed", "never-displayed"])
+def test_refused_write_leaves_the_node_and_scene_unchanged(scene, model, with_display):
+    """An output under another transform than the CT cannot receive the organs: refused, nothing touched."""
+    volume, node = segmented(scene, model)
+    if not with_display:  # a segmentation node made by a script, never shown
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Script output")
+        node.GetSegmentation().AddEmptySegment("", "Planned", [0.9, 0.1, 0.1])
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Registration")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 12.0)
+    transform.SetMatrixTransformToParent(matrix)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    before = state(scene)
+    with pytest.raises(ValueError, match="is under a different transform than CT"):
+        SegMateLogic().process(volume, node, organs=ORGANS, model=model, device="cpu")
+    assert state(scene) == before
