@@ -54,9 +54,14 @@ def masks(model: nn.Module, slices: torch.Tensor, z: torch.Tensor | None = "ramp
         return model(slices, z).seg.float() > 0
 
 
-def assert_agrees(a: torch.Tensor, b: torch.Tensor) -> None:
+def assert_agrees(a: torch.Tensor, b: torch.Tensor, bar: float = DICE_BAR) -> None:
     scores = [dice(a[:, k].numpy(), b[:, k].numpy()) for k in range(a.shape[1])]
-    assert min(scores) >= DICE_BAR, f"Dice per organ vs fp32: {np.round(scores, 4).tolist()}"
+    assert min(scores) >= bar, f"Dice per organ vs fp32: {np.round(scores, 4).tolist()}"
+
+
+# The random network has no margin around its threshold, so bf16 rounding flips about 1 % of its
+# pixels (min Dice 0.987): bf16 misses the 0.99 bar here, which is why it is opt-in (docs/benchmark.md).
+BF16_BAR = 0.97
 
 
 def test_benchmark_model_output_varies_over_the_image(reference):
@@ -119,10 +124,7 @@ def test_bf16_network_casts_its_own_input(fastvit, slices, reference):
     assert autocast is None, "the CPU bf16 network casts its own input"
     assert next(net.parameters()).dtype == torch.bfloat16
     assert net.slice_fusion.conv.weight.is_contiguous(memory_format=torch.channels_last)
-    # The random network has no margin around its threshold, so bf16 rounding flips about 1 % of its
-    # pixels (which is why bf16 is opt-in, docs/benchmark.md).
-    scores = [dice(a.numpy(), b.numpy()) for a, b in zip(masks(net, slices).transpose(0, 1), reference.transpose(0, 1))]
-    assert min(scores) >= 0.97, scores
+    assert_agrees(masks(net, slices), reference, BF16_BAR)
 
 
 def test_prepare_works_on_a_copy_unless_told_otherwise(fastvit):
@@ -176,12 +178,13 @@ def test_openvino_network_agrees_with_eager_fp32(precision, openvino_home, fastv
     net, autocast = prepare_for_inference(fastvit, CPU, precision, optimizations=DEFAULT.with_(runtime="openvino"))
     assert isinstance(net, openvino_runtime.OpenVINONetwork) and autocast is None
     assert net.metadata == fastvit.metadata
-    assert_agrees(masks(net, slices), reference)
+    bar = DICE_BAR if precision == "fp32" else BF16_BAR
+    assert_agrees(masks(net, slices), reference, bar)
     # FiLM off (the z_norm pass) through the same compiled graph
     with torch.inference_mode():
         off_expected = fastvit(slices, None)
         off = net(slices, None)
-    assert_agrees(off.seg > 0, off_expected.seg > 0)
+    assert_agrees(off.seg > 0, off_expected.seg > 0, bar)
     torch.testing.assert_close(off.presence, off_expected.presence, atol=0.02, rtol=0)
 
 

@@ -3,7 +3,7 @@
 
 The CT is the bundled TotalSegmentator sample resampled with SimpleITK to 512 x 512 x 162 over
 its own physical extent. Each configuration runs in a fresh Python process, so peak memory
-figures do not mix; a thread samples the resident set size with psutil (and the kernel's own
+figures do not mix (``--quick``, whose figures mean nothing, runs them in this process); a thread samples the resident set size with psutil (and the kernel's own
 high-water mark is kept beside it); on CUDA ``torch.cuda.max_memory_allocated`` is reported too.
 
 Two kinds of rows:
@@ -431,8 +431,21 @@ def peer_costs(patch: Sequence[int], patches: int, depth: int) -> dict[str, floa
             "gmacs_per_slice": per_patch * patches / depth, "gmacs_per_patch": per_patch}
 
 
+def _run_in_this_process(job_path: Path, env: dict[str, str]) -> None:
+    """``--quick``: run a row here (no fresh interpreter to import torch into), restoring what it changes."""
+    saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
+    os.environ.update(env)
+    try:
+        run_worker(job_path)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(saved_threads)
+
+
 def _run_config(config: Config, setup: BenchSetup, device: str, batch_size: int, network_slices: int,
-                peer: tuple[Sequence[int], float], threads: int | None, timeout: float) -> dict[str, Any]:
+                peer: tuple[Sequence[int], float], threads: int | None, timeout: float,
+                isolate: bool = True) -> dict[str, Any]:
     outdir = setup.workdir / "rows" / config.name.replace(" ", "_").replace(":", "").replace(",", "")[:80]
     outdir.mkdir(parents=True, exist_ok=True)
     job = {"config": asdict(config), "device": device, "ct": str(setup.ct), "outdir": str(outdir),
@@ -442,6 +455,11 @@ def _run_config(config: Config, setup: BenchSetup, device: str, batch_size: int,
     job_path = outdir / "job.json"
     job_path.write_text(json.dumps(job))
     env = {**os.environ, "SEGMATE_HOME": str(setup.workdir / "home")}
+    if not isolate:
+        _run_in_this_process(job_path, env)
+        row = json.loads((outdir / "result.json").read_text())
+        row["outdir"] = str(outdir)
+        return row
     proc = subprocess.run([sys.executable, "-m", "segmatecore.bench", "--worker", str(job_path)], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -522,7 +540,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
         rows = []
         for config in configs:
             measured = _run_config(config, setup, device, batch_size, network_slices, (peer_patch, peer_spacing),
-                                   threads, timeout)
+                                   threads, timeout, isolate=not quick)
             if config.kind == "nnunet":
                 costs = peer_costs(peer_patch, measured["patches"], setup.depth)
                 model = "nnunet_3d_fullres"

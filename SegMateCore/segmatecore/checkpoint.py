@@ -233,6 +233,9 @@ def save_model(model: SegMateNet, path: str | Path, metadata: dict[str, Any] | N
     os.close(fd)
     try:
         save_file(state, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is as readable as any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
