@@ -101,11 +101,13 @@ def test_peer_returns_labels_on_the_input_grid():
     image.SetSpacing((4.0, 4.0, 5.0))
     image.SetOrigin((10.0, -3.0, 7.0))
     torch.manual_seed(0)
-    result = run_nnunet_peer(image, patch=(32, 32, 32), spacing_mm=6.0)
+    result = run_nnunet_peer(image, patch=(64, 64, 64), spacing_mm=6.0)
     assert result.labelmap.GetSize() == image.GetSize()
     assert result.labelmap.GetSpacing() == image.GetSpacing()
     assert result.labelmap.GetOrigin() == image.GetOrigin()
     assert result.patches == 1
+    with pytest.raises(ValueError, match="multiple of 32"):
+        run_nnunet_peer(image, patch=(48, 64, 64))
 
 
 def test_resample_to_size_keeps_the_physical_extent():

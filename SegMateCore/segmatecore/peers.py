@@ -122,6 +122,9 @@ def sliding_window_logits(network: nn.Module, volume: torch.Tensor, patch: tuple
 def run_nnunet_peer(image: sitk.Image, network: nn.Module | None = None, patch: tuple[int, int, int] = NNUNET_PATCH,
                     spacing_mm: float = NNUNET_SPACING_MM, autocast: torch.dtype | None = None) -> PeerResult:
     """Segment ``image`` the nnU-Net way: resample, normalise, sliding window, argmax, back to the grid."""
+    if any(p % 32 or p < 64 for p in patch):
+        raise ValueError(f"The nnU-Net patch must be a multiple of 32 of at least 64 per axis (five 2x "
+                         f"downsamplings, instance norm needs more than one voxel at the bottom), got {patch}.")
     network = network if network is not None else build_nnunet_3d_fullres()
     timings = {}
     t0 = time.perf_counter()

@@ -15,6 +15,9 @@ import torch
 from .organs import organ
 
 THRESHOLD = 0.5
+# A sided organ is reported only when its centroid is this far on the wrong side, so that organs
+# near the midline (or a midline guessed from the body outline) do not raise false alarms.
+LATERALITY_MARGIN_MM = 5.0
 
 # Per organ: (keep the largest connected component, fill enclosed holes). Solid organs are one
 # piece; tubular ones (cord, oesophagus, aorta, trachea) may be split by a missed slice, and
@@ -160,9 +163,9 @@ def laterality_warnings(labelmap: sitk.Image, image: sitk.Image, organ_keys: lis
             if midline is None:
                 continue
             reference, what = midline, "the midline" if cord is None else "the spinal cord"
-        on_left = x > reference
-        if on_left != (side == "left"):
+        wrong_by = (reference - x) if side == "left" else (x - reference)
+        if wrong_by > LATERALITY_MARGIN_MM:
             wrong = "right" if side == "left" else "left"
             warnings.append(f"laterality: the {organ(key).name} lies on the patient's {wrong} of {what} "
-                            f"({abs(x - reference):.0f} mm); check the image orientation (direction matrix).")
+                            f"(by {wrong_by:.0f} mm); check the image orientation (direction matrix).")
     return warnings
