@@ -1,8 +1,9 @@
 """A SegMateNet compiled by OpenVINO for CPU inference, converted once and cached on disk.
 
 OpenVINO fuses the many small operations of the decoder's attention blocks and runs convolutions
-in bf16 on CPUs that have it (AMX, AVX512-BF16); ``segmate bench`` measured it at several times
-eager PyTorch on the CPU (docs/benchmark.md). The compiled network keeps the segment() model
+in bf16 on CPUs that have it (AMX, AVX512-BF16). It is opt-in (``Optimizations(runtime="openvino")``):
+it beat eager PyTorch with one thread and on a heavily loaded machine, not with two threads on a
+lightly loaded one (docs/benchmark.md). The compiled network keeps the segment() model
 contract: ``forward(x[B,3,H,W], z_norm[B] | None) -> SegMateOutput`` and a ``.metadata`` dict.
 
 One graph serves both passes of segment(): FiLM is switched off by a negative z (the first, label-

@@ -10,8 +10,10 @@ while the outputs stay equal to fp32 (Dice >= 0.99 per organ); docs/benchmark.md
   oneDNN runs bf16 convolutions and matmuls about twice as fast as fp32. It is opt-in
   (``precision="bf16"``): it missed the Dice >= 0.99 bar against fp32 on the benchmark network
   (min 0.987), so ``auto`` stays fp32 on the CPU;
-- on CPUs with OpenVINO installed, the network compiled by OpenVINO (see
-  :mod:`segmatecore.openvino_runtime`), which fuses what eager PyTorch runs op by op.
+- opt-in (``runtime="openvino"``): the network compiled by OpenVINO (see
+  :mod:`segmatecore.openvino_runtime`), which fuses what eager PyTorch runs op by op. It was
+  faster with one thread and under heavy load, not with two threads on a lightly loaded machine,
+  and its first run pays a conversion, so eager PyTorch stays the default.
 
 The caller runs the returned model under ``torch.inference_mode()`` (as ``segment`` does).
 """
@@ -41,7 +43,8 @@ class Optimizations:
 
     ``bf16`` makes ``precision="auto"`` use bf16 on a CPU with native bf16 (off: bf16 missed the
     Dice bar, docs/benchmark.md); ``precision="bf16"`` always uses bf16 and ``"fp32"`` never does. ``threads`` None leaves PyTorch's default (one per
-    physical core). ``runtime`` ``auto`` uses OpenVINO on the CPU when it is installed.
+    physical core). ``runtime`` ``openvino`` compiles the network with OpenVINO on the CPU;
+    ``auto`` does so when OpenVINO is installed; ``torch`` (the default) runs eager PyTorch.
     """
 
     reparameterize: bool = True
@@ -49,7 +52,7 @@ class Optimizations:
     channels_last: bool = True
     bf16: bool = False
     threads: int | None = None
-    runtime: str = "auto"
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
