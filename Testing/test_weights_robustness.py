@@ -303,6 +303,7 @@ def test_pickles_presented_as_models_are_refused_and_never_run(tmp_path, monkeyp
     assert unpickled == [] and not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the raw pickles' protocols 3-5
 def test_research_import_reads_only_tensors_and_refuses_code(tmp_path):
     marker = tmp_path / "marker"
     for name, path in hostile_files(tmp_path / "files", marker).items():
