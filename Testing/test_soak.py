@@ -87,11 +87,7 @@ def soak() -> list[dict]:
             run = logic.process(volume, None, model=model, device="cpu")
             created = run.segmentationNode
             assert created is not reused
-            display = [created.GetNthDisplayNode(i) for i in range(created.GetNumberOfDisplayNodes())]
-            scene.RemoveNode(created)
-            for node in display:
-                if node.GetScene() is not None:
-                    scene.RemoveNode(node)
+            delete(scene, sh, created)
         organs = list(run.segmentIds)
         del run
         gc.collect()
@@ -101,11 +97,38 @@ def soak() -> list[dict]:
             "seconds": time.monotonic() - t0,
             "nodes": scene.GetNumberOfNodes(),
             "node_ids": sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())),
-            "subject_hierarchy_items": sh.GetNumberOfItems(),
+            "subject_hierarchy_items": subject_hierarchy(sh),
             "output_segments": [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())],
             "organs": organs,
         })
     return records
+
+
+def delete(scene, sh, node) -> None:
+    """Delete a node as Slicer's Data module does: its subject hierarchy item, then it and its display nodes.
+
+    (In the full application the subject hierarchy logic removes the item; a bare slicer-core scene
+    does not, so the test does it, and then checks that nothing else was left.)
+    """
+    display = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    assert sh.RemoveItem(sh.GetItemByDataNode(node), False, False)
+    scene.RemoveNode(node)
+    for displayNode in display:
+        scene.RemoveNode(displayNode)
+
+
+def subject_hierarchy(sh) -> list[list]:
+    """Every subject hierarchy item below the scene: name, level and data node ID, in order."""
+    import vtk
+
+    ids = vtk.vtkIdList()
+    sh.GetItemChildren(sh.GetSceneItemID(), ids, True)
+    items = []
+    for n in range(ids.GetNumberOfIds()):
+        item = ids.GetId(n)
+        node = sh.GetItemDataNode(item)
+        items.append([sh.GetItemName(item), sh.GetItemLevel(item), node.GetID() if node else None])
+    return items
 
 
 if __name__ == "__main__":
