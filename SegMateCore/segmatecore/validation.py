@@ -192,8 +192,8 @@ def validate_intensities(image: sitk.Image, source: str = "input") -> list[str]:
 def validate_dicom_series(file_names: Sequence[str], source: str = "input") -> list[str]:
     """Check the slices of one DICOM series, in the order they will be stacked, before reading the voxels.
 
-    SimpleITK's ImageSeriesReader puts slice k at ``first + k * (last - first) / (n - 1)`` along the
-    slice normal of the first file, so a missing slice, uneven steps or a tilted gantry move slices
+    SimpleITK's ImageSeriesReader puts slice k at ``k * |last - first| / (n - 1)`` mm from the first
+    slice, along the slice normal of the first file, so a missing slice, uneven steps or a tilted gantry move slices
     away from the position the scanner recorded. This measures that displacement in mm: beyond half
     a slice step the series is refused (masks would land on the wrong slice), smaller ones are warned.
     """
