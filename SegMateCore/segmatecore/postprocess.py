@@ -91,17 +91,13 @@ def clean_organs(labels: np.ndarray, options: dict[str, tuple[bool, bool]]) -> N
 
 
 def _largest_component(mask: sitk.Image) -> sitk.Image:
-    """The largest connected component of a 0/1 mask (one uint32 label image, not two)."""
-    components = sitk.ConnectedComponent(mask)
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.ComputePerimeterOff()
-    stats.ComputeFeretDiameterOff()
-    stats.Execute(components)
-    labels = stats.GetLabels()
-    if len(labels) <= 1:
-        return mask
-    largest = max(labels, key=stats.GetNumberOfPixels)
-    return sitk.Equal(components, largest)
+    """The largest connected component of a 0/1 mask.
+
+    RelabelComponent sorts components by size in one pass; shape statistics per component were
+    far slower and heavier on noisy masks (thousands of specks).
+    """
+    relabelled = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
+    return sitk.Cast(relabelled == 1, mask.GetPixelID())
 
 
 def volumes_ml(labels: np.ndarray, organ_keys: list[str], spacing: tuple[float, float, float]) -> dict[str, float]:
