@@ -21,3 +21,18 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"The real test data are expected in {path} (shared/ beside the repository).")
     return path
+
+
+@pytest.fixture
+def scene():
+    """A fresh real MRML scene (slicer-core) assigned to slicer.mrmlScene, cleared afterwards."""
+    import slicer
+
+    sys.path.insert(0, str(REPO / "SegMateSlicer"))
+    from SegMateLib.segments import ensureConverterRules
+
+    mrml = slicer.vtkMRMLScene()
+    slicer.mrmlScene = mrml
+    ensureConverterRules()
+    yield mrml
+    mrml.Clear(1)

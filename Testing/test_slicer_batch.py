@@ -26,18 +26,8 @@ from intensity_model import IntensityModel, band_centre  # noqa: E402
 from segmatecore.organs import organ  # noqa: E402
 
 from SegMateLib.batch import CSV_NAME, findCases, parseOrgans, runBatch  # noqa: E402
-from SegMateLib.segments import ensureConverterRules  # noqa: E402
 
 ORGANS = ["liver", "aorta"]
-
-
-@pytest.fixture
-def scene():
-    mrml = slicer.vtkMRMLScene()
-    slicer.mrmlScene = mrml
-    ensureConverterRules()
-    yield mrml
-    mrml.Clear(1)
 
 
 def ct_image(shift: int, oblique: bool = False) -> sitk.Image:

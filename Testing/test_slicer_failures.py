@@ -19,19 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegMateSlicer"))
 from intensity_model import IntensityModel, band_centre  # noqa: E402
 from segmatecore.validation import InputError  # noqa: E402
 from SegMateLib.logic import SegMateLogic  # noqa: E402
-from SegMateLib.segments import binaryLabelmapName, ensureConverterRules  # noqa: E402
+from SegMateLib.segments import binaryLabelmapName  # noqa: E402
 
 ORGANS = ["liver", "aorta"]
 IJK_TO_RAS = [[-0.8, 0, 0, 10.0], [0, -0.8, 0, 20.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1]]
-
-
-@pytest.fixture
-def scene():
-    mrml = slicer.vtkMRMLScene()
-    slicer.mrmlScene = mrml
-    ensureConverterRules()
-    yield mrml
-    mrml.Clear(1)
 
 
 @pytest.fixture(scope="module")

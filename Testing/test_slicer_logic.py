@@ -38,7 +38,7 @@ from SegMateLib.batch import saveSegmentation  # noqa: E402
 from SegMateLib.job import JobProgress, elapsedText  # noqa: E402
 from SegMateLib.logic import SegMateLogic  # noqa: E402
 from SegMateLib.model_choices import modelChoices  # noqa: E402
-from SegMateLib.segments import SOURCE_TAG, binaryLabelmapName, ensureConverterRules  # noqa: E402
+from SegMateLib.segments import SOURCE_TAG, binaryLabelmapName  # noqa: E402
 from SegMateLib.terminology import organKeyForTerminology, terminologyEntry  # noqa: E402
 from SegMateLib.volume_image import imageFromVolumeNode  # noqa: E402
 
@@ -72,16 +72,6 @@ def ijk_to_ras(oblique: bool) -> np.ndarray:
     matrix[:3, :3] = directions @ spacing
     matrix[:3, 3] = [12.5, -30.0, 40.0]
     return matrix
-
-
-@pytest.fixture
-def scene():
-    """A fresh real MRML scene as slicer.mrmlScene, with a patient/study in the subject hierarchy."""
-    mrml = slicer.vtkMRMLScene()
-    slicer.mrmlScene = mrml
-    ensureConverterRules()
-    yield mrml
-    mrml.Clear(1)
 
 
 @pytest.fixture(scope="module")
