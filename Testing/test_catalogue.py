@@ -252,6 +252,31 @@ def test_resolve_model(env, model_files):
         catalogue.resolve_model(None)
 
 
+def _flip_one_weight_byte(path: Path) -> None:
+    """Change one byte inside the tensor data (past the header), keeping size and format."""
+    data = bytearray(path.read_bytes())
+    header = struct.unpack("<Q", data[:8])[0]
+    data[8 + header + 1001] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_model_damaged_on_disk_is_refused_at_load(env, model_files):
+    """One flipped bit in an installed weight file still loads as safetensors; the SHA-256 must catch it."""
+    from segmatecore.inference import load_segmentation_model
+
+    installed = catalogue.download("tiny_good", progress=False)
+    assert load_segmentation_model("tiny_good")[0].metadata["trained_organs"] == TRAINED
+    _flip_one_weight_byte(installed)
+    read_metadata(installed)  # still a readable SegMate file: only the digest tells
+    with pytest.raises(catalogue.DamagedModelError, match="segmate models remove tiny_good && segmate models download"):
+        load_segmentation_model("tiny_good")
+
+    bundled = env["resources"] / "Models" / "tiny_bundled.safetensors"
+    _flip_one_weight_byte(bundled)
+    with pytest.raises(catalogue.DamagedModelError, match="bundled model tiny_bundled is damaged"):
+        catalogue.resolve_model(None)
+
+
 # ----------------------------------------------------------------------------------------------- cache folder
 
 

@@ -88,3 +88,15 @@ def test_cost_matches_paper(backbone):
     model = create_model(backbone, deep_supervision=True)
     assert gmacs_per_slice(model, 512) == pytest.approx(gmacs, rel=0.01)
     assert count_parameters(model) / 1e6 == pytest.approx(params_m, abs=0.06)
+
+
+def test_a_new_model_starts_with_organs_rare_everywhere():
+    """Masks start near p = 0.01 (prior init), not 0.5: short CPU runs otherwise spend
+    hundreds of steps learning that almost every pixel is background (docs/training.md)."""
+    torch.manual_seed(0)
+    model = create_model("fastvit_t12", deep_supervision=True).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64), torch.tensor([0.2, 0.8]))
+    for logits in (out.seg, out.boundary, *out.deep):
+        prob = torch.sigmoid(logits)
+        assert 0.001 < float(prob.median()) < 0.05

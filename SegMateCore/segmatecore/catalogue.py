@@ -236,7 +236,40 @@ def resolve_model(model: str | os.PathLike | None = None) -> Path:
                 "reinstall SegMate or restore Resources/Models from the repository.")
         raise ModelNotInstalledError(f"Model {model_id} is not installed. Download it with: "
                                      f"segmate models download {model_id}")
+    _check_installed_file(path, entry)
     return path
+
+
+class DamagedModelError(CatalogueError):
+    """An installed catalogue model whose bytes no longer match the catalogue's SHA-256."""
+
+
+_verified: dict[tuple[str, int, int], str] = {}
+
+
+def _check_installed_file(path: Path, entry: dict[str, Any]) -> None:
+    """Refuse a catalogue model whose file changed on disk since it was installed.
+
+    A flipped bit in a weight file still loads and gives wrong contours without any error, so
+    the SHA-256 is checked at every load. The digest is remembered per (path, size, mtime), so a
+    session that segments many volumes hashes the file once.
+    """
+    expected = (entry.get("sha256") or "").lower()
+    if not expected:
+        return
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _verified:
+        _verified[key] = file_sha256(path)
+    if _verified[key] == expected:
+        return
+    if is_bundled(entry):
+        raise DamagedModelError(
+            f"The bundled model {entry['id']} is damaged: {path} does not match its SHA-256 in the catalogue. "
+            "Restore Resources/Models from the repository or reinstall SegMate.")
+    raise DamagedModelError(
+        f"Model {entry['id']} is damaged: {path} does not match its SHA-256 in the catalogue. Reinstall it with: "
+        f"segmate models remove {entry['id']} && segmate models download {entry['id']}")
 
 
 # ----------------------------------------------------------------------------------------------- install

@@ -71,8 +71,12 @@ def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path
     from .train.dataset import load_cases
     from .train.prepare import decode_labels
 
-    net = load_model(model) if isinstance(model, (str, Path)) else model
+    from .inference import ready_for_inference, resolve_device
+
+    owned = isinstance(model, (str, Path))
+    net = load_model(model) if owned else model
     meta = net.metadata
+    net = ready_for_inference(net, resolve_device(device), "auto", owned=owned)  # once, not per case
     trained = list(meta.get("trained_organs") or meta["organs"])
     wanted = [k for k in organ_keys() if k in trained and (organs is None or k in organs)]
     cases = load_cases(data_dirs, split)

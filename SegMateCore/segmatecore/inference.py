@@ -102,6 +102,21 @@ def load_segmentation_model(model: str | os.PathLike | nn.Module | None) -> tupl
     return loaded, _model_info(loaded.metadata, path, entry)
 
 
+def ready_for_inference(net: nn.Module, device: torch.device, precision: str, owned: bool) -> nn.Module:
+    """Apply the benchmark-kept speed-ups (optimize.DEFAULT) to a SegMate network, once.
+
+    A network the caller passed in (``owned`` False) is prepared on a copy, so their module is
+    never folded under them; one already prepared (``segmate bench``) or not a SegMateNet runs as is.
+    """
+    from .models import SegMateNet
+    from .optimize import prepare_for_inference
+
+    if not isinstance(net, SegMateNet) or getattr(net, "inference_prepared", False):
+        return net.eval().to(device)
+    prepared, _ = prepare_for_inference(net, device, precision, copy_model=not owned)
+    return prepared
+
+
 def _model_info(meta: dict[str, Any], path: Path | None, entry: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the report says about the model: catalogue id and version when known, else from its metadata."""
     provenance = meta.get("provenance", {}) or {}
@@ -262,7 +277,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     options = postprocess_options(keys, postprocess)
     pre = Preprocessing.from_metadata(meta)
     dev = resolve_device(device)
-    net.eval().to(dev)
+    net = ready_for_inference(net, dev, precision, owned=not isinstance(model, nn.Module))
     runner = BatchRunner(net, dev, int(batch_size or DEFAULT_BATCH.get(dev.type, 4)), precision, cancel, progress)
     runner.check_cancel()
 

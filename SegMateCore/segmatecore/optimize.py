@@ -213,6 +213,7 @@ def prepare_torch(model: SegMateNet, device: torch.device, dtype: torch.dtype,
     if device.type == "cpu" and dtype == torch.bfloat16:
         model.to(torch.bfloat16)
         model.register_forward_pre_hook(_cast_input_hook(torch.bfloat16))
+    model.inference_prepared = True
     return model
 
 

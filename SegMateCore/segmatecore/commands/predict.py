@@ -147,7 +147,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def run(args) -> int:
-    from ..inference import choose_organs, load_segmentation_model, resolve_device, segment
+    from ..inference import choose_organs, load_segmentation_model, ready_for_inference, resolve_device, segment
     from ..io import load_volume
 
     formats = parse_formats(args.format)
@@ -162,6 +162,7 @@ def run(args) -> int:
     device = resolve_device(args.device)  # a missing GPU is a usage error, reported once
     model, _ = load_segmentation_model(args.model)
     choose_organs(organs, model.metadata)  # an unknown organ is a usage error, not a failure of every case
+    model = ready_for_inference(model, device, args.precision, owned=True)  # once for all cases
     postprocess = {"largest_component": False, "fill_holes": False} if args.no_postprocess else None
 
     failed = 0

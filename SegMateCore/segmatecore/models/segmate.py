@@ -1,6 +1,7 @@
 """SegMateNet: SliceFusion -> timm encoder -> ASPP -> FiLM(z) -> asymmetric decoder -> heads."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -15,6 +16,7 @@ ALIGN_WIDTHS = (40, 64, 128, 176)
 DECODER_WIDTHS = (160, 88, 48, 24)  # up-convolution widths, deepest first
 BLOCK_WIDTHS = (160, 88, 48, 32)    # main-path block widths, deepest first
 ASPP_WIDTH = 256
+MASK_PRIOR = 0.01    # initial organ probability of every mask and boundary logit
 
 
 class SegMateOutput(NamedTuple):
@@ -99,6 +101,17 @@ class SegMateNet(nn.Module):
         self.deep_heads = nn.ModuleList(nn.Conv2d(w, num_classes, 1) for w in BLOCK_WIDTHS[:3]) \
             if deep_supervision else nn.ModuleList()
         self.is_reparameterized = False
+        self._init_mask_head_bias()
+
+    def _init_mask_head_bias(self, prior: float = MASK_PRIOR) -> None:
+        """Start every mask logit at a small organ probability instead of 0.5 (RetinaNet's prior init).
+
+        Organs cover well under 1 % of a slice; from p = 0.5 the first few hundred steps only learn
+        "mostly background", which is most of a short CPU run. Loaded weights replace this.
+        """
+        bias = -math.log((1.0 - prior) / prior)
+        for head in (self.seg_head, self.boundary_head, *self.deep_heads):
+            nn.init.constant_(head.bias, bias)
 
     def forward(self, x: torch.Tensor, z_norm: torch.Tensor | None = None) -> SegMateOutput:
         if x.ndim != 4 or x.shape[1] != 3:
