@@ -195,3 +195,16 @@ def test_openvino_conversion_is_cached(openvino_home, fastvit):
     again = openvino_runtime.convert(copy.deepcopy(fastvit).reparameterize(), (SIZE, SIZE))
     assert again == first and again.stat().st_mtime_ns == stamp
     assert first.is_relative_to(openvino_home)
+
+
+def test_the_default_path_never_imports_openvino():
+    """OpenVINO is an opt-in extra (Slicer does not install it): the default preparation must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from segmatecore import create_model; from segmatecore.optimize import prepare_for_inference;"
+            "prepare_for_inference(create_model('fastvit_t12'), torch.device('cpu'), 'auto');"
+            "print('openvino' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
