@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 
 Z_NORM_MODES = ("auto", "volume", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
-# On the CPU a larger batch is no faster, and at 512 x 512 FastViT-T12 needs about 430 MB for 4
-# slices against 180 MB for 2 (docs/inference.md), so the CPU default stays small.
 # Hand freed heap back to the OS every this many batches: glibc otherwise keeps the per-batch
 # buffers (tens of MB each at 512 x 512) in a fragmented heap that grew by 1.2 GB over 1,000 slices.
 TRIM_EVERY_BATCHES = 8
+# On the CPU a larger batch is no faster, and at 512 x 512 FastViT-T12 needs about 430 MB for 4
+# slices against 180 MB for 2 (docs/inference.md), so the CPU default stays small.
 DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
 ProgressCallback = Callable[[str, int, int], None]
 
