@@ -36,3 +36,12 @@ def scene():
     ensureConverterRules()
     yield mrml
     mrml.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny tensors: one thread avoids waking a second one for each small operation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

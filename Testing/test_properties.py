@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vtk.util import numpy_support
 
-import torch
 
 import segmatecore
 from intensity_model import IntensityModel
@@ -42,13 +41,7 @@ MODEL = IntensityModel(organs={MARKER: (-500.0, 500.0)}, input_size=INPUT_SIZE)
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny volumes: one thread avoids the cost of waking a second one for each small tensor operation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors (conftest)
 
 
 def examples(n: int) -> settings:

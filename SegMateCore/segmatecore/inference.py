@@ -109,15 +109,11 @@ def ready_for_inference(net: nn.Module, device: torch.device, precision: str, ow
     """Apply the benchmark-kept speed-ups (optimize.DEFAULT) to a SegMate network, once.
 
     A network the caller passed in (``owned`` False) is prepared on a copy, so their module is
-    never folded under them; one already prepared (``segmate bench``) or not a SegMateNet runs as is.
+    never folded under them; one prepared already (``segmate bench``, a second call) runs as is.
     """
-    from .models import SegMateNet
     from .optimize import prepare_for_inference
 
-    if not isinstance(net, SegMateNet) or getattr(net, "inference_prepared", False):
-        return net.eval().to(device)
-    prepared, _ = prepare_for_inference(net, device, precision, copy_model=not owned)
-    return prepared
+    return prepare_for_inference(net, device, precision, copy_model=not owned)[0]
 
 
 def _model_info(meta: dict[str, Any], path: Path | None, entry: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -163,7 +159,7 @@ class BatchRunner:
 
     def run(self, stage: str, t_all: np.ndarray, step: Callable[[np.ndarray], None]) -> None:
         """Call ``step(t_batch)`` over ``t_all`` in batches, with progress, cancel and OOM fallback."""
-        done, total = 0, len(t_all)
+        done, total, batches = 0, len(t_all), 0
         if self.progress:
             self.progress(stage, 0, total)
         while done < total:
@@ -177,7 +173,8 @@ class BatchRunner:
                 self._recover_from_oom(exc)
                 continue
             done += len(batch)
-            if (done // self.batch_size) % TRIM_EVERY_BATCHES == 0:
+            batches += 1
+            if batches % TRIM_EVERY_BATCHES == 0:
                 release_freed_memory()
             if self.progress:
                 self.progress(stage, done, total)

@@ -232,7 +232,7 @@ def prepare_for_inference(model: nn.Module, device: torch.device, precision: str
     device = torch.device(device)
     dtype = compute_dtype(device, precision, optimizations)
     autocast = dtype if device.type != "cpu" and dtype != torch.float32 else None
-    if not isinstance(model, SegMateNet):
+    if not isinstance(model, SegMateNet) or getattr(model, "inference_prepared", False):
         dtype = compute_dtype(device, precision, optimizations.with_(bf16=False))
         return model.eval().to(device), (dtype if dtype != torch.float32 else None)
     if device.type == "cpu":
