@@ -1,10 +1,12 @@
-"""Post-processing keeps the largest piece of an organ and nothing else of it."""
+"""Post-processing keeps the largest piece of an organ and nothing else of it, and fills its enclosed holes."""
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
 
-from segmatecore.postprocess import _largest_component
+import pytest
+
+from segmatecore.postprocess import _largest_component, clean_organs, fill_holes
 
 
 def test_largest_component_keeps_only_the_biggest_piece_among_many_specks():
@@ -20,3 +22,29 @@ def test_largest_component_keeps_only_the_biggest_piece_among_many_specks():
     assert result.dtype == np.uint8
     assert np.array_equal(result, expected)
     assert result[8, 15, 15] == 1 and result.sum() < array.sum()
+
+
+@pytest.mark.parametrize("foreground", [0.5, 0.9])
+def test_fill_holes_fills_exactly_what_simpleitk_binary_fillhole_fills(foreground):
+    """Speckled masks: many holes, some open to the border only through a corner or an edge."""
+    rng = np.random.default_rng(1)
+    array = (rng.random((12, 30, 25)) < foreground).astype(np.uint8)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.7, 2.5))
+    expected = sitk.GetArrayFromImage(sitk.BinaryFillhole(image, fullyConnected=False, foregroundValue=1))
+    filled = fill_holes(image)
+    assert np.array_equal(sitk.GetArrayFromImage(filled), expected)
+    assert expected.sum() > array.sum()  # the case has holes to fill
+    assert filled.GetSpacing() == image.GetSpacing()
+
+
+def test_clean_organs_fills_a_liver_hole_but_never_over_another_organ():
+    labels = np.zeros((30, 30, 20), np.uint8)
+    labels[5:25, 5:25, 5:15] = 5          # liver (label 5)
+    labels[10:13, 10:13, 8:11] = 0        # an enclosed hole: filled
+    labels[15:18, 15:18, 8:11] = 7        # a right kidney inside it: kept
+    labels[0:3, 0:3, 0:3] = 5             # a stray piece of liver: removed
+    clean_organs(labels, {"liver": (True, True), "right_kidney": (True, True)})
+    assert (labels[10:13, 10:13, 8:11] == 5).all()
+    assert (labels[15:18, 15:18, 8:11] == 7).all()
+    assert (labels[0:3, 0:3, 0:3] == 0).all()
