@@ -73,6 +73,20 @@ def test_each_optimisation_is_a_row_that_agrees_with_fp32(quick):
     assert skip and skip[0]["z_range"]["mode"] in ("auto", "volume")
 
 
+def test_the_bundled_model_runs_end_to_end_at_its_own_input_size(quick):
+    """Besides the random paper-configuration rows, the default job: the trained model users get."""
+    from segmatecore.catalogue import catalogue_entry, default_model_id
+
+    entry = catalogue_entry(default_model_id())
+    rows = [r for r in quick[0]["rows"] if r["model"].startswith(entry["id"])]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16", "auto"]
+    assert all(r["scope"] == "end_to_end" and r["input_size"] == entry["input_size"][0] for r in rows)
+    assert rows[0]["model"] == f"{entry['id']} (input {entry['input_size'][0]})"
+    assert rows[1]["reference"] == rows[0]["name"] and "dice_min" in rows[1]
+    assert rows[2]["skip_outside_extent"] and rows[2]["z_range"]["mode"] in ("auto", "volume")
+    assert 12.0 < rows[0]["params_m"] < 13.0  # the bundled model is a FastViT-T12 SegMate
+
+
 def test_plot_is_written(quick):
     _, out = quick
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

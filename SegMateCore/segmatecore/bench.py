@@ -77,6 +77,7 @@ class Config:
     optimizations: dict[str, Any] = field(default_factory=DEFAULT.as_dict)
     skip_outside_extent: bool = False
     reference: str | None = None   # the fp32 row whose outputs this one must agree with
+    model_key: str | None = None   # which benchmark model file runs (default: ``backbone``'s random one)
 
 
 def _opts(o: Optimizations) -> dict[str, Any]:
@@ -124,6 +125,27 @@ def segmate_configs(backbone: str, openvino: bool, precision: str = "auto", thre
                           "end_to_end", backbone, precision, optimizations=_opts(default), skip_outside_extent=True,
                           reference=e2e_ref))
     return configs
+
+
+BUNDLED = "bundled"
+
+
+def bundled_configs(model_id: str, backbone: str, precision: str = "auto") -> list[Config]:
+    """The product's default job: the bundled trained model, at its own input size, end to end.
+
+    The random rows measure the paper's configuration (input 512) with 30 % of every organ's pixels
+    positive, a worst case for post-processing; these rows show what a user of the default model
+    waits for on the same CT, with the post-processing of real, compact organ masks.
+    """
+    reference = f"{model_id} end_to_end: default fp32"
+    rows = [Config(reference, "segmate", "end_to_end", backbone, "fp32", optimizations=_opts(DEFAULT),
+                   model_key=BUNDLED),
+            Config(f"{model_id} end_to_end: default bf16", "segmate", "end_to_end", backbone, "bf16",
+                   optimizations=_opts(DEFAULT), reference=reference, model_key=BUNDLED),
+            Config(f"{model_id} end_to_end: default {precision}, skip_outside_extent", "segmate", "end_to_end",
+                   backbone, precision, optimizations=_opts(DEFAULT), skip_outside_extent=True,
+                   reference=reference, model_key=BUNDLED)]
+    return rows
 
 
 def peer_config() -> Config:
@@ -415,6 +437,25 @@ def prepare_inputs(workdir: Path, backbones: Sequence[str], size: Sequence[int],
     return BenchSetup(workdir, ct, models, costs, int(size[2]))
 
 
+def add_bundled_model(setup: BenchSetup) -> tuple[str, str]:
+    """Register the catalogue's default (bundled, trained) model with ``setup``; returns (id, backbone).
+
+    The file is used where it is installed (its SHA-256 is checked by resolve_model), not copied.
+    """
+    from .catalogue import default_model_id, resolve_model
+    from .checkpoint import load_model
+    from .info import count_parameters, gmacs_per_slice
+
+    model_id = default_model_id()
+    path = resolve_model(model_id)
+    model = load_model(path, reparameterize=False)
+    input_size = int(model.metadata["preprocessing"]["input_size"][0])
+    setup.models[BUNDLED] = path
+    setup.costs[BUNDLED] = {"params_m": count_parameters(model) / 1e6,
+                            "gmacs_per_slice": gmacs_per_slice(model, input_size), "input_size": input_size}
+    return model_id, model.metadata["backbone"]
+
+
 def peer_costs(patch: Sequence[int], patches: int, depth: int) -> dict[str, float]:
     """Parameters and MACs of the nnU-Net peer, counted on the meta device (nothing is computed)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -449,7 +490,7 @@ def _run_config(config: Config, setup: BenchSetup, device: str, batch_size: int,
     outdir = setup.workdir / "rows" / config.name.replace(" ", "_").replace(":", "").replace(",", "")[:80]
     outdir.mkdir(parents=True, exist_ok=True)
     job = {"config": asdict(config), "device": device, "ct": str(setup.ct), "outdir": str(outdir),
-           "model": str(setup.models.get(config.backbone, "")), "batch_size": batch_size,
+           "model": str(setup.models.get(config.model_key or config.backbone, "")), "batch_size": batch_size,
            "network_slices": network_slices, "peer_patch": list(peer[0]), "peer_spacing_mm": peer[1],
            "threads": threads}
     job_path = outdir / "job.json"
@@ -481,8 +522,9 @@ def _compare(rows: list[dict[str, Any]], organs: Sequence[str]) -> None:
             b = np.unpackbits(np.load(Path(ref["outdir"]) / "masks.npy"), axis=-1).astype(bool)
             scores = {k: dice(a[:, i], b[:, i]) for i, k in enumerate(organs)}
         else:
-            a = sitk.GetArrayViewFromImage(sitk.ReadImage(str(Path(row["outdir"]) / "labels.nii.gz")))
-            b = sitk.GetArrayViewFromImage(sitk.ReadImage(str(Path(ref["outdir"]) / "labels.nii.gz")))
+            # Arrays, not views: a view does not keep its image alive.
+            a = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(row["outdir"]) / "labels.nii.gz")))
+            b = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(ref["outdir"]) / "labels.nii.gz")))
             scores = {k: dice(a == i + 1, b == i + 1) for i, k in enumerate(organs)}
         row["dice_vs_fp32"] = {k: round(v, 4) for k, v in scores.items()}
         row["dice_min"] = round(min(scores.values()), 4)
@@ -512,7 +554,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
                   device: str = "cpu", peer: bool = True, ct: str | os.PathLike | None = None,
                   workdir: str | os.PathLike | None = None, batch_size: int = 4, network_slices: int | None = None,
                   threads: int | None = None, timeout: float = 3600.0, scopes: Sequence[str] = SCOPES,
-                  report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                  bundled: bool = True, report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every configuration and return ``{"machine", "ct", "rows"}`` (rows as documented in ROW_FIELDS)."""
     from . import openvino_runtime
     from .models.encoder import backbone_spec
@@ -535,6 +577,11 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
         setup = prepare_inputs(folder, backbones, size, source, input_size)
         configs = [c for b in backbones for c in segmate_configs(b, openvino_runtime.available(), precision, threads)
                    if c.scope in scopes]
+        bundled_name = None
+        if bundled and "end_to_end" in scopes:
+            model_id, bundled_backbone = add_bundled_model(setup)
+            bundled_name = f"{model_id} (input {setup.costs[BUNDLED]['input_size']})"
+            configs += bundled_configs(model_id, bundled_backbone, precision)
         if peer and "end_to_end" in scopes:
             configs.append(peer_config())
         rows = []
@@ -544,6 +591,8 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
             if config.kind == "nnunet":
                 costs = peer_costs(peer_patch, measured["patches"], setup.depth)
                 model = "nnunet_3d_fullres"
+            elif config.model_key == BUNDLED:
+                costs, model = setup.costs[BUNDLED], bundled_name
             else:
                 costs, model = setup.costs[config.backbone], config.backbone
             row = {"name": config.name, "model": model, "device": device, "scope": config.scope,
