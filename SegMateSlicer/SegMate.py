@@ -73,7 +73,7 @@ def registerSampleData():
 class SegMateParameterNode:
     """The panel's choices, saved with the scene.
 
-    inputVolume, outputSegmentation, largestComponent, fillHoles and batchSize are bound to their
+    inputVolume, outputSegmentation, largestComponent, fillHoles, presenceGate and batchSize are bound to their
     widgets by the SlicerParameterName property in SegMate.ui; the others by the widget code.
     """
 
@@ -85,6 +85,7 @@ class SegMateParameterNode:
     naming: Annotated[str, Choice(["slicer", "tg263"])] = "slicer"
     largestComponent: bool = True
     fillHoles: bool = True
+    presenceGate: bool = True
     batchSize: Annotated[int, WithinRange(0, 128)] = 0
 
 
@@ -403,6 +404,8 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             options["largest_component"] = False
         if not node.fillHoles:
             options["fill_holes"] = False
+        if not node.presenceGate:
+            options["presence_gate"] = False
         return options or None
 
     def onApplyButton(self) -> None:

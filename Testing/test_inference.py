@@ -22,7 +22,7 @@ from intensity_model import DEFAULT_BANDS, IntensityModel, band_centre
 from segmatecore import SegmentationCancelled, create_model, segment
 from segmatecore.checkpoint import default_metadata
 from segmatecore.geometry import to_canonical
-from segmatecore.inference import autocast_dtype, resolve_device
+from segmatecore.inference import _gate_mask, autocast_dtype, resolve_device
 from segmatecore.io import load_volume
 from segmatecore.organs import organ, organ_keys, organs
 from segmatecore.validation import InputError
@@ -190,6 +190,49 @@ def test_the_first_pass_finding_nothing_falls_back_to_the_volume_with_a_warning(
     assert result.z_range["mode"] == "volume" and (result.z_range["first"], result.z_range["last"]) == (0, 19)
     assert any("found no organ" in w for w in result.warnings)
     assert all(v == 0 for v in result.volumes_ml.values())
+
+
+class BlindToOneOrgan(IntensityModel):
+    """The intensity network whose presence head never reports ``blind`` (its masks still do)."""
+
+    def __init__(self, blind: str, **kwargs):
+        super().__init__(**kwargs)
+        self.blind = organ_keys().index(blind)
+
+    def forward(self, x, z_norm=None):
+        out = super().forward(x, z_norm)
+        presence = out.presence.clone()
+        presence[:, self.blind] = 0.0
+        return out._replace(presence=presence)
+
+
+def test_an_organ_the_first_pass_never_finds_is_left_empty_with_a_warning():
+    """A liver mask in a CT where the presence head finds no liver (a neck CT) is dropped, and said so."""
+    image = organ_in_slices(key="liver")
+    array = sitk.GetArrayFromImage(image)
+    array[5:15, 4:8, 4:8] = band_centre("aorta")  # an organ the first pass does find, so it has an extent
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 2.0, 2.5))
+    gated = segment(image, BlindToOneOrgan("liver", input_size=32), device="cpu", organs=["liver"])
+    assert gated.volumes_ml["liver"] == 0.0
+    assert any("found no liver" in w and "presence gate" in w for w in gated.warnings)
+    kept = segment(image, BlindToOneOrgan("liver", input_size=32), device="cpu", organs=["liver"],
+                   postprocess={"presence_gate": False})
+    assert kept.volumes_ml["liver"] == pytest.approx(10 * 12 * 12 * 2.0 * 2.0 * 2.5 / 1000)
+    assert not any("found no" in w for w in kept.warnings)
+
+
+def test_the_presence_gate_keeps_an_organ_only_near_where_the_first_pass_found_it():
+    """Slices are sampled every 5 mm; an organ's range reaches up to its nearest 'absent' samples."""
+    presence = np.zeros((40, 2), dtype=np.float32)
+    presence[10:21, 0] = 0.9              # organ 0 on slices 10..20 (2.5 mm slices: sampled every 2)
+    extent = estimate_extent(lambda t: presence[t], 40, 2.5)
+    assert (extent.first, extent.last) == (10, 20)
+    assert extent.organ_ranges[1] is None
+    first, last = extent.organ_ranges[0]
+    assert 9 <= first <= 10 and 20 <= last <= 21
+    assert not _gate_mask({0: extent.organ_ranges[0], 1: None}, np.array([5, 10, 20, 25]), 2)[:, 1].any()
+    assert _gate_mask({0: extent.organ_ranges[0]}, np.array([5, 10, 20, 25]), 2)[:, 0].tolist() == [0, 1, 1, 0]
 
 
 def test_organ_subset_labels_and_volumes():

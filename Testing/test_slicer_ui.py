@@ -37,6 +37,7 @@ REQUIRED_CONTROLS = {
     "advancedCollapsibleButton": "ctkCollapsibleButton",
     "largestComponentCheckBox": "QCheckBox",
     "fillHolesCheckBox": "QCheckBox",
+    "presenceGateCheckBox": "QCheckBox",
     "batchSizeSpinBox": "QSpinBox",
     "namingComboBox": "QComboBox",
     "importModelButton": "QPushButton",
@@ -102,7 +103,8 @@ def test_parameter_bindings_match_the_parameter_node():
             bound[prop.find("string").text] = widget.get("class")
     assert set(bound) <= set(fields), f"bound to unknown parameters: {set(bound) - set(fields)}"
     assert bound == {"inputVolume": "qMRMLNodeComboBox", "outputSegmentation": "qMRMLNodeComboBox",
-                     "largestComponent": "QCheckBox", "fillHoles": "QCheckBox", "batchSize": "QSpinBox"}
+                     "largestComponent": "QCheckBox", "fillHoles": "QCheckBox", "presenceGate": "QCheckBox",
+                     "batchSize": "QSpinBox"}
     assert fields["organs"] == "list[str]" and fields["model"] == "str"
     assert "Choice(['auto', 'gpu', 'cpu'])" in fields["device"]
     assert "Choice(['slicer', 'tg263'])" in fields["naming"]

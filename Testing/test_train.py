@@ -101,3 +101,37 @@ def test_two_process_ddp_run_under_torchrun(data, tmp_path):
     history = json.loads((run / "history.json").read_text())
     assert [h["step"] for h in history] == [1, 2]  # validated once per epoch, by rank 0 only
     assert done.stderr.count("final model") == 1
+
+
+def test_fit_presence_changes_only_the_presence_head_and_records_why(trained, data, tmp_path):
+    start, out = trained / "model.safetensors", tmp_path / "refit.safetensors"
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"training_stages": [{"stage": 1}, {"stage": 2, "command": "segmate fit-presence"}]}))
+    assert main(["fit-presence", "--model", str(start), "--data", str(data), "--every", "1",
+                 "--provenance", str(recipe), "-o", str(out)]) == 0
+    before = load_model(start, reparameterize=False)
+    after = load_model(out, reparameterize=False)
+    params_before = dict(before.named_parameters())
+    changed = {n for n, p in after.named_parameters() if not torch.equal(p, params_before[n])}
+    assert changed and changed <= {"presence_head.3.weight", "presence_head.3.bias"}
+    record = read_metadata(out)["provenance"]["presence_head"]
+    assert set(record["organs"]) == {"spinal_cord", "esophagus", "left_kidney"}  # the organs the data annotates
+    for organ, fit in record["organs"].items():
+        assert fit["present"] >= 5 and fit["absent"] >= 5
+        assert fit["accuracy_after"] >= fit["accuracy_before"], organ
+    assert read_metadata(out)["provenance"]["source"] == read_metadata(start)["provenance"]["source"]
+    assert read_metadata(out)["provenance"]["training_stages"][1]["command"] == "segmate fit-presence"
+
+
+def test_presence_features_count_out_of_field_organs_as_absent(trained, data):
+    from segmatecore.organs import organ_keys
+    from segmatecore.train.presence_fit import collect_features
+
+    net = load_model(trained / "model.safetensors").eval()
+    plain = collect_features(net, [data], "train", every=4)
+    liver = organ_keys().index("liver")
+    assert not plain.annotated[:, liver].any()
+    with_field = collect_features(net, [data], "train", every=4, out_of_field={"nifti-pairs": ("liver",)})
+    assert with_field.annotated[:, liver].all() and not with_field.targets[:, liver].any()
+    assert torch.equal(with_field.features, plain.features)
+    assert plain.features.shape == (len(plain.targets), net.presence_head[-1].in_features)

@@ -20,6 +20,7 @@ COMMANDS = [
     "prepare",
     "train",
     "finetune",
+    "fit_presence",
     "evaluate",
     "models",
     "bench",

@@ -25,7 +25,8 @@ from torch import nn
 from .geometry import from_canonical, to_canonical
 from .io import LoadedVolume, load_volume
 from .organs import organ, organ_keys
-from .postprocess import clean_organs, labels_from_probabilities, laterality_warnings, postprocess_options, volumes_ml
+from .postprocess import (clean_organs, labels_from_probabilities, laterality_warnings, postprocess_options,
+                          presence_gate_enabled, volumes_ml)
 from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
 from .result import SegmentationCancelled, SegmentationResult
 from .zpass import ZExtent, ZPassConfig, estimate_extent, volume_z_norm
@@ -257,7 +258,9 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     ``z_norm``: ``auto`` estimates the organ extent with a first pass (FiLM off, presence head;
     see :mod:`segmatecore.zpass`), ``volume`` spreads z over the whole volume, ``none`` turns FiLM off.
     ``skip_outside_extent`` (auto only) leaves slices outside the estimated extent as background
-    without running them. ``cancel`` is any object with ``is_set()`` (a threading.Event); when set,
+    without running them. With ``auto``, the same first pass also gates each organ: its mask is kept
+    only on the slices where the pass found it, and an organ it never found is left empty with a
+    warning; ``postprocess={"presence_gate": False}`` turns that off. ``cancel`` is any object with ``is_set()`` (a threading.Event); when set,
     SegmentationCancelled is raised between batches and nothing is written.
     """
     t_start = time.perf_counter()
@@ -291,11 +294,20 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     with torch.inference_mode():
         t0 = time.perf_counter()
         extent = None
+        gate: dict[int, tuple[int, int] | None] = {}  # output column -> slices its organ may occupy
         if z_norm == "auto":
             trained = [model_channels.index(k) for k in (meta.get("trained_organs") or model_channels)]
             extent = _estimate_extent(pipeline, runner, trained, nz, frame.spacing[2], z_pass or ZPassConfig())
             if not extent.found:
                 warnings.append("z_norm: the first pass found no organ; z runs over the whole volume instead.")
+            elif presence_gate_enabled(postprocess):
+                ranges = dict(zip(trained, extent.organ_ranges))
+                gate = {i: ranges[model_channels.index(k)] for i, k in enumerate(keys)
+                        if model_channels.index(k) in ranges}
+                warnings += [f"the first pass found no {organ(keys[i]).name} in this CT, so it is left empty "
+                             "(presence gate; to keep the network's mask use --no-presence-gate, or untick "
+                             "'Drop organs the first pass does not find' in Slicer)"
+                             for i, r in gate.items() if r is None]
         timings["z_pass"] = time.perf_counter() - t0
         for k in pipeline.timings:
             pipeline.timings[k] = 0.0
@@ -318,7 +330,10 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             out = pipeline.forward(t, z_values(t))
             start = time.perf_counter()
             logits = out.seg[:, channels.to(out.seg.device)].float()
-            probabilities = resize_slices(torch.sigmoid(logits), (nx, ny))
+            probabilities = torch.sigmoid(logits)
+            if gate:
+                probabilities = probabilities * _gate_mask(gate, t, len(keys)).to(probabilities.device)[:, :, None, None]
+            probabilities = resize_slices(probabilities, (nx, ny))
             labels = labels_from_probabilities(probabilities, label_values)
             labels_zxy[t] = labels.cpu().numpy()
             pipeline.timings["resample"] += time.perf_counter() - start
@@ -377,6 +392,14 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
         pass
+
+
+def _gate_mask(gate: dict[int, tuple[int, int] | None], t: np.ndarray, columns: int) -> torch.Tensor:
+    """[len(t), columns] float: 0 where the first pass put the column's organ outside slice t."""
+    keep = np.ones((len(t), columns), dtype=np.float32)
+    for column, allowed in gate.items():
+        keep[:, column] = 0.0 if allowed is None else ((t >= allowed[0]) & (t <= allowed[1]))
+    return torch.from_numpy(keep)
 
 
 def _estimate_extent(pipeline: _Pipeline, runner: BatchRunner, trained_channels: list[int], num_slices: int,

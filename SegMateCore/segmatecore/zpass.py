@@ -15,6 +15,11 @@ no ground truth, so SegMate estimates first/last with a first pass of the networ
    slice while the pass costs about 1/step of the main pass.
 
 If no organ is found, the caller falls back to z over the whole volume and warns.
+
+The same coarse samples also give each organ its own range (:attr:`ZExtent.organ_ranges`): its
+robust run of "present" samples, widened to the neighbouring "absent" samples. segment() uses it as
+a presence gate: an organ's mask is kept only inside its range, and an organ found on no sample
+is left empty (a liver in a head-and-neck CT). It costs no extra network run.
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ class ZExtent:
     num_slices: int
     found: bool
     slices_run: int = 0
+    # Per presence column: (first, last) slices the organ may occupy, or None if never present.
+    organ_ranges: tuple[tuple[int, int] | None, ...] = ()
 
     def z_norm(self, t: np.ndarray | int) -> np.ndarray:
         """The training formula: (t - first) / max(last - first, 1), clipped to [0, 1]."""
@@ -93,13 +100,16 @@ def estimate_extent(presence: Callable[[np.ndarray], np.ndarray], num_slices: in
     slice_mm = slice_mm if slice_mm > 0 else 1.0
     step = max(1, int(round(config.step_mm / slice_mm)))
     coarse_t = np.unique(np.append(np.arange(0, num_slices, step), num_slices - 1))
-    positive = _any_organ(presence(coarse_t), config.threshold)
+    coarse = np.asarray(presence(coarse_t), dtype=np.float32).reshape(len(coarse_t), -1)
+    positive = _any_organ(coarse, config.threshold)
     run_count = len(coarse_t)
     min_run = min(max(1, math.ceil(config.min_run_mm / (step * slice_mm))), len(coarse_t))
     max_gap = int(config.max_gap_mm // (step * slice_mm))
     extent = robust_extent(positive, min_run, max_gap)
     if extent is None:
         return ZExtent(0, num_slices - 1, num_slices, found=False, slices_run=run_count)
+    organ_ranges = tuple(organ_range(coarse[:, j] > config.threshold, coarse_t, min_run, max_gap, num_slices)
+                         for j in range(coarse.shape[1]))
     first, last = int(coarse_t[extent[0]]), int(coarse_t[extent[1]])
     below = np.arange(int(coarse_t[extent[0] - 1]) + 1 if extent[0] > 0 else 0, first)
     above = np.arange(last + 1, int(coarse_t[extent[1] + 1]) if extent[1] + 1 < len(coarse_t) else num_slices)
@@ -111,7 +121,19 @@ def estimate_extent(presence: Callable[[np.ndarray], np.ndarray], num_slices: in
             first -= 1
         while last + 1 in dense and dense[last + 1]:
             last += 1
-    return ZExtent(first, last, num_slices, found=True, slices_run=run_count)
+    return ZExtent(first, last, num_slices, found=True, slices_run=run_count, organ_ranges=organ_ranges)
+
+
+def organ_range(positive: np.ndarray, coarse_t: np.ndarray, min_run: int, max_gap: int,
+                num_slices: int) -> tuple[int, int] | None:
+    """One organ's robust run of coarse samples, widened up to (not onto) the absent neighbours."""
+    found = robust_extent(positive, min_run, max_gap)
+    if found is None:
+        return None
+    a, b = found
+    first = int(coarse_t[a - 1]) + 1 if a > 0 else 0
+    last = int(coarse_t[b + 1]) - 1 if b + 1 < len(coarse_t) else num_slices - 1
+    return first, last
 
 
 def _any_organ(probabilities: np.ndarray, threshold: float) -> np.ndarray:

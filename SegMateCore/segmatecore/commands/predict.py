@@ -43,7 +43,10 @@ def register(sub) -> None:
     p.add_argument("--skip-outside-extent", action="store_true",
                    help="with --z-norm auto, do not run slices outside the estimated organ extent")
     p.add_argument("--no-postprocess", action="store_true",
-                   help="keep the thresholded network output (no largest component, no hole filling)")
+                   help="keep the thresholded network output (no largest component, no hole filling, "
+                        "no presence gate)")
+    p.add_argument("--no-presence-gate", action="store_true",
+                   help="keep organs where the first pass did not find them (by default such masks are dropped)")
     p.set_defaults(func=run)
 
 
@@ -163,7 +166,8 @@ def run(args) -> int:
     model, _ = load_segmentation_model(args.model)
     choose_organs(organs, model.metadata)  # an unknown organ is a usage error, not a failure of every case
     model = ready_for_inference(model, device, args.precision, owned=True)  # once for all cases
-    postprocess = {"largest_component": False, "fill_holes": False} if args.no_postprocess else None
+    postprocess = {"largest_component": False, "fill_holes": False, "presence_gate": False} \
+        if args.no_postprocess else ({"presence_gate": False} if args.no_presence_gate else None)
 
     failed = 0
     for source, name in cases:
