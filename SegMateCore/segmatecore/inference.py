@@ -260,8 +260,9 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     ``skip_outside_extent`` (auto only) leaves slices outside the estimated extent as background
     without running them. With ``auto``, the same first pass also gates each organ: its mask is kept
     only on the slices where the pass found it, and an organ it never found is left empty with a
-    warning; ``postprocess={"presence_gate": False}`` turns that off. ``cancel`` is any object with ``is_set()`` (a threading.Event); when set,
-    SegmentationCancelled is raised between batches and nothing is written.
+    warning; ``postprocess={"presence_gate": False}`` turns that off. ``cancel`` is any object with
+    ``is_set()`` (a threading.Event); when set, SegmentationCancelled is raised between batches and
+    nothing is written.
     """
     t_start = time.perf_counter()
     if z_norm not in Z_NORM_MODES:
