@@ -89,6 +89,7 @@ def test_the_bundled_model_runs_end_to_end_at_its_own_input_size(quick):
     rows = [r for r in quick[0]["rows"] if r["model"].startswith(entry["id"])]
     assert [r["precision"] for r in rows] == ["fp32", "bf16", "auto"]
     assert all(r["scope"] == "end_to_end" and r["input_size"] == entry["input_size"][0] for r in rows)
+    assert all(r["optimisations"]["threads"] == 1 for r in rows)  # --quick's thread count, as every other row
     assert rows[0]["model"] == f"{entry['id']} (input {entry['input_size'][0]})"
     assert rows[1]["reference"] == rows[0]["name"] and "dice_min" in rows[1]
     assert rows[2]["skip_outside_extent"] and rows[2]["z_range"]["mode"] in ("auto", "volume")

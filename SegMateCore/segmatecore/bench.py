@@ -117,35 +117,34 @@ def segmate_configs(backbone: str, openvino: bool, precision: str = "auto", thre
     configs = [Config(f"{backbone} network: {label}", "segmate", "network", backbone, prec, grad, _opts(o),
                       reference=None if i == 0 else reference)
                for i, (label, o, prec, grad) in enumerate(ladder)]
-    e2e_ref = f"{backbone} end_to_end: default fp32"
-    configs.append(Config(e2e_ref, "segmate", "end_to_end", backbone, "fp32", optimizations=_opts(default)))
-    configs.append(Config(f"{backbone} end_to_end: default bf16", "segmate", "end_to_end", backbone, "bf16",
-                          optimizations=_opts(default), reference=e2e_ref))
-    configs.append(Config(f"{backbone} end_to_end: default {precision}, skip_outside_extent", "segmate",
-                          "end_to_end", backbone, precision, optimizations=_opts(default), skip_outside_extent=True,
-                          reference=e2e_ref))
-    return configs
+    return configs + end_to_end_configs(backbone, backbone, precision, default)
+
+
+def end_to_end_configs(label: str, backbone: str, precision: str, optimizations: Optimizations,
+                       model_key: str | None = None) -> list[Config]:
+    """The product path three ways: fp32 (the reference), bf16, and ``precision`` with skip_outside_extent."""
+    reference = f"{label} end_to_end: default fp32"
+    opts = _opts(optimizations)
+    return [Config(reference, "segmate", "end_to_end", backbone, "fp32", optimizations=opts, model_key=model_key),
+            Config(f"{label} end_to_end: default bf16", "segmate", "end_to_end", backbone, "bf16",
+                   optimizations=opts, reference=reference, model_key=model_key),
+            Config(f"{label} end_to_end: default {precision}, skip_outside_extent", "segmate", "end_to_end",
+                   backbone, precision, optimizations=opts, skip_outside_extent=True, reference=reference,
+                   model_key=model_key)]
 
 
 BUNDLED = "bundled"
 
 
-def bundled_configs(model_id: str, backbone: str, precision: str = "auto") -> list[Config]:
+def bundled_configs(model_id: str, backbone: str, precision: str = "auto", threads: int | None = None
+                    ) -> list[Config]:
     """The product's default job: the bundled trained model, at its own input size, end to end.
 
     The random rows measure the paper's configuration (input 512) with 30 % of every organ's pixels
     positive, a worst case for post-processing; these rows show what a user of the default model
     waits for on the same CT, with the post-processing of real, compact organ masks.
     """
-    reference = f"{model_id} end_to_end: default fp32"
-    rows = [Config(reference, "segmate", "end_to_end", backbone, "fp32", optimizations=_opts(DEFAULT),
-                   model_key=BUNDLED),
-            Config(f"{model_id} end_to_end: default bf16", "segmate", "end_to_end", backbone, "bf16",
-                   optimizations=_opts(DEFAULT), reference=reference, model_key=BUNDLED),
-            Config(f"{model_id} end_to_end: default {precision}, skip_outside_extent", "segmate", "end_to_end",
-                   backbone, precision, optimizations=_opts(DEFAULT), skip_outside_extent=True,
-                   reference=reference, model_key=BUNDLED)]
-    return rows
+    return end_to_end_configs(model_id, backbone, precision, DEFAULT.with_(threads=threads), model_key=BUNDLED)
 
 
 def peer_config() -> Config:
@@ -581,7 +580,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
         if bundled and "end_to_end" in scopes:
             model_id, bundled_backbone = add_bundled_model(setup)
             bundled_name = f"{model_id} (input {setup.costs[BUNDLED]['input_size']})"
-            configs += bundled_configs(model_id, bundled_backbone, precision)
+            configs += bundled_configs(model_id, bundled_backbone, precision, threads)
         if peer and "end_to_end" in scopes:
             configs.append(peer_config())
         rows = []
