@@ -58,9 +58,9 @@ def collect_features(net: torch.nn.Module, data_dirs: Sequence[str | Path], spli
     features, targets, annotated = [], [], []
     try:
         out_of_field = OUT_OF_FIELD if out_of_field is None else out_of_field
-        kinds = {str(Path(load_index(d)["root"])): load_index(d)["kind"] for d in data_dirs}
+        kinds = {index["root"]: index["kind"] for index in map(load_index, data_dirs)}
         for case in load_cases(data_dirs, split):
-            absent = [k for k in out_of_field.get(kinds[str(Path(case.root))], ()) if k not in case.record["annotated"]]
+            absent = [k for k in out_of_field.get(kinds[str(case.root)], ()) if k not in case.record["annotated"]]
             mask = torch.from_numpy(case.annotated_mask()).bool()
             mask[[organ_keys().index(k) for k in absent]] = True  # their presence targets are all zero
             if not mask.any():
