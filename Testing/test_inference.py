@@ -222,6 +222,30 @@ def test_an_organ_the_first_pass_never_finds_is_left_empty_with_a_warning():
     assert not any("found no" in w for w in kept.warnings)
 
 
+class PresenceFromAnotherOrgan(IntensityModel):
+    """The intensity network whose liver presence is the aorta's: its presence head sees less liver than its masks."""
+
+    def forward(self, x, z_norm=None):
+        out = super().forward(x, z_norm)
+        presence = out.presence.clone()
+        presence[:, organ_keys().index("liver")] = presence[:, organ_keys().index("aorta")]
+        return out._replace(presence=presence)
+
+
+def test_segment_keeps_a_mask_only_on_the_slices_where_the_first_pass_found_its_organ():
+    array = sitk.GetArrayFromImage(organ_in_slices(key="liver"))  # liver on slices 5..14
+    array[5:10, 4:8, 4:8] = band_centre("aorta")                   # presence "liver" only on 5..9
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 2.0, 2.5))
+    gated = sitk.GetArrayFromImage(segment(image, PresenceFromAnotherOrgan(input_size=32), device="cpu",
+                                           organs=["liver"]).labelmap)
+    liver_slices = np.flatnonzero((gated == organ("liver").label).any(axis=(1, 2)))
+    assert liver_slices[0] == 5 and 9 <= liver_slices[-1] <= 10  # up to the next "absent" sample (every 2nd slice)
+    full = sitk.GetArrayFromImage(segment(image, PresenceFromAnotherOrgan(input_size=32), device="cpu",
+                                          organs=["liver"], postprocess={"presence_gate": False}).labelmap)
+    assert np.flatnonzero((full == organ("liver").label).any(axis=(1, 2))).tolist() == list(range(5, 15))
+
+
 def test_the_presence_gate_keeps_an_organ_only_near_where_the_first_pass_found_it():
     """Slices are sampled every 5 mm; an organ's range reaches up to its nearest 'absent' samples."""
     presence = np.zeros((40, 2), dtype=np.float32)
