@@ -130,6 +130,17 @@ def test_organs_option_and_rtstruct_for_a_file_input(tmp_path, intensity_network
     assert set(report["volumes_ml"]) == {"liver", "aorta"}
 
 
+def test_threshold_option_overrides_the_models_threshold_for_one_organ(tmp_path, intensity_network):
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    out = tmp_path / "out"
+    # the painted liver sits at the centre of its band: p = sigmoid(0.2 * 50) = 0.99995
+    assert cli.main(["predict", str(path), "-o", str(out), "--format", "report", "--organs", "liver,aorta",
+                     "--threshold", "liver=0.99999"]) == 0
+    report = json.loads((out / "case" / "report.json").read_text())
+    assert report["volumes_ml"]["liver"] == 0.0
+    assert report["model"]["mask_thresholds"] == {"liver": 0.99999, "aorta": 0.5}
+
+
 def test_a_failure_while_writing_leaves_no_case_folder_and_keeps_the_previous_one(tmp_path, intensity_network,
                                                                                   monkeypatch, capsys):
     path = synthetic_ct(tmp_path / "case.nii.gz")
@@ -169,7 +180,11 @@ def test_a_cancelled_case_leaves_nothing(tmp_path, intensity_network, monkeypatc
                                            (["--format", "nifti,png"], "unknown png"),
                                            (["--batch-size", "0"], "--batch-size must be at least 1"),
                                            (["--organs", "liver,heart"], "Unknown organ(s) heart"),
-                                           (["--device", "cuda:99"], "Device 'cuda:99'")])
+                                           (["--device", "cuda:99"], "Device 'cuda:99'"),
+                                           (["--threshold", "liver=1.5"], "strictly between 0 and 1: liver=1.5"),
+                                           (["--threshold", "liver"], "expected ORGAN=P"),
+                                           (["--organs", "liver", "--threshold", "aorta=0.6"],
+                                            "not being segmented: aorta")])
 def test_bad_options_are_one_line_errors(tmp_path, intensity_network, capsys, args, message):
     path = synthetic_ct(tmp_path / "case.nii.gz")
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "out"), *args]) == 2

@@ -100,6 +100,11 @@ def validate_metadata(meta: Any, where: str = "metadata") -> dict[str, Any]:
         raise CheckpointError(f"{where}: normalize {norm!r} must be {{\"mean\": number, \"std\": number > 0}}.")
     if not isinstance(meta["z_norm"], dict) or meta["z_norm"].get("mode") not in ("organ_extent", "volume", "none"):
         raise CheckpointError(f"{where}: z_norm mode must be organ_extent, volume or none.")
+    thresholds = meta.get("mask_thresholds", {})
+    if not (isinstance(thresholds, dict) and all(k in organs and _is_number(v) and 0 < v < 1
+                                                 for k, v in thresholds.items())):
+        raise CheckpointError(f"{where}: mask_thresholds {thresholds!r} must map organs of the model to "
+                              "numbers strictly between 0 and 1.")
     return meta
 
 

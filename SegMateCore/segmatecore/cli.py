@@ -9,6 +9,7 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 
 from . import __version__
@@ -21,6 +22,7 @@ COMMANDS = [
     "train",
     "finetune",
     "fit_presence",
+    "calibrate",
     "evaluate",
     "models",
     "bench",
@@ -43,7 +45,9 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = "segmate " + shlex.join(argv)  # what a model's provenance records
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     try:
         return int(args.func(args) or 0)

@@ -25,8 +25,8 @@ from torch import nn
 from .geometry import from_canonical, to_canonical
 from .io import LoadedVolume, load_volume
 from .organs import organ, organ_keys
-from .postprocess import (clean_organs, labels_from_probabilities, laterality_warnings, postprocess_options,
-                          presence_gate_enabled, volumes_ml)
+from .postprocess import (clean_organs, labels_from_probabilities, laterality_warnings, mask_thresholds,
+                          postprocess_options, presence_gate_enabled, volumes_ml)
 from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
 from .result import SegmentationCancelled, SegmentationResult
 from .zpass import ZExtent, ZPassConfig, estimate_extent, volume_z_norm
@@ -42,6 +42,9 @@ TRIM_EVERY_BATCHES = 8
 # slices against 180 MB for 2 (docs/inference.md), so the CPU default stays small.
 DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
 ProgressCallback = Callable[[str, int, int], None]
+# Receives (slice indices, [B, C, nx, ny] probabilities on the input's canonical grid) just before
+# thresholding; segmate calibrate fits the per-organ thresholds from them.
+ProbabilitySink = Callable[[np.ndarray, torch.Tensor], None]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -252,7 +255,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             progress: ProgressCallback | None = None, cancel: Any = None, *, z_norm: str = "auto",
             batch_size: int | None = None, precision: str = "auto", postprocess: Mapping[str, Any] | None = None,
             series_uid: str | None = None, skip_outside_extent: bool = False,
-            z_pass: ZPassConfig | None = None) -> SegmentationResult:
+            z_pass: ZPassConfig | None = None, probability_sink: ProbabilitySink | None = None) -> SegmentationResult:
     """Segment the organs of a CT volume; the labelmap has exactly the input's geometry.
 
     ``z_norm``: ``auto`` estimates the organ extent with a first pass (FiLM off, presence head;
@@ -260,7 +263,9 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     ``skip_outside_extent`` (auto only) leaves slices outside the estimated extent as background
     without running them. With ``auto``, the same first pass also gates each organ: its mask is kept
     only on the slices where the pass found it, and an organ it never found is left empty with a
-    warning; ``postprocess={"presence_gate": False}`` turns that off. ``cancel`` is any object with
+    warning; ``postprocess={"presence_gate": False}`` turns that off. Each organ's mask is its
+    probability above the model's calibrated threshold (0.5 when none); ``postprocess={"thresholds":
+    {organ: value}}`` overrides it. ``cancel`` is any object with
     ``is_set()`` (a threading.Event); when set, SegmentationCancelled is raised between batches and
     nothing is written.
     """
@@ -281,6 +286,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     keys, organ_warnings = choose_organs(organs, meta)
     warnings += organ_warnings
     options = postprocess_options(keys, postprocess)
+    thresholds = mask_thresholds(keys, meta, postprocess)
     pre = Preprocessing.from_metadata(meta)
     dev = resolve_device(device)
     net = ready_for_inference(net, dev, precision, owned=not isinstance(model, nn.Module))
@@ -316,6 +322,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
         labels_zxy = np.zeros((nz, nx, ny), dtype=np.uint8)
         channels = torch.tensor([model_channels.index(k) for k in keys], dtype=torch.long)
         label_values = torch.tensor([organ(k).label for k in keys], dtype=torch.uint8)
+        threshold_values = torch.tensor(thresholds, dtype=torch.float32)
         t_run = np.arange(nz)
         if skip_outside_extent and extent is not None and extent.found:
             t_run = t_run[extent.contains(t_run)]
@@ -335,7 +342,9 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             if gate:
                 probabilities = probabilities * _gate_mask(gate, t, len(keys)).to(probabilities.device)[:, :, None, None]
             probabilities = resize_slices(probabilities, (nx, ny))
-            labels = labels_from_probabilities(probabilities, label_values)
+            if probability_sink is not None:
+                probability_sink(t, probabilities)
+            labels = labels_from_probabilities(probabilities, label_values, threshold_values)
             labels_zxy[t] = labels.cpu().numpy()
             pipeline.timings["resample"] += time.perf_counter() - start
 
@@ -368,7 +377,8 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     elif extent is not None:
         z_range.update(first=extent.first, last=extent.last, slices_run=extent.slices_run,
                        skipped_outside=bool(skip_outside_extent))
-    info = {**info, "device": str(runner.device), "precision": precision, "batch_size": runner.batch_size}
+    info = {**info, "device": str(runner.device), "precision": precision, "batch_size": runner.batch_size,
+            "mask_thresholds": dict(zip(keys, thresholds))}
     timings["total"] = time.perf_counter() - t_start + (loaded.read_seconds if loaded is image_or_path else 0.0)
     return SegmentationResult(labelmap=labelmap, organs=keys, volumes_ml=volumes, timings=timings, z_range=z_range,
                               warnings=warnings, model_info=info, source=loaded.source,

@@ -1,8 +1,10 @@
 """From per-organ probabilities to a clean labelmap: threshold, overlaps, components, holes, laterality.
 
-Probabilities are thresholded at 0.5 after they were resized back to the input's in-plane grid;
-where several organs pass, the most probable one wins. Connected components and hole filling use
-SimpleITK on each organ's bounding box, so memory stays at the size of the organ.
+Probabilities are thresholded after they were resized back to the input's in-plane grid, at 0.5
+or at the organ's threshold calibrated on validation cases (``mask_thresholds`` in the model's
+metadata, see :mod:`segmatecore.train.calibrate`); where several organs pass, the most probable
+one wins. Connected components and hole filling use SimpleITK on each organ's bounding box, so
+memory stays at the size of the organ.
 """
 from __future__ import annotations
 
@@ -30,14 +32,37 @@ DEFAULT_POSTPROCESS: dict[str, tuple[bool, bool]] = {
 
 
 def labels_from_probabilities(probabilities: torch.Tensor, labels: torch.Tensor,
-                              threshold: float = THRESHOLD) -> torch.Tensor:
-    """[B, C, H, W] probabilities -> [B, H, W] uint8 labels: the most probable organ above threshold.
+                              threshold: float | torch.Tensor = THRESHOLD) -> torch.Tensor:
+    """[B, C, H, W] probabilities -> [B, H, W] uint8 labels: the most probable organ above its threshold.
 
-    ``labels[c]`` is the label value of channel c (its organ-table channel + 1).
+    ``labels[c]`` is the label value of channel c (its organ-table channel + 1); ``threshold`` is one
+    value for all channels or a [C] tensor, one per channel.
     """
+    if isinstance(threshold, torch.Tensor):
+        above = probabilities > threshold.to(probabilities)[None, :, None, None]
+        probabilities = torch.where(above, probabilities, torch.zeros_like(probabilities))
+        threshold = 0.0
     best, channel = probabilities.max(dim=1)
     out = labels.to(probabilities.device)[channel]
     return torch.where(best > threshold, out, torch.zeros_like(out))
+
+
+def mask_thresholds(organ_keys: list[str], meta: Mapping[str, Any],
+                    postprocess: Mapping[str, Any] | None = None) -> list[float]:
+    """Per organ, the probability a voxel must exceed: ``postprocess["thresholds"]``, else the
+    model's calibrated ``mask_thresholds``, else 0.5."""
+    calibrated = meta.get("mask_thresholds") or {}
+    override = (postprocess or {}).get("thresholds") or {}
+    if not isinstance(override, Mapping):
+        raise ValueError("postprocess['thresholds'] must map organ keys to values between 0 and 1.")
+    unknown = sorted(set(override) - set(organ_keys))
+    if unknown:
+        raise ValueError(f"thresholds given for organs not being segmented: {', '.join(unknown)}.")
+    values = [float(override.get(k, calibrated.get(k, THRESHOLD))) for k in organ_keys]
+    bad = [f"{k}={v}" for k, v in zip(organ_keys, values) if not 0.0 < v < 1.0]
+    if bad:
+        raise ValueError(f"a mask threshold must lie strictly between 0 and 1: {', '.join(bad)}.")
+    return values
 
 
 def postprocess_options(organ_keys: list[str], postprocess: Mapping[str, Any] | None) -> dict[str, tuple[bool, bool]]:
@@ -47,11 +72,12 @@ def postprocess_options(organ_keys: list[str], postprocess: Mapping[str, Any] | 
     ``{"organs": {key: {"largest_component": ..., "fill_holes": ...}}}`` per organ.
     """
     postprocess = dict(postprocess or {})
-    unknown = set(postprocess) - {"largest_component", "fill_holes", "organs", "presence_gate"}
+    unknown = set(postprocess) - {"largest_component", "fill_holes", "organs", "presence_gate", "thresholds"}
     if unknown:
         raise ValueError(f"Unknown post-processing options {sorted(unknown)}; "
-                         "use largest_component, fill_holes, presence_gate, organs.")
+                         "use largest_component, fill_holes, presence_gate, thresholds, organs.")
     postprocess.pop("presence_gate", None)
+    postprocess.pop("thresholds", None)
     per_organ = postprocess.get("organs", {}) or {}
     options = {}
     for key in organ_keys:

@@ -40,10 +40,8 @@ def run(args) -> int:
                   f"(median {d.get('median', float('nan')):.3f})  HD95 {h.get('mean', float('nan')):.1f} mm")
     print(f"wrote {args.output}/metrics.csv, summary.md, summary.json, boxplot.png")
     if args.record_in_model:
-        import shlex
-        import sys
-
         from ..evaluate import record_in_model
-        record_in_model(args.model, summary, "segmate " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+
+        record_in_model(args.model, summary, args.command_line)
         print(f"recorded the held-out metrics in {args.model}")
     return 0

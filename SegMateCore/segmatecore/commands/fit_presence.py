@@ -22,8 +22,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import json
-    import shlex
-    import sys
     from pathlib import Path
 
     import torch
@@ -54,7 +52,7 @@ def run(args) -> int:
     meta = model.metadata
     meta.setdefault("provenance", {}).update(extra)
     meta["provenance"]["presence_head"] = {
-        "command": "segmate " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "split": args.split,
+        "command": args.command_line, "split": args.split,
         "every": args.every, "organs": report, "val_split": args.val_split or None,
         "val_accuracy_before": before, "val_accuracy_after": after}
     save_model(model, args.output, meta, dtype=dtype if dtype == torch.float16 else None)

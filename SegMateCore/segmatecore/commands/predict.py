@@ -47,6 +47,9 @@ def register(sub) -> None:
                         "no presence gate)")
     p.add_argument("--no-presence-gate", action="store_true",
                    help="keep organs where the first pass did not find them (by default such masks are dropped)")
+    p.add_argument("--threshold", action="append", default=[], metavar="ORGAN=P",
+                   help="draw ORGAN where its probability exceeds P (0 < P < 1) instead of the model's "
+                        "calibrated threshold (0.5 when it has none); repeat for several organs")
     p.set_defaults(func=run)
 
 
@@ -60,6 +63,20 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard {text!r}: need 0 <= i < n, e.g. 0/4 ... 3/4.")
     return i, n
+
+
+def parse_thresholds(items: list[str]) -> dict[str, float]:
+    """``["spinal_cord=0.6", ...]`` -> {"spinal_cord": 0.6}; the range is checked by segment()."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise ValueError(f"--threshold {item!r}: expected ORGAN=P, e.g. spinal_cord=0.6.")
+    return out
 
 
 def parse_formats(text: str) -> list[str]:
@@ -152,6 +169,7 @@ def _one_line(exc: BaseException) -> str:
 def run(args) -> int:
     from ..inference import choose_organs, load_segmentation_model, ready_for_inference, resolve_device, segment
     from ..io import load_volume
+    from ..postprocess import mask_thresholds
 
     formats = parse_formats(args.format)
     shard, shards = parse_shard(args.shard)
@@ -164,10 +182,14 @@ def run(args) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)  # a missing GPU is a usage error, reported once
     model, _ = load_segmentation_model(args.model)
-    choose_organs(organs, model.metadata)  # an unknown organ is a usage error, not a failure of every case
+    keys, _ = choose_organs(organs, model.metadata)  # an unknown organ is a usage error, not a failure of every case
     model = ready_for_inference(model, device, args.precision, owned=True)  # once for all cases
     postprocess = {"largest_component": False, "fill_holes": False, "presence_gate": False} \
-        if args.no_postprocess else ({"presence_gate": False} if args.no_presence_gate else None)
+        if args.no_postprocess else ({"presence_gate": False} if args.no_presence_gate else {})
+    thresholds = parse_thresholds(args.threshold)
+    if thresholds:
+        postprocess["thresholds"] = thresholds
+        mask_thresholds(keys, model.metadata, postprocess)  # a bad value is a usage error, reported once
 
     failed = 0
     for source, name in cases:

@@ -1,0 +1,52 @@
+"""``segmate calibrate --model M --data OUT... -o M2``: per-organ mask thresholds from validation cases.
+
+See :mod:`segmatecore.train.calibrate`; the demonstration model's recipe ends with it.
+"""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit each organ's mask threshold on validation cases",
+                       description="Segments every case of the validation split as segmate predict does and "
+                                   "stores, per organ, the probability threshold with the best mean Dice in the "
+                                   "model's metadata. Never calibrate on the cases you report accuracy on.")
+    p.add_argument("--model", required=True, help="the trained .safetensors model")
+    p.add_argument("--data", nargs="+", required=True, help="prepared dataset folder(s) (segmate prepare)")
+    p.add_argument("--split", default="val", help="cases to calibrate on (default %(default)s)")
+    p.add_argument("--min-cases", type=int, default=None,
+                   help="organs annotated in fewer cases keep 0.5 (default 3)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default %(default)s)")
+    p.add_argument("-o", "--output", required=True, help="the calibrated model (may be --model itself)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    import torch
+    from safetensors import safe_open
+
+    from ..checkpoint import load_model, save_model
+    from ..train.calibrate import MIN_CASES, calibrate_thresholds
+
+    if args.split in ("test",):
+        print("warning: calibrating on the 'test' split makes the accuracy you report on it optimistic.",
+              file=sys.stderr)
+    with safe_open(str(args.model), framework="pt") as fh:
+        dtype = fh.get_tensor(next(iter(fh.keys()))).dtype
+    fast = load_model(args.model).eval()
+    report = calibrate_thresholds(fast, args.data, args.split, min_cases=args.min_cases or MIN_CASES,
+                                  device=args.device)
+    for key, r in report.items():
+        note = "" if r["calibrated"] else f" (only {r['cases']} case(s): kept at 0.5)"
+        print(f"{key:13s} {r['cases']:3d} cases; threshold {r['threshold']:.2f}: mean Dice "
+              f"{r['dice_at_0.5']:.3f} at 0.50 -> {r['dice_at_threshold']:.3f}{note}")
+    model = load_model(args.model, reparameterize=False)  # written back in the form it was saved in
+    meta = model.metadata
+    meta["mask_thresholds"] = {k: r["threshold"] for k, r in report.items() if r["calibrated"]}
+    meta.setdefault("provenance", {})["mask_thresholds"] = {
+        "command": args.command_line, "split": args.split,
+        "organs": {k: {n: v for n, v in r.items() if n != "dice_by_threshold"} for k, r in report.items()}}
+    save_model(model, args.output, meta, dtype=dtype if dtype == torch.float16 else None)
+    print(f"wrote {args.output}")
+    return 0
