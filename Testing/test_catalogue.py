@@ -374,3 +374,20 @@ def test_bundled_model_files_match_the_catalogue():
         assert meta["organs"] == item["organs"]
         assert meta.get("trained_organs", meta["organs"]) == item["trained_organs"]
         assert meta["preprocessing"]["input_size"] == item["input_size"]
+
+
+def test_the_bundled_demo_model_carries_its_recipe_and_calibrated_thresholds():
+    """What the docs say about the demo model is what its file says: the recipe's stages, the
+    thresholds it applies and the held-out figures the catalogue shows."""
+    entry = next(e for e in catalogue.load_catalogue()["models"] if e["id"] == "segmate_demo_fastvit_t12")
+    meta = read_metadata(RESOURCES / "Models" / "segmate_demo_fastvit_t12.safetensors")
+    recipe = json.loads((REPO / "SegMateCore" / "segmatecore" / "train" / "demo_provenance.json").read_text())
+    assert meta["provenance"]["training_stages"] == recipe["training_stages"]
+    record = meta["provenance"]["mask_thresholds"]
+    assert record["split"] == "val" and record["command"].startswith("segmate calibrate")
+    assert meta["mask_thresholds"] == {k: r["threshold"] for k, r in record["organs"].items() if r["calibrated"]}
+    assert set(meta["mask_thresholds"]) == {"spinal_cord", "esophagus"}  # the organs the validation cases annotate
+    held_out = meta["provenance"]["metrics"]["held_out"]
+    assert held_out["split"] == "test"
+    for key, figures in entry["metrics"]["organs"].items():
+        assert figures["dice"] == pytest.approx(held_out["organs"][key]["dice"], abs=5e-4)

@@ -15,13 +15,17 @@ def register(sub) -> None:
     p.add_argument("--split", default="val", help="cases to calibrate on (default %(default)s)")
     p.add_argument("--min-cases", type=int, default=None,
                    help="organs annotated in fewer cases keep 0.5 (default 3)")
+    p.add_argument("--provenance", default=None,
+                   help="JSON file merged into the model's provenance metadata (e.g. the recipe's stages)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="the calibrated model (may be --model itself)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import json
     import sys
+    from pathlib import Path
 
     import torch
     from safetensors import safe_open
@@ -44,9 +48,11 @@ def run(args) -> int:
     model = load_model(args.model, reparameterize=False)  # written back in the form it was saved in
     meta = model.metadata
     meta["mask_thresholds"] = {k: r["threshold"] for k, r in report.items() if r["calibrated"]}
-    meta.setdefault("provenance", {})["mask_thresholds"] = {
+    meta.setdefault("provenance", {}).update(
+        json.loads(Path(args.provenance).read_text(encoding="utf-8")) if args.provenance else {})
+    meta["provenance"]["mask_thresholds"] = {
         "command": args.command_line, "split": args.split,
-        "organs": {k: {n: v for n, v in r.items() if n != "dice_by_threshold"} for k, r in report.items()}}
+        "organs": report}
     save_model(model, args.output, meta, dtype=dtype if dtype == torch.float16 else None)
     print(f"wrote {args.output}")
     return 0
