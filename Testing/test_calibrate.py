@@ -128,3 +128,11 @@ def test_calibrate_command_writes_thresholds_and_leaves_the_weights_alone(tmp_pa
     before, after = load_model(start, reparameterize=False), load_model(out, reparameterize=False)
     assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
     assert out.stat().st_size < start.stat().st_size * 1.01  # still fp16
+
+
+def test_info_shows_the_thresholds_a_model_file_applies(tmp_path, capsys):
+    from segmatecore import create_model, save_model
+
+    path = save_model(create_model("fastvit_t12"), tmp_path / "m.safetensors", {"mask_thresholds": {"spinal_cord": 0.7}})
+    assert main(["info", str(path)]) == 0
+    assert "mask thresholds spinal_cord 0.70; others 0.50" in capsys.readouterr().out

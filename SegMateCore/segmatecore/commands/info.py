@@ -38,5 +38,8 @@ def run(args) -> int:
         print(f"input size      {meta['preprocessing']['input_size']}")
         print(f"HU window       {meta['preprocessing']['hu_window']}")
         print(f"z_norm          {meta['z_norm']}")
+        thresholds = meta.get("mask_thresholds") or {}
+        print("mask thresholds " + (", ".join(f"{k} {v:.2f}" for k, v in thresholds.items()) + "; others 0.50"
+                                    if thresholds else "0.50 for every organ (not calibrated)"))
         print(f"provenance      {json.dumps(meta['provenance'])}")
     return 0
