@@ -38,7 +38,7 @@ from SegMateLib.batch import saveSegmentation  # noqa: E402
 from SegMateLib.job import JobProgress, elapsedText  # noqa: E402
 from SegMateLib.logic import SegMateLogic  # noqa: E402
 from SegMateLib.model_choices import modelChoices  # noqa: E402
-from SegMateLib.segments import SOURCE_TAG, binaryLabelmapName  # noqa: E402
+from SegMateLib.segments import SOURCE_TAG, THRESHOLD_TAG, binaryLabelmapName  # noqa: E402
 from SegMateLib.terminology import organKeyForTerminology, terminologyEntry  # noqa: E402
 from SegMateLib.volume_image import imageFromVolumeNode  # noqa: E402
 
@@ -238,6 +238,8 @@ def test_process_writes_each_organ_voxel_for_voxel(scene, tmp_path, model, obliq
         assert segment.GetTerminology() == expected_terminology(key)
         source = vtk.reference("")
         assert segment.GetTag(SOURCE_TAG, source) and "SegMate" in str(source)
+        threshold = vtk.reference("")
+        assert segment.GetTag(THRESHOLD_TAG, threshold) and str(threshold) == "0.50"  # an uncalibrated model
     assert not export_segment(node, run.segmentIds["esophagus"], volume).any()
     # reference geometry and subject hierarchy: what DICOM SEG / RTSTRUCT export need
     assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
@@ -245,6 +247,19 @@ def test_process_writes_each_organ_voxel_for_voxel(scene, tmp_path, model, obliq
     assert sh.GetItemParent(sh.GetItemByDataNode(node)) == sh.GetItemParent(sh.GetItemByDataNode(volume))
     assert sh.GetItemLevel(sh.GetItemParent(sh.GetItemByDataNode(node))) == "Study"
     assert node.GetName() == "CT segmentation"
+
+
+def test_each_segment_records_the_threshold_it_was_drawn_at(scene, model):
+    volume = add_ct(scene)
+    run = SegMateLogic().process(volume, None, organs=["liver", "aorta"], model=model, device="cpu",
+                                 postprocess={"thresholds": {"liver": 0.6}})
+    segmentation = run.segmentationNode.GetSegmentation()
+    tags = {}
+    for key in ("liver", "aorta"):
+        value = vtk.reference("")
+        assert segmentation.GetSegment(run.segmentIds[key]).GetTag(THRESHOLD_TAG, value)
+        tags[key] = str(value)
+    assert tags == {"liver": "0.60", "aorta": "0.50"}
 
 
 def test_tg263_names_and_default_organs(scene, tmp_path):

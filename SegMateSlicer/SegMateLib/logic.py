@@ -121,7 +121,8 @@ class SegMateLogic:
             outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         try:
             segmentIds = writeOrganSegments(outputSegmentation, inputVolume, result.labelmap, result.organs,
-                                            naming=naming, source=modelSourceText(result))
+                                            naming=naming, source=modelSourceText(result),
+                                            thresholds=(result.model_info or {}).get("mask_thresholds"))
         except Exception:
             if created:
                 scene.RemoveNode(outputSegmentation)

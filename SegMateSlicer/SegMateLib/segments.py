@@ -16,6 +16,9 @@ from .terminology import organKeyForTerminology, segmentName, terminologyEntry
 from .volume_image import checkSameGrid, ijkToRasMatrix, orientedLabelImage
 
 SOURCE_TAG = "SegMate.Source"
+# The probability above which the organ was drawn (the model's calibrated value, 0.5 without one),
+# kept with the segment so that a reviewer can tell how tight a contour was cut.
+THRESHOLD_TAG = "SegMate.Threshold"
 
 _CONVERTER_RULES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule",
                     "vtkClosedSurfaceToFractionalLabelmapConversionRule",
@@ -51,12 +54,14 @@ def segMateSegmentIds(segmentationNode) -> dict[str, list[str]]:
     return found
 
 
-def _newSegment(organ, naming: str, layer, source: str):
+def _newSegment(organ, naming: str, layer, source: str, threshold: float | None = None):
     segment = slicer.vtkSegment()
     segment.SetName(segmentName(organ, naming))
     segment.SetColor(*organ.color_float)
     segment.SetTerminology(terminologyEntry(organ))
     segment.SetTag(SOURCE_TAG, source)
+    if threshold is not None:
+        segment.SetTag(THRESHOLD_TAG, f"{threshold:.2f}")
     segment.AddRepresentation(binaryLabelmapName(), layer)
     segment.SetLabelValue(organ.label)
     return segment
@@ -78,8 +83,10 @@ def _checkTransforms(segmentationNode, volumeNode) -> None:
 
 
 def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organKeys, naming: str = "slicer",
-                       source: str = "SegMate") -> dict[str, str]:
+                       source: str = "SegMate", thresholds: dict[str, float] | None = None) -> dict[str, str]:
     """Write ``organKeys`` of a SegMate labelmap (value = organ label) as segments; return key -> segment ID.
+
+    ``thresholds`` (organ key -> probability, as in the result's model_info) are kept as a tag.
 
     The labelmap must be on the volume's voxel grid (``segmatecore.segment`` guarantees it for an
     image made by ``imageFromVolumeNode``). Organs absent from the labelmap still get a segment, empty.
@@ -104,7 +111,7 @@ def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organ
         segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(),
                                             volumeNode.GetID())
         for item in organList:
-            segment = _newSegment(item, naming, layer, source)
+            segment = _newSegment(item, naming, layer, source, (thresholds or {}).get(item.key))
             previous = existing.get(item.key)
             if previous:
                 segmentId = previous[0]
