@@ -99,7 +99,7 @@ def test_segment_cuts_each_organ_at_the_models_threshold(validation_cases):
 def test_calibration_finds_the_threshold_that_matches_the_reference(validation_cases):
     assert 0.70 < RIM_P < 0.75
     model = IntensityModel(organs=["spinal_cord", "esophagus"], input_size=64)
-    model.metadata["mask_thresholds"] = {"spinal_cord": 0.3}  # must not bias the sweep
+    model.metadata["mask_thresholds"] = {"spinal_cord": 0.9}  # would hide the rim (p 0.73) if it leaked into the sweep
     report = calibrate_thresholds(model, [validation_cases], "val")
     cord, eso = report["spinal_cord"], report["esophagus"]
     assert cord["calibrated"] and cord["cases"] == 3

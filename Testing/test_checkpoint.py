@@ -166,3 +166,22 @@ def test_header_length_beyond_file_is_refused(tmp_path):
     path.write_bytes(struct.pack("<Q", 10_000) + b"{}" * 10)
     with pytest.raises(CheckpointError, match="truncated"):
         read_metadata(path)
+
+
+def test_update_metadata_copies_the_tensors_as_stored_and_refuses_bad_metadata(model, tmp_path):
+    from safetensors import safe_open
+
+    from segmatecore.checkpoint import update_metadata
+
+    path = save_model(model, tmp_path / "m.safetensors", dtype=torch.float16)
+    out = tmp_path / "updated.safetensors"
+    update_metadata(path, lambda meta: meta.update(mask_thresholds={"spinal_cord": 0.7}), output=out)
+    assert read_metadata(out)["mask_thresholds"] == {"spinal_cord": 0.7}
+    with safe_open(str(path), framework="pt") as a, safe_open(str(out), framework="pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for key in a.keys():
+            assert b.get_tensor(key).dtype == a.get_tensor(key).dtype and torch.equal(a.get_tensor(key), b.get_tensor(key))
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="mask_thresholds"):
+        update_metadata(path, lambda meta: meta.update(mask_thresholds={"spinal_cord": 1.5}))
+    assert path.read_bytes() == before  # nothing written

@@ -12,7 +12,7 @@ import struct
 import tempfile
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -233,6 +233,26 @@ def save_model(model: SegMateNet, path: str | Path, metadata: dict[str, Any] | N
     validate_metadata(meta)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
+    return _write_atomically(state, meta, path)
+
+
+def update_metadata(path: str | Path, update: Callable[[dict[str, Any]], None],
+                    output: str | Path | None = None) -> dict[str, Any]:
+    """Rewrite a model file's metadata (``update`` changes it in place); the tensors are copied as
+    stored, same names, dtypes and values. Written atomically to ``output`` (default: ``path``)."""
+    path = Path(path)
+    meta = read_metadata(path)
+    update(meta)
+    validate_metadata(meta, str(output or path))
+    try:
+        state = load_file(str(path), device="cpu")
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} could not be read as safetensors: {exc}") from None
+    _write_atomically(state, meta, Path(output or path))
+    return meta
+
+
+def _write_atomically(state: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
     os.close(fd)

@@ -127,22 +127,15 @@ def record_in_model(model_path: str | Path, summary: dict[str, Any], command: st
 
     The file is rewritten atomically with its tensors unchanged (same dtype).
     """
-    from safetensors import safe_open
+    from .checkpoint import update_metadata
 
-    from .checkpoint import load_model, save_model
-
-    with safe_open(str(model_path), framework="pt") as fh:
-        dtype = fh.get_tensor(next(iter(fh.keys()))).dtype
-    model = load_model(model_path, reparameterize=False)
-    meta = model.metadata
     held_out = {"data": summary["data"], "split": summary["split"], "cases": summary["cases"], "command": command,
                 "z_norm": "label-free (segment() default)",
                 "organs": {k: {m: v[m].get("mean") for m in METRICS} | {"dice_median": v["dice"].get("median"),
                                                                           "hd95_median_mm": v["hd95_mm"].get("median"),
                                                                           "n": v["dice"]["n"]}
                            for k, v in summary["modes"]["label_free"].items()}}
-    meta["provenance"].setdefault("metrics", {})["held_out"] = held_out
-    save_model(model, model_path, meta, dtype=dtype if dtype == torch.float16 else None)
+    update_metadata(model_path, lambda meta: meta["provenance"].setdefault("metrics", {}).update(held_out=held_out))
     return held_out
 
 

@@ -27,32 +27,25 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    import torch
-    from safetensors import safe_open
-
-    from ..checkpoint import load_model, save_model
+    from ..checkpoint import load_model, update_metadata
     from ..train.calibrate import MIN_CASES, calibrate_thresholds
 
     if args.split in ("test",):
         print("warning: calibrating on the 'test' split makes the accuracy you report on it optimistic.",
               file=sys.stderr)
-    with safe_open(str(args.model), framework="pt") as fh:
-        dtype = fh.get_tensor(next(iter(fh.keys()))).dtype
-    fast = load_model(args.model).eval()
-    report = calibrate_thresholds(fast, args.data, args.split, min_cases=args.min_cases or MIN_CASES,
-                                  device=args.device)
+    extra = json.loads(Path(args.provenance).read_text(encoding="utf-8")) if args.provenance else {}
+    report = calibrate_thresholds(load_model(args.model), args.data, args.split,
+                                  min_cases=args.min_cases or MIN_CASES, device=args.device)
     for key, r in report.items():
         note = "" if r["calibrated"] else f" (only {r['cases']} case(s): kept at 0.5)"
         print(f"{key:13s} {r['cases']:3d} cases; threshold {r['threshold']:.2f}: mean Dice "
               f"{r['dice_at_0.5']:.3f} at 0.50 -> {r['dice_at_threshold']:.3f}{note}")
-    model = load_model(args.model, reparameterize=False)  # written back in the form it was saved in
-    meta = model.metadata
-    meta["mask_thresholds"] = {k: r["threshold"] for k, r in report.items() if r["calibrated"]}
-    meta.setdefault("provenance", {}).update(
-        json.loads(Path(args.provenance).read_text(encoding="utf-8")) if args.provenance else {})
-    meta["provenance"]["mask_thresholds"] = {
-        "command": args.command_line, "split": args.split,
-        "organs": report}
-    save_model(model, args.output, meta, dtype=dtype if dtype == torch.float16 else None)
+
+    def record(meta: dict) -> None:
+        meta["mask_thresholds"] = {k: r["threshold"] for k, r in report.items() if r["calibrated"]}
+        meta.setdefault("provenance", {}).update(extra)
+        meta["provenance"]["mask_thresholds"] = {"command": args.command_line, "split": args.split, "organs": report}
+
+    update_metadata(args.model, record, output=args.output)  # the weights are copied as stored
     print(f"wrote {args.output}")
     return 0

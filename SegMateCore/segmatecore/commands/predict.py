@@ -69,13 +69,14 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
     """``["spinal_cord=0.6", ...]`` -> {"spinal_cord": 0.6}; the range is checked by segment()."""
     out = {}
     for item in items:
-        key, sep, value = item.partition("=")
+        key, _, value = item.partition("=")
         try:
-            out[key.strip()] = float(value)
+            probability = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not key.strip():
+            probability = None
+        if not key.strip() or probability is None:
             raise ValueError(f"--threshold {item!r}: expected ORGAN=P, e.g. spinal_cord=0.6.")
+        out[key.strip()] = probability
     return out
 
 

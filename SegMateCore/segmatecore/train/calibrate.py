@@ -90,10 +90,9 @@ def calibrate_thresholds(model: torch.nn.Module, data_dirs: Sequence[str | Path]
         if not keys:
             continue
         truth = decode_labels(np.asarray(case.labels))[[organ_keys().index(k) for k in keys]]
-        counts = OverlapCounts(truth, keys, grid)
-        postprocess = {"thresholds": {k: THRESHOLD for k in keys}}  # the model's own values must not leak in
+        counts = OverlapCounts(truth, keys, grid)  # sees the probabilities before any threshold is applied
         segment(canonical_image(case.image, case.record["spacing"]), model=model, organs=keys, device=device,
-                postprocess=postprocess, probability_sink=counts)
+                probability_sink=counts)
         for key, row in zip(keys, counts.dice()):
             per_organ.setdefault(key, []).append(row)
         log.info("calibration: %s (%s)", case.id, ", ".join(keys))
