@@ -73,7 +73,7 @@ def registerSampleData():
 class SegMateParameterNode:
     """The panel's choices, saved with the scene.
 
-    inputVolume, outputSegmentation, largestComponent, fillHoles, presenceGate and batchSize are bound to their
+    inputVolume, outputSegmentation, largestComponent, fillHoles, presenceGate, zSmoothing and batchSize are bound to their
     widgets by the SlicerParameterName property in SegMate.ui; the others by the widget code.
     """
 
@@ -86,6 +86,7 @@ class SegMateParameterNode:
     largestComponent: bool = True
     fillHoles: bool = True
     presenceGate: bool = True
+    zSmoothing: bool = True
     batchSize: Annotated[int, WithinRange(0, 128)] = 0
 
 
@@ -406,6 +407,8 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             options["fill_holes"] = False
         if not node.presenceGate:
             options["presence_gate"] = False
+        if not node.zSmoothing:
+            options["z_smoothing_mm"] = 0.0  # every organ: the thresholded probabilities as the network gave them
         return options or None
 
     def onApplyButton(self) -> None:

@@ -45,8 +45,9 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--naming", choices=["slicer", "tg263"], default="slicer",
                         help="segment names: Slicer standard names (default) or AAPM TG-263 names")
     parser.add_argument("--no-postprocess", action="store_true",
-                        help="keep every connected piece and hole, and organs the first pass did not find "
-                             "(default: clean solid organs, drop organs not found)")
+                        help="keep every connected piece and hole, organs the first pass did not find, and the "
+                             "probabilities unsmoothed along z (default: clean solid organs, drop organs not found, "
+                             "smooth as calibrated)")
     parser.add_argument("--csv", default=None, help="CSV log path (default: OUTPUT/segmate_batch.csv)")
     parser.add_argument("--skip-existing", action="store_true", help="leave cases whose .seg.nrrd exists alone")
     return parser
@@ -81,8 +82,8 @@ def main(argv: Optional[list[str]] = None, log=print) -> int:
         rows = runBatch(args.input, args.output, csvPath=args.csv, skipExisting=args.skip_existing, log=log,
                         organs=parseOrgans(args.organs), model=args.model, device=args.device,
                         batchSize=args.batch_size, naming=args.naming,
-                        postprocess={"largest_component": False, "fill_holes": False, "presence_gate": False}
-                        if args.no_postprocess else None)
+                        postprocess={"largest_component": False, "fill_holes": False, "presence_gate": False,
+                                     "z_smoothing_mm": 0.0} if args.no_postprocess else None)
     except (ValueError, FileNotFoundError) as exc:
         log(f"SegMate batch: error: {exc}")
         return EXIT_USAGE

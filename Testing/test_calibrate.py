@@ -1,20 +1,19 @@
 """Per-organ mask thresholds: fitted on validation cases, stored in the model, applied by segment()."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from intensity_model import IntensityModel, band_centre
+from validation_cases import prepare_validation_copies
 from segmatecore import load_model, read_metadata, segment
 from segmatecore.checkpoint import CheckpointError, default_metadata, validate_metadata
 from segmatecore.cli import main
 from segmatecore.evaluate import canonical_image
 from segmatecore.postprocess import labels_from_probabilities, mask_thresholds
-from segmatecore.train.calibrate import calibrate_thresholds
+from segmatecore.train.calibrate import calibrate_masks
 from segmatecore.train.dataset import load_cases
 from segmatecore.train.prepare import prepare
 
@@ -39,18 +38,9 @@ def cord_volume() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def validation_cases(tmp_path_factory):
-    root = tmp_path_factory.mktemp("calibrate")
-    (root / "src" / "images").mkdir(parents=True)
-    (root / "src" / "labels").mkdir()
     ct, lab = cord_volume()
-    for n in range(3):
-        for array, folder in ((ct, "images"), (lab, "labels")):
-            image = sitk.GetImageFromArray(array)
-            image.SetSpacing((1.5, 1.5, 4.0))
-            sitk.WriteImage(image, str(root / "src" / folder / f"case{n:02d}.nii.gz"))
-    (root / "src" / "label_map.json").write_text(json.dumps({"spinal_cord": 1, "esophagus": 2}))
-    prepare("nifti-pairs", root / "src", root / "data", workers=1, fractions=(0.0, 1.0, 0.0), progress=False)
-    return root / "data"
+    return prepare_validation_copies(tmp_path_factory.mktemp("calibrate"), ct, lab,
+                                     {"spinal_cord": 1, "esophagus": 2}, (1.5, 1.5, 4.0))
 
 
 def test_per_organ_thresholds_decide_each_organ_separately():
@@ -100,13 +90,13 @@ def test_calibration_finds_the_threshold_that_matches_the_reference(validation_c
     assert 0.70 < RIM_P < 0.75
     model = IntensityModel(organs=["spinal_cord", "esophagus"], input_size=64)
     model.metadata["mask_thresholds"] = {"spinal_cord": 0.9}  # would hide the rim (p 0.73) if it leaked into the sweep
-    report = calibrate_thresholds(model, [validation_cases], "val")
+    report = calibrate_masks(model, [validation_cases], "val")
     cord, eso = report["spinal_cord"], report["esophagus"]
     assert cord["calibrated"] and cord["cases"] == 3
     assert cord["threshold"] == 0.75 and cord["dice_at_threshold"] == pytest.approx(1.0)
     assert cord["dice_at_0.5"] == pytest.approx(2 * 216 / (216 + 600), abs=1e-4)  # core / (core + core and rim)
     assert eso["threshold"] == 0.5 and eso["dice_at_threshold"] == pytest.approx(1.0)  # flat: stays at 0.5
-    few = calibrate_thresholds(model, [validation_cases], "val", min_cases=4)
+    few = calibrate_masks(model, [validation_cases], "val", min_cases=4)
     assert not few["spinal_cord"]["calibrated"] and few["spinal_cord"]["threshold"] == 0.5
 
 

@@ -376,7 +376,7 @@ def test_bundled_model_files_match_the_catalogue():
         assert meta["preprocessing"]["input_size"] == item["input_size"]
 
 
-def test_the_bundled_demo_model_carries_its_recipe_and_calibrated_thresholds():
+def test_the_bundled_demo_model_carries_its_recipe_and_calibrated_thresholds_and_smoothing():
     """What the docs say about the demo model is what its file says: the recipe's stages, the
     thresholds it applies and the held-out figures the catalogue shows."""
     entry = next(e for e in catalogue.load_catalogue()["models"] if e["id"] == "segmate_demo_fastvit_t12")
@@ -387,6 +387,7 @@ def test_the_bundled_demo_model_carries_its_recipe_and_calibrated_thresholds():
     assert record["split"] == "val" and record["command"].startswith("segmate calibrate")
     assert meta["mask_thresholds"] == {k: r["threshold"] for k, r in record["organs"].items() if r["calibrated"]}
     assert set(meta["mask_thresholds"]) == {"spinal_cord", "esophagus"}  # the organs the validation cases annotate
+    assert meta["z_smoothing_mm"] == {k: r["z_smoothing_mm"] for k, r in record["organs"].items() if r["calibrated"]}
     held_out = meta["provenance"]["metrics"]["held_out"]
     assert held_out["split"] == "test"
     for key, figures in entry["metrics"]["organs"].items():

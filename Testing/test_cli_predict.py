@@ -141,6 +141,26 @@ def test_threshold_option_overrides_the_models_threshold_for_one_organ(tmp_path,
     assert report["model"]["mask_thresholds"] == {"liver": 0.99999, "aorta": 0.5}
 
 
+def test_z_smoothing_option_overrides_the_models_smoothing_and_no_postprocess_turns_it_off(tmp_path,
+                                                                                           intensity_network):
+    path = synthetic_ct(tmp_path / "case.nii.gz")  # the liver on 4 slices, 3 mm apart
+
+    def liver_ml(*args: str) -> tuple[float, dict]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert cli.main(["predict", str(path), "-o", str(out), "--format", "report", "--organs", "liver,aorta",
+                         *args]) == 0
+        report = json.loads((out / "case" / "report.json").read_text())
+        return report["volumes_ml"]["liver"], report["model"]["z_smoothing_mm"]
+
+    plain, recorded = liver_ml()
+    assert plain > 0 and recorded == {"liver": 0.0, "aorta": 0.0}
+    # sigma = 3 slices spreads each slice's p ~ 1 so thin that no slice of a 4-slice organ stays above 0.5
+    smoothed, recorded = liver_ml("--z-smoothing", "liver=9")
+    assert smoothed == 0.0 and recorded == {"liver": 9.0, "aorta": 0.0}
+    assert liver_ml("--no-postprocess", "--z-smoothing", "liver=9")[0] == 0.0  # an explicit value still wins
+    assert liver_ml("--no-postprocess")[1] == {"liver": 0.0, "aorta": 0.0}
+
+
 def test_a_failure_while_writing_leaves_no_case_folder_and_keeps_the_previous_one(tmp_path, intensity_network,
                                                                                   monkeypatch, capsys):
     path = synthetic_ct(tmp_path / "case.nii.gz")
@@ -184,7 +204,9 @@ def test_a_cancelled_case_leaves_nothing(tmp_path, intensity_network, monkeypatc
                                            (["--threshold", "liver=1.5"], "strictly between 0 and 1: liver=1.5"),
                                            (["--threshold", "liver"], "expected ORGAN=P"),
                                            (["--organs", "liver", "--threshold", "aorta=0.6"],
-                                            "not being segmented: aorta")])
+                                            "not being segmented: aorta"),
+                                           (["--z-smoothing", "liver=-2"], "between 0 (off) and 20 mm: liver=-2.0"),
+                                           (["--z-smoothing", "liver=thin"], "expected ORGAN=MM")])
 def test_bad_options_are_one_line_errors(tmp_path, intensity_network, capsys, args, message):
     path = synthetic_ct(tmp_path / "case.nii.gz")
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "out"), *args]) == 2

@@ -38,7 +38,7 @@ from SegMateLib.batch import saveSegmentation  # noqa: E402
 from SegMateLib.job import JobProgress, elapsedText  # noqa: E402
 from SegMateLib.logic import SegMateLogic  # noqa: E402
 from SegMateLib.model_choices import modelChoices  # noqa: E402
-from SegMateLib.segments import SOURCE_TAG, THRESHOLD_TAG, binaryLabelmapName  # noqa: E402
+from SegMateLib.segments import SOURCE_TAG, THRESHOLD_TAG, Z_SMOOTHING_TAG, binaryLabelmapName  # noqa: E402
 from SegMateLib.terminology import organKeyForTerminology, terminologyEntry  # noqa: E402
 from SegMateLib.volume_image import imageFromVolumeNode  # noqa: E402
 
@@ -249,17 +249,19 @@ def test_process_writes_each_organ_voxel_for_voxel(scene, tmp_path, model, obliq
     assert node.GetName() == "CT segmentation"
 
 
-def test_each_segment_records_the_threshold_it_was_drawn_at(scene, model):
+def test_each_segment_records_the_threshold_and_smoothing_it_was_drawn_with(scene, model):
     volume = add_ct(scene)
     run = SegMateLogic().process(volume, None, organs=["liver", "aorta"], model=model, device="cpu",
-                                 postprocess={"thresholds": {"liver": 0.6}})
+                                 postprocess={"thresholds": {"liver": 0.6}, "z_smoothing_mm": {"aorta": 3}})
     segmentation = run.segmentationNode.GetSegmentation()
     tags = {}
     for key in ("liver", "aorta"):
-        value = vtk.reference("")
-        assert segmentation.GetSegment(run.segmentIds[key]).GetTag(THRESHOLD_TAG, value)
-        tags[key] = str(value)
-    assert tags == {"liver": "0.60", "aorta": "0.50"}
+        for tag in (THRESHOLD_TAG, Z_SMOOTHING_TAG):
+            value = vtk.reference("")
+            assert segmentation.GetSegment(run.segmentIds[key]).GetTag(tag, value)
+            tags[key, tag] = str(value)
+    assert tags == {("liver", THRESHOLD_TAG): "0.60", ("aorta", THRESHOLD_TAG): "0.50",
+                    ("liver", Z_SMOOTHING_TAG): "0", ("aorta", Z_SMOOTHING_TAG): "3"}
 
 
 def test_tg263_names_and_default_organs(scene, tmp_path):

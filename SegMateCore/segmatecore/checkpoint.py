@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .models import SegMateNet, backbone_spec, create_model
+from .postprocess import MAX_Z_SMOOTHING_MM
 
 FORMAT_VERSION = 1
 ARCHITECTURE = "SegMateNet"
@@ -105,6 +106,11 @@ def validate_metadata(meta: Any, where: str = "metadata") -> dict[str, Any]:
                                                  for k, v in thresholds.items())):
         raise CheckpointError(f"{where}: mask_thresholds {thresholds!r} must map organs of the model to "
                               "numbers strictly between 0 and 1.")
+    smoothing = meta.get("z_smoothing_mm", {})
+    if not (isinstance(smoothing, dict) and all(k in organs and _is_number(v) and 0 <= v <= MAX_Z_SMOOTHING_MM
+                                                for k, v in smoothing.items())):
+        raise CheckpointError(f"{where}: z_smoothing_mm {smoothing!r} must map organs of the model to "
+                              f"millimetres between 0 and {MAX_Z_SMOOTHING_MM:g}.")
     return meta
 
 

@@ -26,10 +26,11 @@ from .geometry import from_canonical, to_canonical
 from .io import LoadedVolume, load_volume
 from .organs import organ, organ_keys
 from .postprocess import (clean_organs, labels_from_probabilities, laterality_warnings, mask_thresholds,
-                          postprocess_options, presence_gate_enabled, volumes_ml)
+                          postprocess_options, presence_gate_enabled, volumes_ml, z_smoothing_mm)
 from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
 from .result import SegmentationCancelled, SegmentationResult
 from .zpass import ZExtent, ZPassConfig, estimate_extent, volume_z_norm
+from .zsmoothing import ZSmoother, sigmas_in_slices
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ TRIM_EVERY_BATCHES = 8
 # slices against 180 MB for 2 (docs/inference.md), so the CPU default stays small.
 DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
 ProgressCallback = Callable[[str, int, int], None]
-# Receives (slice indices, [B, C, nx, ny] probabilities on the input's canonical grid) just before
-# thresholding; segmate calibrate fits the per-organ thresholds from them.
+# Receives (slice indices, [B, C, nx, ny] probabilities on the input's canonical grid, presence-gated)
+# before the z smoothing and the thresholds; segmate calibrate fits both from them.
 ProbabilitySink = Callable[[np.ndarray, torch.Tensor], None]
 
 
@@ -264,8 +265,9 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     without running them. With ``auto``, the same first pass also gates each organ: its mask is kept
     only on the slices where the pass found it, and an organ it never found is left empty with a
     warning; ``postprocess={"presence_gate": False}`` turns that off. Each organ's mask is its
-    probability above the model's calibrated threshold (0.5 when none); ``postprocess={"thresholds":
-    {organ: value}}`` overrides it. ``cancel`` is any object with
+    probability, smoothed along z by the model's ``z_smoothing_mm`` (none when absent), above the
+    model's calibrated threshold (0.5 when none); ``postprocess={"thresholds": {organ: value},
+    "z_smoothing_mm": {organ: mm}}`` overrides them. ``cancel`` is any object with
     ``is_set()`` (a threading.Event); when set, SegmentationCancelled is raised between batches and
     nothing is written.
     """
@@ -287,6 +289,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     warnings += organ_warnings
     options = postprocess_options(keys, postprocess)
     thresholds = mask_thresholds(keys, meta, postprocess)
+    smoothing = z_smoothing_mm(keys, meta, postprocess)
     pre = Preprocessing.from_metadata(meta)
     dev = resolve_device(device)
     net = ready_for_inference(net, dev, precision, owned=not isinstance(model, nn.Module))
@@ -295,6 +298,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
 
     canonical, frame = to_canonical(image)
     nx, ny, nz = canonical.shape
+    sigmas = sigmas_in_slices(smoothing, frame.spacing[2])
     pipeline = _Pipeline(canonical, pre, runner)
     model_channels = list(meta["organs"])
 
@@ -334,6 +338,13 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
                 return extent.z_norm(t)
             return volume_z_norm(t, nz)
 
+        def write_labels(t: np.ndarray, probabilities: torch.Tensor) -> None:
+            labels = labels_from_probabilities(resize_slices(probabilities, (nx, ny)), label_values, threshold_values)
+            labels_zxy[t] = labels.cpu().numpy()
+
+        # Smoothing along z commutes with the in-plane resize, so it runs on the smaller network grid.
+        smoother = ZSmoother(sigmas, write_labels) if any(sigmas) else None
+
         def step(t: np.ndarray) -> None:
             out = pipeline.forward(t, z_values(t))
             start = time.perf_counter()
@@ -341,14 +352,28 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             probabilities = torch.sigmoid(logits)
             if gate:
                 probabilities = probabilities * _gate_mask(gate, t, len(keys)).to(probabilities.device)[:, :, None, None]
-            probabilities = resize_slices(probabilities, (nx, ny))
             if probability_sink is not None:
-                probability_sink(t, probabilities)
-            labels = labels_from_probabilities(probabilities, label_values, threshold_values)
-            labels_zxy[t] = labels.cpu().numpy()
+                probability_sink(t, resize_slices(probabilities, (nx, ny)))
+            if smoother is None:
+                write_labels(t, probabilities)
+            else:
+                try:
+                    smoother(t, probabilities)
+                except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are changed
+                    if not _is_out_of_memory(exc):
+                        raise
+                    # The smoother has taken slices it can no longer hand over: retrying this batch
+                    # smaller (the runner's answer to an out-of-memory error) would leave them empty.
+                    raise MemoryError(f"Out of memory while writing the slices smoothed along z ({exc}); run "
+                                      "again with a smaller batch size, or without z smoothing "
+                                      "(--z-smoothing ORGAN=0).") from exc
             pipeline.timings["resample"] += time.perf_counter() - start
 
         runner.run("network", t_run, step)
+        if smoother is not None:
+            start = time.perf_counter()
+            smoother.finish()
+            pipeline.timings["resample"] += time.perf_counter() - start
     timings.update(pipeline.timings)
     warnings += runner.warnings
 
@@ -378,7 +403,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
         z_range.update(first=extent.first, last=extent.last, slices_run=extent.slices_run,
                        skipped_outside=bool(skip_outside_extent))
     info = {**info, "device": str(runner.device), "precision": precision, "batch_size": runner.batch_size,
-            "mask_thresholds": dict(zip(keys, thresholds))}
+            "mask_thresholds": dict(zip(keys, thresholds)), "z_smoothing_mm": dict(zip(keys, smoothing))}
     timings["total"] = time.perf_counter() - t_start + (loaded.read_seconds if loaded is image_or_path else 0.0)
     return SegmentationResult(labelmap=labelmap, organs=keys, volumes_ml=volumes, timings=timings, z_range=z_range,
                               warnings=warnings, model_info=info, source=loaded.source,

@@ -1,6 +1,6 @@
-"""From per-organ probabilities to a clean labelmap: threshold, overlaps, components, holes, laterality.
+"""From per-organ probabilities to a clean labelmap: smoothing, threshold, overlaps, components, holes, laterality.
 
-Probabilities are thresholded after they were resized back to the input's in-plane grid, at 0.5
+Probabilities may first be smoothed along z (``z_smoothing_mm``, :mod:`segmatecore.zsmoothing`). They are thresholded after they were resized back to the input's in-plane grid, at 0.5
 or at the organ's threshold calibrated on validation cases (``mask_thresholds`` in the model's
 metadata, see :mod:`segmatecore.train.calibrate`); where several organs pass, the most probable
 one wins. Connected components and hole filling use SimpleITK on each organ's bounding box, so
@@ -20,6 +20,8 @@ THRESHOLD = 0.5
 # A sided organ is reported only when its centroid is this far on the wrong side, so that organs
 # near the midline (or a midline guessed from the body outline) do not raise false alarms.
 LATERALITY_MARGIN_MM = 5.0
+# More would blur an organ's ends by centimetres; calibration never needs it.
+MAX_Z_SMOOTHING_MM = 20.0
 
 # Per organ: (keep the largest connected component, fill enclosed holes). Solid organs are one
 # piece; tubular ones (cord, oesophagus, aorta, trachea) may be split by a missed slice, and
@@ -65,6 +67,29 @@ def mask_thresholds(organ_keys: list[str], meta: Mapping[str, Any],
     return values
 
 
+def z_smoothing_mm(organ_keys: list[str], meta: Mapping[str, Any],
+                   postprocess: Mapping[str, Any] | None = None) -> list[float]:
+    """Per organ, the sigma in mm of the Gaussian its probability is smoothed with along z before the
+    threshold (:mod:`segmatecore.zsmoothing`): ``postprocess["z_smoothing_mm"]`` (per organ, or one
+    number for all), else the model's calibrated ``z_smoothing_mm``, else 0 (off)."""
+    calibrated = meta.get("z_smoothing_mm") or {}
+    override = (postprocess or {}).get("z_smoothing_mm")
+    if override is None:
+        override = {}
+    if isinstance(override, (int, float)) and not isinstance(override, bool):
+        override = {k: override for k in organ_keys}  # one value for every organ, e.g. 0 = off
+    if not isinstance(override, Mapping):
+        raise ValueError("postprocess['z_smoothing_mm'] must map organ keys to millimetres (0 = off).")
+    unknown = sorted(set(override) - set(organ_keys))
+    if unknown:
+        raise ValueError(f"z smoothing given for organs not being segmented: {', '.join(unknown)}.")
+    values = [float(override.get(k, calibrated.get(k, 0.0))) for k in organ_keys]
+    bad = [f"{k}={v}" for k, v in zip(organ_keys, values) if not 0.0 <= v <= MAX_Z_SMOOTHING_MM]
+    if bad:
+        raise ValueError(f"z smoothing must lie between 0 (off) and {MAX_Z_SMOOTHING_MM:g} mm: {', '.join(bad)}.")
+    return values
+
+
 def postprocess_options(organ_keys: list[str], postprocess: Mapping[str, Any] | None) -> dict[str, tuple[bool, bool]]:
     """Per organ (largest_component, fill_holes): the defaults above, overridden by ``postprocess``.
 
@@ -72,12 +97,13 @@ def postprocess_options(organ_keys: list[str], postprocess: Mapping[str, Any] | 
     ``{"organs": {key: {"largest_component": ..., "fill_holes": ...}}}`` per organ.
     """
     postprocess = dict(postprocess or {})
-    unknown = set(postprocess) - {"largest_component", "fill_holes", "organs", "presence_gate", "thresholds"}
+    unknown = set(postprocess) - {"largest_component", "fill_holes", "organs", "presence_gate", "thresholds",
+                                  "z_smoothing_mm"}
     if unknown:
         raise ValueError(f"Unknown post-processing options {sorted(unknown)}; "
-                         "use largest_component, fill_holes, presence_gate, thresholds, organs.")
-    postprocess.pop("presence_gate", None)
-    postprocess.pop("thresholds", None)
+                         "use largest_component, fill_holes, presence_gate, thresholds, z_smoothing_mm, organs.")
+    for handled_elsewhere in ("presence_gate", "thresholds", "z_smoothing_mm"):
+        postprocess.pop(handled_elsewhere, None)
     per_organ = postprocess.get("organs", {}) or {}
     options = {}
     for key in organ_keys:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from .corepath import ensureSegMateCoreImportable
 from .job import SegmentationJob
-from .segments import placeInVolumeStudy, writeOrganSegments
+from .segments import drawingTags, placeInVolumeStudy, writeOrganSegments
 from .terminology import NAMING_CHOICES
 from .volume_image import imageFromVolumeNode
 
@@ -122,7 +122,7 @@ class SegMateLogic:
         try:
             segmentIds = writeOrganSegments(outputSegmentation, inputVolume, result.labelmap, result.organs,
                                             naming=naming, source=modelSourceText(result),
-                                            thresholds=(result.model_info or {}).get("mask_thresholds"))
+                                            tags=drawingTags(result.model_info))
         except Exception:
             if created:
                 scene.RemoveNode(outputSegmentation)

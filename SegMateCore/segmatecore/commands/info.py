@@ -41,5 +41,8 @@ def run(args) -> int:
         thresholds = meta.get("mask_thresholds") or {}
         print("mask thresholds " + (", ".join(f"{k} {v:.2f}" for k, v in thresholds.items()) + "; others 0.50"
                                     if thresholds else "0.50 for every organ (not calibrated)"))
+        smoothing = {k: v for k, v in (meta.get("z_smoothing_mm") or {}).items() if v}
+        print("z smoothing     " + (", ".join(f"{k} {v:g} mm" for k, v in smoothing.items()) + "; others none"
+                                    if smoothing else "none"))
         print(f"provenance      {json.dumps(meta['provenance'])}")
     return 0

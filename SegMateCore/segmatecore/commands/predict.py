@@ -43,13 +43,16 @@ def register(sub) -> None:
     p.add_argument("--skip-outside-extent", action="store_true",
                    help="with --z-norm auto, do not run slices outside the estimated organ extent")
     p.add_argument("--no-postprocess", action="store_true",
-                   help="keep the thresholded network output (no largest component, no hole filling, "
-                        "no presence gate)")
+                   help="keep the thresholded network output (no z smoothing, no largest component, no hole "
+                        "filling, no presence gate)")
     p.add_argument("--no-presence-gate", action="store_true",
                    help="keep organs where the first pass did not find them (by default such masks are dropped)")
     p.add_argument("--threshold", action="append", default=[], metavar="ORGAN=P",
                    help="draw ORGAN where its probability exceeds P (0 < P < 1) instead of the model's "
                         "calibrated threshold (0.5 when it has none); repeat for several organs")
+    p.add_argument("--z-smoothing", action="append", default=[], metavar="ORGAN=MM",
+                   help="smooth ORGAN's probability along z with a Gaussian of sigma MM millimetres before the "
+                        "threshold (0 = off) instead of the model's calibrated value; repeat for several organs")
     p.set_defaults(func=run)
 
 
@@ -65,18 +68,19 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def parse_thresholds(items: list[str]) -> dict[str, float]:
+def parse_organ_values(items: list[str], option: str = "--threshold",
+                       example: str = "ORGAN=P, e.g. spinal_cord=0.6") -> dict[str, float]:
     """``["spinal_cord=0.6", ...]`` -> {"spinal_cord": 0.6}; the range is checked by segment()."""
     out = {}
     for item in items:
         key, _, value = item.partition("=")
         try:
-            probability = float(value)
+            number = float(value)
         except ValueError:
-            probability = None
-        if not key.strip() or probability is None:
-            raise ValueError(f"--threshold {item!r}: expected ORGAN=P, e.g. spinal_cord=0.6.")
-        out[key.strip()] = probability
+            number = None
+        if not key.strip() or number is None:
+            raise ValueError(f"{option} {item!r}: expected {example}.")
+        out[key.strip()] = number
     return out
 
 
@@ -170,7 +174,7 @@ def _one_line(exc: BaseException) -> str:
 def run(args) -> int:
     from ..inference import choose_organs, load_segmentation_model, ready_for_inference, resolve_device, segment
     from ..io import load_volume
-    from ..postprocess import mask_thresholds
+    from ..postprocess import mask_thresholds, z_smoothing_mm
 
     formats = parse_formats(args.format)
     shard, shards = parse_shard(args.shard)
@@ -187,10 +191,15 @@ def run(args) -> int:
     model = ready_for_inference(model, device, args.precision, owned=True)  # once for all cases
     postprocess = {"largest_component": False, "fill_holes": False, "presence_gate": False} \
         if args.no_postprocess else ({"presence_gate": False} if args.no_presence_gate else {})
-    thresholds = parse_thresholds(args.threshold)
+    thresholds = parse_organ_values(args.threshold)
     if thresholds:
         postprocess["thresholds"] = thresholds
-        mask_thresholds(keys, model.metadata, postprocess)  # a bad value is a usage error, reported once
+    smoothing = dict.fromkeys(keys, 0.0) if args.no_postprocess else {}
+    smoothing.update(parse_organ_values(args.z_smoothing, "--z-smoothing", "ORGAN=MM, e.g. spinal_cord=4"))
+    if smoothing:
+        postprocess["z_smoothing_mm"] = smoothing
+    mask_thresholds(keys, model.metadata, postprocess)  # a bad value is a usage error, reported once
+    z_smoothing_mm(keys, model.metadata, postprocess)
 
     failed = 0
     for source, name in cases:
