@@ -165,7 +165,8 @@ def test_calibrate_command_records_the_smoothing_and_info_shows_it(flicker_cases
     assert meta["z_smoothing_mm"] == {"spinal_cord": record["z_smoothing_mm"]}
     assert set(record["dice_by_smoothing"]) == {"0", "4"}
     capsys.readouterr()
-    smoothed = save_model(create_model("fastvit_t12"), tmp_path / "s.safetensors", {"z_smoothing_mm": {"spinal_cord": 6.0}})
+    smoothed = save_model(create_model("fastvit_t12"), tmp_path / "s.safetensors",
+                          {"z_smoothing_mm": {"spinal_cord": 6.0}})
     assert main(["info", str(smoothed)]) == 0
     assert "z smoothing     spinal_cord 6 mm; others none" in capsys.readouterr().out
     assert main(["calibrate", "--model", str(path), "--data", str(flicker_cases), "--z-smoothing-mm", "30",

@@ -1,6 +1,8 @@
-"""From per-organ probabilities to a clean labelmap: smoothing, threshold, overlaps, components, holes, laterality.
+"""From per-organ probabilities to a clean labelmap: smoothing, threshold, overlaps, components, holes,
+laterality.
 
-Probabilities may first be smoothed along z (``z_smoothing_mm``, :mod:`segmatecore.zsmoothing`). They are thresholded after they were resized back to the input's in-plane grid, at 0.5
+Probabilities may first be smoothed along z (``z_smoothing_mm``, :mod:`segmatecore.zsmoothing`).
+They are thresholded after they were resized back to the input's in-plane grid, at 0.5
 or at the organ's threshold calibrated on validation cases (``mask_thresholds`` in the model's
 metadata, see :mod:`segmatecore.train.calibrate`); where several organs pass, the most probable
 one wins. Connected components and hole filling use SimpleITK on each organ's bounding box, so

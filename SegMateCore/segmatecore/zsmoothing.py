@@ -56,9 +56,8 @@ class ZSmoother:
     Call it like a probability sink with batches ``(t, [B, C, H, W])`` in slice order, then
     :meth:`finish` once. A gap in ``t`` ends one run and starts another. The smoothed slices reach
     ``sink`` in order, in batches no larger than the largest given, up to R slices later than they
-    came in. Two ring buffers,
-    allocated once, hold what is waiting: 2R + 1 slices of the smoothed channels and R + 1 slices
-    of the others, so a long volume does not churn the heap.
+    came in. Two ring buffers, allocated once, hold what is waiting: 2R + 1 slices of the smoothed
+    channels and R + 1 slices of the others, so a long volume does not churn the heap.
     """
 
     def __init__(self, sigmas_slices: Sequence[float], sink: SmoothedSink):

@@ -1,4 +1,5 @@
-"""``segmate calibrate --model M --data OUT... -o M2``: per-organ mask thresholds and z smoothing from validation cases.
+"""``segmate calibrate --model M --data OUT... -o M2``: per-organ mask thresholds and z smoothing from
+validation cases.
 
 See :mod:`segmatecore.train.calibrate`; the demonstration model's recipe ends with it.
 """

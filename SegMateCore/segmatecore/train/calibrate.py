@@ -10,8 +10,8 @@ of a grid, after smoothing the probabilities along z by each sigma of a second g
 pair with the best mean per-case Dice wins. Only a window of slices exists at a time: the sink
 turns each batch into counts.
 
-Each organ is swept with the other organs at 0.5 and the same smoothing (their masks compete for a voxel the same way as
-in :func:`segmatecore.postprocess.labels_from_probabilities`). The counts are taken before the
+Each organ is swept with the other organs at 0.5 and the same smoothing (their masks compete for a
+voxel the same way as in :func:`segmatecore.postprocess.labels_from_probabilities`). The counts are taken before the
 component and hole clean-up, which the tubular organs (cord, oesophagus) do not get anyway.
 """
 from __future__ import annotations
