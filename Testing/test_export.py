@@ -426,6 +426,33 @@ def test_write_outputs_writes_each_file_under_its_name(tmp_path):
     assert slicerio.segment_names(slicerio.read_segmentation(str(only["seg.nrrd"]), skip_voxels=True))[0] == "Lung_L"
 
 
+def test_seg_nrrd_of_a_run_records_the_source_threshold_and_z_smoothing_of_each_organ(tmp_path):
+    import slicer
+    import vtk
+
+    ct, labelmap = _images(GEOMETRIES["oblique_flipped"])
+    result = _result(labelmap, ["spinal_cord", "liver"])
+    result.model_info.update(mask_thresholds={"spinal_cord": 0.6, "liver": 0.5},
+                             z_smoothing_mm={"spinal_cord": 6.0, "liver": 0.0})
+    path = write_outputs(result, tmp_path / "case", formats=["seg.nrrd"])["seg.nrrd"]
+    expected = {"spinal_cord": {"SegMate.Threshold": "0.60", "SegMate.ZSmoothingMM": "6"},
+                "liver": {"SegMate.Threshold": "0.50", "SegMate.ZSmoothingMM": "0"}}
+    read = {s["id"]: s.get("tags", {}) for s in slicerio.read_segmentation(str(path), skip_voxels=True)["segments"]}
+    for key, tags in expected.items():
+        source = f"SegMate {segmatecore.__version__}, model segmate-fastvit-t12 1.0.0"
+        assert {**tags, "SegMate.Source": source}.items() <= read[key].items()
+    # and Slicer itself reads them as segment tags
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    for key, tags in expected.items():
+        for tag, value in tags.items():
+            got = vtk.reference("")
+            assert node.GetSegmentation().GetSegment(key).GetTag(tag, got) and str(got) == value
+
+
 def test_write_outputs_with_rtstruct_uses_the_results_dicom_folder(tmp_path, dicom_with_uids, dicom_labelmap):
     result = _result(dicom_labelmap, ["liver", "aorta"])
     result.dicom_dir = str(dicom_with_uids)

@@ -8,6 +8,12 @@ import SimpleITK as sitk
 
 from .organs import organ
 
+# Segment tags written into every .seg.nrrd (the CLI's and Slicer's), so a reviewer can tell what
+# made a contour and how tight it was cut from the probabilities.
+SOURCE_TAG = "SegMate.Source"  # SegMate version and model
+THRESHOLD_TAG = "SegMate.Threshold"  # the probability above which the organ was drawn
+Z_SMOOTHING_TAG = "SegMate.ZSmoothingMM"  # sigma (mm) of the smoothing along z before that threshold
+
 
 class SegmentationCancelled(Exception):
     """Raised by segment() when its cancel token was set; nothing has been written anywhere."""
@@ -46,6 +52,27 @@ class SegmentationResult:
             else f"z {z['mode']}"
         return (f"{found}/{len(self.organs)} organs found, {self.timings.get('total', 0.0):.1f} s, {zr}"
                 + (f", {len(self.warnings)} warning(s)" if self.warnings else ""))
+
+    def source_text(self) -> str:
+        """SegMate's version and the model that made this result, e.g. "SegMate 0.1.0, model demo 0.1.0"."""
+        from . import __version__
+
+        info = self.model_info or {}
+        model = " ".join(str(v) for v in (info.get("id"), info.get("version")) if v) or "custom model"
+        return f"SegMate {__version__}, model {model}".replace("|", "/").replace(":", " ")  # tag delimiters
+
+    def segment_tags(self) -> dict[str, dict[str, str]]:
+        """Organ key -> {tag: value}: the source, threshold and z smoothing each organ was drawn with."""
+        info = self.model_info or {}
+        thresholds, smoothing = info.get("mask_thresholds") or {}, info.get("z_smoothing_mm") or {}
+        tags = {}
+        for key in self.organs:
+            tags[key] = {SOURCE_TAG: self.source_text()}
+            if key in thresholds:
+                tags[key][THRESHOLD_TAG] = f"{thresholds[key]:.2f}"
+            if key in smoothing:
+                tags[key][Z_SMOOTHING_TAG] = f"{smoothing[key]:g}"
+        return tags
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the labelmap, as JSON-ready values (the basis of report.json)."""

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from .corepath import ensureSegMateCoreImportable
 from .job import SegmentationJob
-from .segments import drawingTags, placeInVolumeStudy, writeOrganSegments
+from .segments import placeInVolumeStudy, writeOrganSegments
 from .terminology import NAMING_CHOICES
 from .volume_image import imageFromVolumeNode
 
@@ -46,16 +46,6 @@ def torchDevice(choice: str) -> str:
         return "mps"
     raise ValueError("GPU was chosen but this PyTorch sees no usable GPU (CUDA or Apple MPS); choose Auto or CPU, "
                      "or reinstall PyTorch for your GPU with the 'PyTorch Util' module.")
-
-
-def modelSourceText(result) -> str:
-    """Provenance stored with every segment: SegMate version and the model that made it."""
-    import segmatecore
-
-    info = result.model_info or {}
-    model = " ".join(str(v) for v in (info.get("id"), info.get("version")) if v) or "custom model"
-    text = f"SegMate {segmatecore.__version__}, model {model}"
-    return text.replace("|", "/").replace(":", " ")  # '|' and ':' delimit tags in .seg.nrrd headers
 
 
 class SegMateLogic:
@@ -121,8 +111,7 @@ class SegMateLogic:
             outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         try:
             segmentIds = writeOrganSegments(outputSegmentation, inputVolume, result.labelmap, result.organs,
-                                            naming=naming, source=modelSourceText(result),
-                                            tags=drawingTags(result.model_info))
+                                            naming=naming, tags=result.segment_tags())
         except Exception:
             if created:
                 scene.RemoveNode(outputSegmentation)

@@ -11,15 +11,10 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 import slicer
+from segmatecore.result import SOURCE_TAG, THRESHOLD_TAG, Z_SMOOTHING_TAG  # noqa: F401 - re-exported
 
 from .terminology import organKeyForTerminology, segmentName, terminologyEntry
 from .volume_image import checkSameGrid, ijkToRasMatrix, orientedLabelImage
-
-SOURCE_TAG = "SegMate.Source"
-# The probability above which the organ was drawn (the model's calibrated value, 0.5 without one),
-# kept with the segment so that a reviewer can tell how tight a contour was cut.
-THRESHOLD_TAG = "SegMate.Threshold"
-Z_SMOOTHING_TAG = "SegMate.ZSmoothingMM"
 
 _CONVERTER_RULES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule",
                     "vtkClosedSurfaceToFractionalLabelmapConversionRule",
@@ -55,24 +50,12 @@ def segMateSegmentIds(segmentationNode) -> dict[str, list[str]]:
     return found
 
 
-def drawingTags(modelInfo: dict | None) -> dict[str, dict[str, str]]:
-    """Organ key -> {tag: value}: the threshold and z smoothing each organ was drawn with (a result's
-    model_info), so a reviewer can tell how a segment was cut from the probabilities."""
-    tags: dict[str, dict[str, str]] = {}
-    for key, value in ((modelInfo or {}).get("mask_thresholds") or {}).items():
-        tags.setdefault(key, {})[THRESHOLD_TAG] = f"{value:.2f}"
-    for key, value in ((modelInfo or {}).get("z_smoothing_mm") or {}).items():
-        tags.setdefault(key, {})[Z_SMOOTHING_TAG] = f"{value:g}"
-    return tags
-
-
-def _newSegment(organ, naming: str, layer, source: str, tags: dict[str, str] | None = None):
+def _newSegment(organ, naming: str, layer, tags: dict[str, str] | None = None):
     segment = slicer.vtkSegment()
     segment.SetName(segmentName(organ, naming))
     segment.SetColor(*organ.color_float)
     segment.SetTerminology(terminologyEntry(organ))
-    segment.SetTag(SOURCE_TAG, source)
-    for tag, value in (tags or {}).items():
+    for tag, value in (tags or {SOURCE_TAG: "SegMate"}).items():
         segment.SetTag(tag, value)
     segment.AddRepresentation(binaryLabelmapName(), layer)
     segment.SetLabelValue(organ.label)
@@ -95,10 +78,11 @@ def _checkTransforms(segmentationNode, volumeNode) -> None:
 
 
 def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organKeys, naming: str = "slicer",
-                       source: str = "SegMate", tags: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+                       tags: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
     """Write ``organKeys`` of a SegMate labelmap (value = organ label) as segments; return key -> segment ID.
 
-    ``tags`` (organ key -> {tag: value}, see :func:`drawingTags`) are set on each organ's segment.
+    ``tags`` (organ key -> {tag: value}, from ``SegmentationResult.segment_tags()``: source, threshold,
+    z smoothing) are set on each organ's segment.
 
     The labelmap must be on the volume's voxel grid (``segmatecore.segment`` guarantees it for an
     image made by ``imageFromVolumeNode``). Organs absent from the labelmap still get a segment, empty.
@@ -123,7 +107,7 @@ def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organ
         segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(),
                                             volumeNode.GetID())
         for item in organList:
-            segment = _newSegment(item, naming, layer, source, (tags or {}).get(item.key))
+            segment = _newSegment(item, naming, layer, (tags or {}).get(item.key))
             previous = existing.get(item.key)
             if previous:
                 segmentId = previous[0]
