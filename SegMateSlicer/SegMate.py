@@ -73,7 +73,7 @@ def registerSampleData():
 class SegMateParameterNode:
     """The panel's choices, saved with the scene.
 
-    inputVolume, outputSegmentation, largestComponent, fillHoles, presenceGate, zSmoothing and batchSize are bound to their
+    inputVolume, outputSegmentation, largestComponent, fillHoles, presenceGate, zSmoothing, tta and batchSize are bound to their
     widgets by the SlicerParameterName property in SegMate.ui; the others by the widget code.
     """
 
@@ -87,6 +87,7 @@ class SegMateParameterNode:
     fillHoles: bool = True
     presenceGate: bool = True
     zSmoothing: bool = True
+    tta: bool = False
     batchSize: Annotated[int, WithinRange(0, 128)] = 0
 
 
@@ -428,7 +429,7 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.createJob(
                 node.inputVolume, node.outputSegmentation, organs=list(node.organs), model=node.model or None,
                 device=node.device, batchSize=node.batchSize or None, postprocess=self._postprocessOptions(),
-                naming=node.naming)
+                naming=node.naming, tta=node.tta)
             self._job.start()
         if self._job is None or not self._job.started:
             self._job = None

@@ -48,6 +48,8 @@ def buildParser() -> argparse.ArgumentParser:
                         help="keep every connected piece and hole, organs the first pass did not find, and the "
                              "probabilities unsmoothed along z (default: clean solid organs, drop organs not found, "
                              "smooth as calibrated)")
+    parser.add_argument("--tta", action="store_true",
+                        help="also segment each slice mirrored left to right and average (twice the network time)")
     parser.add_argument("--csv", default=None, help="CSV log path (default: OUTPUT/segmate_batch.csv)")
     parser.add_argument("--skip-existing", action="store_true", help="leave cases whose .seg.nrrd exists alone")
     return parser
@@ -81,7 +83,7 @@ def main(argv: Optional[list[str]] = None, log=print) -> int:
     try:
         rows = runBatch(args.input, args.output, csvPath=args.csv, skipExisting=args.skip_existing, log=log,
                         organs=parseOrgans(args.organs), model=args.model, device=args.device,
-                        batchSize=args.batch_size, naming=args.naming,
+                        batchSize=args.batch_size, naming=args.naming, tta=args.tta,
                         postprocess={"largest_component": False, "fill_holes": False, "presence_gate": False,
                                      "z_smoothing_mm": 0.0} if args.no_postprocess else None)
     except (ValueError, FileNotFoundError) as exc:

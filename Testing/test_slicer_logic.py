@@ -264,6 +264,14 @@ def test_each_segment_records_the_threshold_and_smoothing_it_was_drawn_with(scen
                     ("liver", Z_SMOOTHING_TAG): "0", ("aorta", Z_SMOOTHING_TAG): "3"}
 
 
+def test_mirror_tta_reaches_segmatecore_from_the_logic(scene, model):
+    volume = add_ct(scene)
+    run = SegMateLogic().process(volume, None, organs=["liver", "aorta"], model=model, device="cpu", tta=True)
+    plain = SegMateLogic().process(volume, None, organs=["liver", "aorta"], model=model, device="cpu")
+    assert run.result.model_info["tta"] is True and plain.result.model_info["tta"] is False
+    assert run.result.volumes_ml == plain.result.volumes_ml  # the intensity network is mirror-symmetric
+
+
 def test_tg263_names_and_default_organs(scene, tmp_path):
     volume = add_ct(scene)
     model = IntensityModel(organs=["liver", "left_lung", "aorta"], input_size=64)  # trained on three organs

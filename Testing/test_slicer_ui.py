@@ -39,6 +39,7 @@ REQUIRED_CONTROLS = {
     "fillHolesCheckBox": "QCheckBox",
     "presenceGateCheckBox": "QCheckBox",
     "zSmoothingCheckBox": "QCheckBox",
+    "ttaCheckBox": "QCheckBox",
     "batchSizeSpinBox": "QSpinBox",
     "namingComboBox": "QComboBox",
     "importModelButton": "QPushButton",
@@ -105,7 +106,7 @@ def test_parameter_bindings_match_the_parameter_node():
     assert set(bound) <= set(fields), f"bound to unknown parameters: {set(bound) - set(fields)}"
     assert bound == {"inputVolume": "qMRMLNodeComboBox", "outputSegmentation": "qMRMLNodeComboBox",
                      "largestComponent": "QCheckBox", "fillHoles": "QCheckBox", "presenceGate": "QCheckBox",
-                     "zSmoothing": "QCheckBox", "batchSize": "QSpinBox"}
+                     "zSmoothing": "QCheckBox", "tta": "QCheckBox", "batchSize": "QSpinBox"}
     assert fields["organs"] == "list[str]" and fields["model"] == "str"
     assert "Choice(['auto', 'gpu', 'cpu'])" in fields["device"]
     assert "Choice(['slicer', 'tg263'])" in fields["naming"]

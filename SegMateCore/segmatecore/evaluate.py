@@ -64,8 +64,11 @@ class GroundTruthZNorm(torch.nn.Module):
 def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path], out_dir: str | Path,
              split: str = "test", device: str = "auto", ground_truth_z: bool = False,
              organs: Sequence[str] | None = None,
-             progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """Score ``model`` on ``split``; writes metrics.csv, summary.md, summary.json and boxplot.png."""
+             progress: Callable[[int, int, str], None] | None = None, tta: bool = False) -> dict[str, Any]:
+    """Score ``model`` on ``split``; writes metrics.csv, summary.md, summary.json and boxplot.png.
+
+    ``tta``: segment as ``segment(..., tta=True)`` does (mirrored and averaged), to measure what it buys.
+    """
     from . import segment
     from .checkpoint import load_model
     from .train.dataset import load_cases
@@ -98,7 +101,7 @@ def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path
             runs.append(("ground_truth_z", GroundTruthZNorm(net, case.record["extent"], case.depth), "volume"))
         for mode, runner, z_mode in runs:
             tick = time.perf_counter()
-            result = segment(image, model=runner, organs=scored, device=device, z_norm=z_mode)
+            result = segment(image, model=runner, organs=scored, device=device, z_norm=z_mode, tta=tta)
             seconds.append(time.perf_counter() - tick)
             labels = np.array(to_canonical(result.labelmap)[0])  # a copy: the view dies with the image
             for key in scored:
@@ -114,7 +117,7 @@ def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path
     summary = summarise(rows)
     summary.update(model=str(model) if isinstance(model, (str, Path)) else meta.get("backbone"),
                    data=[str(d) for d in data_dirs], split=split, cases=len({r["case"] for r in rows}),
-                   seconds_per_volume=round(float(np.mean(seconds)), 2), device=device)
+                   seconds_per_volume=round(float(np.mean(seconds)), 2), device=device, tta=bool(tta))
     write_csv(rows, out / "metrics.csv")
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     (out / "summary.md").write_text(markdown_summary(summary), encoding="utf-8")
@@ -171,7 +174,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def markdown_summary(summary: dict[str, Any]) -> str:
     lines = [f"# SegMate evaluation: {summary['model']}", "",
              f"Split `{summary['split']}` of {', '.join(summary['data'])}: {summary['cases']} cases, "
-             f"{summary['seconds_per_volume']} s per volume on {summary['device']}.", ""]
+             f"{summary['seconds_per_volume']} s per volume on {summary['device']}"
+             + (", with mirror test-time augmentation." if summary.get("tta") else "."), ""]
     for mode, organs in summary["modes"].items():
         lines += [f"## {MODES[mode]}", "",
                   "| organ | n | Dice mean ± sd | Dice median | HD95 mm mean ± sd | HD95 median | IoU | precision | recall |",

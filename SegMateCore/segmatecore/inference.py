@@ -24,7 +24,8 @@ from torch import nn
 
 from .geometry import from_canonical, to_canonical
 from .io import LoadedVolume, load_volume
-from .organs import organ, organ_keys
+from .models import SegMateOutput
+from .organs import lateral_swap, organ, organ_keys
 from .postprocess import (clean_organs, labels_from_probabilities, laterality_warnings, mask_thresholds,
                           postprocess_options, presence_gate_enabled, volumes_ml, z_smoothing_mm)
 from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
@@ -204,12 +205,18 @@ class BatchRunner:
 
 
 class _Pipeline:
-    """The per-batch work of one segment() call, with its timings."""
+    """The per-batch work of one segment() call, with its timings.
 
-    def __init__(self, canonical: np.ndarray, pre: Preprocessing, runner: BatchRunner):
+    With ``mirror`` (the channel permutation of a left/right flip), every batch also runs flipped
+    and the two are averaged: test-time augmentation, twice the network time.
+    """
+
+    def __init__(self, canonical: np.ndarray, pre: Preprocessing, runner: BatchRunner,
+                 mirror: list[int] | None = None):
         self.canonical = canonical
         self.pre = pre
         self.runner = runner
+        self.mirror = mirror
         self.timings = {"preprocess": 0.0, "network": 0.0, "resample": 0.0}
 
     def _sync(self) -> None:
@@ -226,9 +233,23 @@ class _Pipeline:
         self.timings["preprocess"] += mid - start
         with self.runner.autocast():
             out = self.runner.model(x, z)
+            flipped = None if self.mirror is None else self.runner.model(x.flip(-2), z)
+        if flipped is not None:
+            out = _average_with_mirror(out, flipped, self.mirror)
         self._sync()
         self.timings["network"] += time.perf_counter() - mid
         return out
+
+
+def _average_with_mirror(out: SegMateOutput, flipped: SegMateOutput, mirror: list[int]) -> SegMateOutput:
+    """Average a batch's masks and presence with those of its left/right mirror image (flipped back,
+    left and right organs swapped), as probabilities; the masks go back as logits. Inference reads
+    nothing else, so the boundary and deep outputs are the unflipped pass's."""
+    index = torch.tensor(mirror, device=out.seg.device)
+    mirrored = torch.sigmoid(flipped.seg.float().flip(-2).index_select(1, index))
+    seg = (torch.sigmoid(out.seg.float()) + mirrored) / 2
+    presence = (out.presence.float() + flipped.presence.float().index_select(1, index)) / 2
+    return SegMateOutput(torch.logit(seg, eps=1e-6), out.boundary, presence, out.deep)
 
 
 def choose_organs(organs: list[str] | None, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -256,7 +277,8 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             progress: ProgressCallback | None = None, cancel: Any = None, *, z_norm: str = "auto",
             batch_size: int | None = None, precision: str = "auto", postprocess: Mapping[str, Any] | None = None,
             series_uid: str | None = None, skip_outside_extent: bool = False,
-            z_pass: ZPassConfig | None = None, probability_sink: ProbabilitySink | None = None) -> SegmentationResult:
+            z_pass: ZPassConfig | None = None, probability_sink: ProbabilitySink | None = None,
+            tta: bool = False) -> SegmentationResult:
     """Segment the organs of a CT volume; the labelmap has exactly the input's geometry.
 
     ``z_norm``: ``auto`` estimates the organ extent with a first pass (FiLM off, presence head;
@@ -267,7 +289,9 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     warning; ``postprocess={"presence_gate": False}`` turns that off. Each organ's mask is its
     probability, smoothed along z by the model's ``z_smoothing_mm`` (none when absent), above the
     model's calibrated threshold (0.5 when none); ``postprocess={"thresholds": {organ: value},
-    "z_smoothing_mm": {organ: mm}}`` overrides them. ``cancel`` is any object with
+    "z_smoothing_mm": {organ: mm}}`` overrides them. ``tta`` also runs every slice mirrored left to
+    right and averages the two (test-time augmentation; twice the network time, both passes).
+    ``cancel`` is any object with
     ``is_set()`` (a threading.Event); when set, SegmentationCancelled is raised between batches and
     nothing is written.
     """
@@ -299,8 +323,8 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     canonical, frame = to_canonical(image)
     nx, ny, nz = canonical.shape
     sigmas = sigmas_in_slices(smoothing, frame.spacing[2])
-    pipeline = _Pipeline(canonical, pre, runner)
     model_channels = list(meta["organs"])
+    pipeline = _Pipeline(canonical, pre, runner, lateral_swap(model_channels) if tta else None)
 
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -403,6 +427,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
         z_range.update(first=extent.first, last=extent.last, slices_run=extent.slices_run,
                        skipped_outside=bool(skip_outside_extent))
     info = {**info, "device": str(runner.device), "precision": precision, "batch_size": runner.batch_size,
+            "tta": bool(tta),
             "mask_thresholds": dict(zip(keys, thresholds)), "z_smoothing_mm": dict(zip(keys, smoothing))}
     timings["total"] = time.perf_counter() - t_start + (loaded.read_seconds if loaded is image_or_path else 0.0)
     return SegmentationResult(labelmap=labelmap, organs=keys, volumes_ml=volumes, timings=timings, z_range=z_range,

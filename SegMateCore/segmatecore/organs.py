@@ -64,3 +64,20 @@ def organ(key: str) -> Organ:
 
 def category() -> dict[str, str]:
     return organ_table()["category"]
+
+
+def lateral_swap(keys: list[str] | None = None) -> list[int]:
+    """Channel permutation of ``keys`` (default: the organ table) that exchanges every left organ with
+    its right counterpart: what a left/right flip of the image does to the organs."""
+    keys = list(organ_keys() if keys is None else keys)
+
+    def mirror(key: str) -> str:
+        for side, other in (("left_", "right_"), ("right_", "left_")):
+            if key.startswith(side):
+                return other + key[len(side):]
+        return key
+
+    missing = [mirror(k) for k in keys if mirror(k) not in keys]
+    if missing:
+        raise ValueError(f"a left/right flip needs both sides of each paired organ; missing: {', '.join(missing)}.")
+    return [keys.index(mirror(k)) for k in keys]

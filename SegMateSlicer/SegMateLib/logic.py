@@ -58,7 +58,8 @@ class SegMateLogic:
     def createJob(self, inputVolume, outputSegmentation=None, organs=None, model=None, device: str = "auto",
                   progress: Optional[Callable[[str, int, int], None]] = None,
                   cancel: Optional[threading.Event] = None, *, batchSize: Optional[int] = None,
-                  postprocess: Optional[dict] = None, naming: str = "slicer", zNorm: str = "auto") -> SegmentationJob:
+                  postprocess: Optional[dict] = None, naming: str = "slicer", zNorm: str = "auto",
+                  tta: bool = False) -> SegmentationJob:
         """A job that segments ``inputVolume`` (copied now) and writes into ``outputSegmentation`` on ``finish()``.
 
         ``outputSegmentation`` None creates a new segmentation node, but only when the run succeeded.
@@ -77,7 +78,7 @@ class SegMateLogic:
 
             return segmatecore.segment(image, model=model, organs=organList, device=deviceName, progress=report,
                                        cancel=cancelEvent, z_norm=zNorm, batch_size=batchSize,
-                                       postprocess=postprocess)
+                                       postprocess=postprocess, tta=tta)
 
         def write(result):
             return self.writeResult(inputVolume, outputSegmentation, result, naming=naming)
@@ -93,7 +94,7 @@ class SegMateLogic:
         bundled default), a catalogue id, a .safetensors path or a loaded model; ``device``: auto,
         gpu, cpu (or a PyTorch device name); ``progress(stage, done, total)``; ``cancel``: a
         threading.Event. Options: ``batchSize``, ``postprocess``, ``naming`` ("slicer" or "tg263"),
-        ``zNorm``. If the run fails or is cancelled the scene is left exactly as it was.
+        ``zNorm``, ``tta`` (mirror test-time augmentation, twice the network time). If the run fails or is cancelled the scene is left exactly as it was.
         """
         job = self.createJob(inputVolume, outputSegmentation, organs, model, device, progress, cancel, **options)
         job.runInThisThread()

@@ -11,10 +11,22 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 import slicer
-from segmatecore.result import SOURCE_TAG, THRESHOLD_TAG, Z_SMOOTHING_TAG  # noqa: F401 - re-exported
 
 from .terminology import organKeyForTerminology, segmentName, terminologyEntry
 from .volume_image import checkSameGrid, ijkToRasMatrix, orientedLabelImage
+
+_SEGMENT_TAGS = ("SOURCE_TAG", "THRESHOLD_TAG", "Z_SMOOTHING_TAG")
+
+
+def __getattr__(name: str):
+    """The segment tag names, defined in segmatecore.result, imported only when asked for: this
+    module loads when Slicer starts, before PyTorch (which segmatecore needs) may be installed."""
+    if name in _SEGMENT_TAGS:
+        from segmatecore import result
+
+        return getattr(result, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _CONVERTER_RULES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule",
                     "vtkClosedSurfaceToFractionalLabelmapConversionRule",
@@ -55,7 +67,7 @@ def _newSegment(organ, naming: str, layer, tags: dict[str, str] | None = None):
     segment.SetName(segmentName(organ, naming))
     segment.SetColor(*organ.color_float)
     segment.SetTerminology(terminologyEntry(organ))
-    for tag, value in (tags or {SOURCE_TAG: "SegMate"}).items():
+    for tag, value in (tags or {}).items():
         segment.SetTag(tag, value)
     segment.AddRepresentation(binaryLabelmapName(), layer)
     segment.SetLabelValue(organ.label)

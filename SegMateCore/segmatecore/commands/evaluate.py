@@ -12,6 +12,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
     p.add_argument("--ground-truth-z", action="store_true",
                    help="also run with z_norm from the ground-truth organ extent, for comparison")
+    p.add_argument("--tta", action="store_true",
+                   help="segment with mirror test-time augmentation (as segmate predict --tta), to measure it")
     p.add_argument("--record-in-model", action="store_true",
                    help="store the label-free results in the model file's metadata (provenance.metrics.held_out)")
     p.set_defaults(func=run)
@@ -22,6 +24,8 @@ def run(args) -> int:
 
     from ..evaluate import evaluate
 
+    if args.tta and args.record_in_model:
+        raise ValueError("--record-in-model stores the accuracy of the default settings; run it without --tta.")
     bar = tqdm(unit="case", desc="evaluate")
 
     def progress(done: int, total: int, case: str) -> None:
@@ -31,7 +35,7 @@ def run(args) -> int:
         bar.refresh()
 
     summary = evaluate(args.model, args.data, args.output, split=args.split, device=args.device,
-                       ground_truth_z=args.ground_truth_z, organs=args.organs, progress=progress)
+                       ground_truth_z=args.ground_truth_z, organs=args.organs, progress=progress, tta=args.tta)
     bar.close()
     for mode, organs in summary["modes"].items():
         for key, m in organs.items():

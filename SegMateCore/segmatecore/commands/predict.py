@@ -50,6 +50,9 @@ def register(sub) -> None:
     p.add_argument("--threshold", action="append", default=[], metavar="ORGAN=P",
                    help="draw ORGAN where its probability exceeds P (0 < P < 1) instead of the model's "
                         "calibrated threshold (0.5 when it has none); repeat for several organs")
+    p.add_argument("--tta", action="store_true",
+                   help="also segment every slice mirrored left to right and average the two (test-time "
+                        "augmentation): slightly smoother contours, twice the network time")
     p.add_argument("--z-smoothing", action="append", default=[], metavar="ORGAN=MM",
                    help="smooth ORGAN's probability along z with a Gaussian of sigma MM millimetres before the "
                         "threshold (0 = off) instead of the model's calibrated value; repeat for several organs")
@@ -208,7 +211,7 @@ def run(args) -> int:
             loaded = load_volume(source, series_uid=args.series)
             result = segment(loaded, model, organs=organs, device=device, progress=progress,
                              z_norm=args.z_norm, batch_size=args.batch_size, precision=args.precision,
-                             postprocess=postprocess, skip_outside_extent=args.skip_outside_extent)
+                             postprocess=postprocess, skip_outside_extent=args.skip_outside_extent, tta=args.tta)
             case_formats = formats
             if "rtstruct" in formats and not result.dicom_dir:
                 case_formats = [f for f in formats if f != "rtstruct"]

@@ -18,23 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..organs import organ_keys
+from ..organs import lateral_swap, organ_keys  # noqa: F401 - lateral_swap is used by the augmenter
 from ..preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
 from .prepare import load_index
 
 AUGMENT_LEVELS = ("none", "light", "paper")
-
-
-def lateral_swap() -> list[int]:
-    """Channel permutation that exchanges every left organ with its right counterpart."""
-    keys = organ_keys()
-    def mirror(key: str) -> str:
-        if key.startswith("left_"):
-            return "right_" + key[5:]
-        if key.startswith("right_"):
-            return "left_" + key[6:]
-        return key
-    return [keys.index(mirror(k)) for k in keys]
 
 
 def z_norm_for(t: np.ndarray | int, extent: Sequence[int] | None, depth: int) -> np.ndarray:
