@@ -13,9 +13,12 @@ from segmatecore import read_metadata, segment
 from segmatecore.checkpoint import CheckpointError, default_metadata, validate_metadata
 from segmatecore.cli import main
 from segmatecore.evaluate import canonical_image
+from segmatecore.geometry import to_canonical
 from segmatecore.postprocess import z_smoothing_mm
-from segmatecore.train.calibrate import calibrate_masks
+from segmatecore.organs import organ_keys
+from segmatecore.train.calibrate import CaseSweep, calibrate_masks
 from segmatecore.train.dataset import load_cases
+from segmatecore.train.prepare import decode_labels
 from segmatecore.zsmoothing import ZSmoother, gaussian_weights
 
 SPACING_Z = 4.0
@@ -197,3 +200,23 @@ def test_running_out_of_memory_after_smoothing_fails_clearly_instead_of_losing_s
     model.metadata["z_smoothing_mm"] = {"spinal_cord": SPACING_Z}
     with pytest.raises(MemoryError, match="smoothed along z.*smaller batch size"):
         segment(image, model=model, device="cpu", z_norm="none", batch_size=4)
+
+
+def test_calibration_scores_what_segment_draws_when_the_network_grid_differs(flicker_cases):
+    # segment() smooths on the network's 32 x 32 grid, then resizes to the CT's 48 x 48; the
+    # calibration sweep smooths on the CT's grid. Both are linear, on different axes, so the Dice the
+    # sweep counts for a pair must be the Dice of what segment() draws with that pair.
+    model = IntensityModel(organs=["spinal_cord"], input_size=32)
+    case = load_cases([flicker_cases], "val")[0]
+    image = canonical_image(case.image, case.record["spacing"])
+    truth = decode_labels(np.asarray(case.labels))[[organ_keys().index("spinal_cord")]]  # canonical
+    sweep = CaseSweep(truth, ["spinal_cord"], [0.3, 0.5], [0.0, 4.0], SPACING_Z)
+    segment(image, model=model, device="cpu", probability_sink=sweep)
+    counted = sweep.dice()[0]  # [smoothing, threshold]
+    for s, mm in enumerate((0.0, 4.0)):
+        for g, threshold in enumerate((0.3, 0.5)):
+            model.metadata.update(z_smoothing_mm={"spinal_cord": mm}, mask_thresholds={"spinal_cord": threshold})
+            drawn = np.asarray(to_canonical(segment(image, model=model, device="cpu").labelmap)[0]) > 0
+            dice = 2 * (drawn & truth[0]).sum() / (drawn.sum() + truth[0].sum())
+            assert dice == pytest.approx(counted[s, g], abs=1e-9), (mm, threshold)
+    assert len({round(float(d), 6) for d in counted.ravel()}) > 1  # the pairs draw different masks
