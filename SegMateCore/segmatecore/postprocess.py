@@ -10,7 +10,7 @@ memory stays at the size of the organ.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,22 +51,37 @@ def labels_from_probabilities(probabilities: torch.Tensor, labels: torch.Tensor,
     return torch.where(best > threshold, out, torch.zeros_like(out))
 
 
+def _per_organ_values(organ_keys: list[str], calibrated: Mapping[str, Any] | None,
+                     postprocess: Mapping[str, Any] | None, option: str, default: float,
+                     valid: Callable[[float], bool], name: str, unit: str, rule: str,
+                     one_for_all: bool = False) -> list[float]:
+    """Per organ: the caller's ``postprocess[option]`` (a mapping; also a single number with
+    ``one_for_all``), else the model's ``calibrated`` value, else ``default``; each value checked."""
+    override = (postprocess or {}).get(option)
+    if override is None:
+        override = {}
+    if one_for_all and isinstance(override, (int, float)) and not isinstance(override, bool):
+        override = dict.fromkeys(organ_keys, override)
+    if not isinstance(override, Mapping):
+        raise ValueError(f"postprocess[{option!r}] must map organ keys to {unit}.")
+    unknown = sorted(set(override) - set(organ_keys))
+    if unknown:
+        raise ValueError(f"{name} given for organs not being segmented: {', '.join(unknown)}.")
+    calibrated = calibrated or {}
+    values = [float(override.get(k, calibrated.get(k, default))) for k in organ_keys]
+    bad = [f"{k}={v}" for k, v in zip(organ_keys, values) if not valid(v)]
+    if bad:
+        raise ValueError(f"{rule}: {', '.join(bad)}.")
+    return values
+
+
 def mask_thresholds(organ_keys: list[str], meta: Mapping[str, Any],
                     postprocess: Mapping[str, Any] | None = None) -> list[float]:
     """Per organ, the probability a voxel must exceed: ``postprocess["thresholds"]``, else the
     model's calibrated ``mask_thresholds``, else 0.5."""
-    calibrated = meta.get("mask_thresholds") or {}
-    override = (postprocess or {}).get("thresholds") or {}
-    if not isinstance(override, Mapping):
-        raise ValueError("postprocess['thresholds'] must map organ keys to values between 0 and 1.")
-    unknown = sorted(set(override) - set(organ_keys))
-    if unknown:
-        raise ValueError(f"thresholds given for organs not being segmented: {', '.join(unknown)}.")
-    values = [float(override.get(k, calibrated.get(k, THRESHOLD))) for k in organ_keys]
-    bad = [f"{k}={v}" for k, v in zip(organ_keys, values) if not 0.0 < v < 1.0]
-    if bad:
-        raise ValueError(f"a mask threshold must lie strictly between 0 and 1: {', '.join(bad)}.")
-    return values
+    return _per_organ_values(organ_keys, meta.get("mask_thresholds"), postprocess, "thresholds",
+                             THRESHOLD, lambda v: 0.0 < v < 1.0, "thresholds", "values between 0 and 1",
+                             "a mask threshold must lie strictly between 0 and 1")
 
 
 def z_smoothing_mm(organ_keys: list[str], meta: Mapping[str, Any],
@@ -74,22 +89,9 @@ def z_smoothing_mm(organ_keys: list[str], meta: Mapping[str, Any],
     """Per organ, the sigma in mm of the Gaussian its probability is smoothed with along z before the
     threshold (:mod:`segmatecore.zsmoothing`): ``postprocess["z_smoothing_mm"]`` (per organ, or one
     number for all), else the model's calibrated ``z_smoothing_mm``, else 0 (off)."""
-    calibrated = meta.get("z_smoothing_mm") or {}
-    override = (postprocess or {}).get("z_smoothing_mm")
-    if override is None:
-        override = {}
-    if isinstance(override, (int, float)) and not isinstance(override, bool):
-        override = {k: override for k in organ_keys}  # one value for every organ, e.g. 0 = off
-    if not isinstance(override, Mapping):
-        raise ValueError("postprocess['z_smoothing_mm'] must map organ keys to millimetres (0 = off).")
-    unknown = sorted(set(override) - set(organ_keys))
-    if unknown:
-        raise ValueError(f"z smoothing given for organs not being segmented: {', '.join(unknown)}.")
-    values = [float(override.get(k, calibrated.get(k, 0.0))) for k in organ_keys]
-    bad = [f"{k}={v}" for k, v in zip(organ_keys, values) if not 0.0 <= v <= MAX_Z_SMOOTHING_MM]
-    if bad:
-        raise ValueError(f"z smoothing must lie between 0 (off) and {MAX_Z_SMOOTHING_MM:g} mm: {', '.join(bad)}.")
-    return values
+    return _per_organ_values(organ_keys, meta.get("z_smoothing_mm"), postprocess, "z_smoothing_mm", 0.0,
+                             lambda v: 0.0 <= v <= MAX_Z_SMOOTHING_MM, "z smoothing", "millimetres (0 = off)",
+                             f"z smoothing must lie between 0 (off) and {MAX_Z_SMOOTHING_MM:g} mm", one_for_all=True)
 
 
 def postprocess_options(organ_keys: list[str], postprocess: Mapping[str, Any] | None) -> dict[str, tuple[bool, bool]]:

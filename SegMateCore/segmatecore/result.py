@@ -65,9 +65,10 @@ class SegmentationResult:
         """Organ key -> {tag: value}: the source, threshold and z smoothing each organ was drawn with."""
         info = self.model_info or {}
         thresholds, smoothing = info.get("mask_thresholds") or {}, info.get("z_smoothing_mm") or {}
+        source = self.source_text()
         tags = {}
         for key in self.organs:
-            tags[key] = {SOURCE_TAG: self.source_text()}
+            tags[key] = {SOURCE_TAG: source}
             if key in thresholds:
                 tags[key][THRESHOLD_TAG] = f"{thresholds[key]:.2f}"
             if key in smoothing:

@@ -61,10 +61,12 @@ class ZSmoother:
     """
 
     def __init__(self, sigmas_slices: Sequence[float], sink: SmoothedSink):
-        self.weights = gaussian_weights(sigmas_slices)
-        self.radius = (self.weights.shape[1] - 1) // 2
+        weights = gaussian_weights(sigmas_slices)
+        self.radius = (weights.shape[1] - 1) // 2
         self.smoothed = torch.tensor([c for c, s in enumerate(sigmas_slices) if float(s) > 0.0], dtype=torch.long)
         self.passed = torch.tensor([c for c, s in enumerate(sigmas_slices) if float(s) == 0.0], dtype=torch.long)
+        self.kernel = weights.index_select(0, self.smoothed)[:, :, None, None]  # [Cs, 2R + 1, 1, 1]
+        self.channels = len(sigmas_slices)
         self.sink = sink
         self.window: torch.Tensor | None = None  # [2R + 1, Cs, H, W] ring, edge copies included
         self.held: torch.Tensor | None = None  # [R + 1, Cp, H, W] ring: the other channels of waiting slices
@@ -80,15 +82,14 @@ class ZSmoother:
         if self.radius == 0:
             self.sink(np.asarray(t), probabilities)
             return
-        if self.window is None:
-            _, channels, h, w = probabilities.shape
-            kw = dict(dtype=torch.float32, device=probabilities.device)
-            self.window = torch.empty((2 * self.radius + 1, len(self.smoothed), h, w), **kw)
-            self.held = torch.empty((self.radius + 1, len(self.passed), h, w), **kw)
-            self.channels = channels
+        if self.window is None:  # the buffers and indices live where the probabilities do
+            device, (h, w) = probabilities.device, probabilities.shape[-2:]
+            self.smoothed, self.passed, self.kernel = (x.to(device) for x in (self.smoothed, self.passed, self.kernel))
+            self.window = torch.empty((2 * self.radius + 1, len(self.smoothed), h, w), device=device)
+            self.held = torch.empty((self.radius + 1, len(self.passed), h, w), device=device)
         self.batch = max(self.batch, len(t))
         out: list[tuple[int, torch.Tensor]] = []
-        smoothed, passed = self.smoothed.to(probabilities.device), self.passed.to(probabilities.device)
+        smoothed, passed = self.smoothed, self.passed
         for i, index in enumerate(np.asarray(t).tolist()):
             if self.last is not None and index != self.last + 1:
                 self._close_run(out)
@@ -132,13 +133,12 @@ class ZSmoother:
         if self.filled < size:
             return
         index, position = self.waiting.popleft()
-        full = torch.empty((self.channels, *self.window.shape[2:]), dtype=torch.float32, device=self.window.device)
-        weights = self.weights.index_select(0, self.smoothed).to(self.window.device)[:, :, None, None]
+        full = torch.empty((self.channels, *self.window.shape[2:]), device=self.window.device)
         acc = torch.zeros_like(self.window[0])
         for k in range(size):
-            acc.addcmul_(self.window[(self.oldest + k) % size], weights[:, k])
-        full[self.smoothed.to(full.device)] = acc
-        full[self.passed.to(full.device)] = self.held[position]
+            acc.addcmul_(self.window[(self.oldest + k) % size], self.kernel[:, k])
+        full[self.smoothed] = acc
+        full[self.passed] = self.held[position]
         out.append((index, full))
         self.oldest = (self.oldest + 1) % size
         self.filled -= 1

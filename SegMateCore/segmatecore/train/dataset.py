@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..organs import lateral_swap, organ_keys  # noqa: F401 - lateral_swap is used by the augmenter
+from ..organs import lateral_swap, organ_keys
 from ..preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
 from .prepare import load_index
 
