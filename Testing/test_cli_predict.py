@@ -103,6 +103,8 @@ def test_predict_real_ct_and_dicom_with_a_model_file(shared_data, random_model_f
         assert report["model"]["backbone"] == "fastvit_t12"
         assert set(report["volumes_ml"]) == {o.key for o in organs()}
         assert report["z_range"]["mode"] == "auto" and report["z_range"]["num_slices"] == source.GetSize()[2]
+        cache = report["model"]["feature_cache"]  # the first pass's encodings served the main pass
+        assert cache["slices_stored"] == cache["slices_reused"] == report["z_range"]["slices_run"]
         assert (folder / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -206,7 +208,8 @@ def test_a_cancelled_case_leaves_nothing(tmp_path, intensity_network, monkeypatc
                                            (["--organs", "liver", "--threshold", "aorta=0.6"],
                                             "not being segmented: aorta"),
                                            (["--z-smoothing", "liver=-2"], "between 0 (off) and 20 mm: liver=-2.0"),
-                                           (["--z-smoothing", "liver=thin"], "expected ORGAN=MM")])
+                                           (["--z-smoothing", "liver=thin"], "expected ORGAN=MM"),
+                                           (["--feature-cache-mb", "-1"], "--feature-cache-mb must be 0 (off)")])
 def test_bad_options_are_one_line_errors(tmp_path, intensity_network, capsys, args, message):
     path = synthetic_ct(tmp_path / "case.nii.gz")
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "out"), *args]) == 2

@@ -41,6 +41,30 @@ def test_no_deep_outputs_without_deep_supervision():
     assert not any(k.startswith("deep_heads") for k in model.state_dict())
 
 
+def test_encode_then_decode_is_forward_and_decode_computes_only_the_heads_asked_for():
+    """Inference encodes a slice once for both passes and skips heads it does not read."""
+    model = create_model("fastvit_t12", deep_supervision=True).eval()
+    torch.nn.init.normal_(model.film.beta.weight, 0.0, 1.0)  # a FiLM that moves the features, as a trained one
+    x, z = torch.randn(2, 3, 64, 96), torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        whole = model(x, z)
+        encoded = model.encode(x)
+        split = model.decode(encoded, z)
+        masks = model.decode(encoded, z, outputs=("seg", "presence"))
+        first_pass = model.decode(encoded, None, outputs=("presence",))
+        film_off = model(x, None)
+    for a, b in zip(whole[:3], split[:3]):
+        torch.testing.assert_close(a, b)
+    assert len(split.deep) == 3
+    torch.testing.assert_close(masks.seg, whole.seg)
+    torch.testing.assert_close(masks.presence, whole.presence)
+    assert masks.boundary is None and masks.deep == ()
+    assert first_pass.seg is None and first_pass.boundary is None
+    torch.testing.assert_close(first_pass.presence, film_off.presence)
+    assert not torch.allclose(film_off.presence, whole.presence)  # z_norm reaches the decoder, not the encoder
+    assert encoded.size == (64, 96) and encoded.context.shape[1] == 256
+
+
 def test_sizes_not_divisible_by_32_are_refused():
     model = create_model("fastvit_t12").eval()
     with pytest.raises(ValueError, match="divisible by 32"):

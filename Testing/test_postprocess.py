@@ -6,7 +6,11 @@ import SimpleITK as sitk
 
 import pytest
 
-from segmatecore.postprocess import _largest_component, clean_organs, fill_holes
+import torch
+
+from segmatecore.postprocess import (MARGIN, _largest_component, clean_organs, fill_holes, labels_from_probabilities,
+                                     labels_on_grid)
+from segmatecore.preprocess import resize_slices
 
 
 def test_largest_component_keeps_only_the_biggest_piece_among_many_specks():
@@ -48,3 +52,21 @@ def test_clean_organs_fills_a_liver_hole_but_never_over_another_organ():
     assert (labels[10:13, 10:13, 8:11] == 5).all()
     assert (labels[15:18, 15:18, 8:11] == 7).all()
     assert (labels[0:3, 0:3, 0:3] == 0).all()
+
+
+@pytest.mark.parametrize("size", [(512, 512), (97, 130), (40, 48)])
+def test_labels_on_the_ct_grid_skip_organs_below_threshold_without_changing_a_voxel(size):
+    """segment() resizes only the organs that can pass their threshold somewhere in the batch."""
+    torch.manual_seed(1)
+    probabilities = torch.rand(3, 6, 64, 64) ** 4
+    thresholds = torch.tensor([0.5, 0.6, 0.4, 0.7, 0.5, 0.3])
+    probabilities[:, 1] *= (0.6 - 1e-3) / probabilities[:, 1].max()      # below its threshold: skipped
+    probabilities[:, 3] *= (0.7 - MARGIN / 10) / probabilities[:, 3].max()  # within the margin: resized
+    probabilities[:, 5] = 0.0                                           # gated out
+    probabilities[1, 2] = 0.0
+    labels = torch.arange(1, 7, dtype=torch.uint8) * 2
+    expected = labels_from_probabilities(resize_slices(probabilities, size), labels, thresholds)
+    assert torch.equal(labels_on_grid(probabilities, size, labels, thresholds), expected)
+    assert set(expected.unique().tolist()) == {0, 2, 6, 10}
+    nothing = labels_on_grid(probabilities * 0.1, size, labels, thresholds + 0.5)
+    assert nothing.shape == (3, *size) and nothing.dtype == torch.uint8 and not nothing.any()

@@ -182,7 +182,7 @@ def test_running_out_of_memory_after_smoothing_fails_clearly_instead_of_losing_s
 
     model = IntensityModel(organs=["spinal_cord"], input_size=48)
     image = flicker_image()
-    real = inference.labels_from_probabilities
+    real = inference.labels_on_grid
     calls = {"n": 0}
 
     def first_call_fails(*args, **kwargs):
@@ -191,7 +191,7 @@ def test_running_out_of_memory_after_smoothing_fails_clearly_instead_of_losing_s
             raise torch.OutOfMemoryError("out of memory (test)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "labels_from_probabilities", first_call_fails)
+    monkeypatch.setattr(inference, "labels_on_grid", first_call_fails)
     # without smoothing the runner retries the batch smaller and nothing is lost
     plain = segment(image, model=model, device="cpu", z_norm="none", batch_size=4)
     assert plain.volumes_ml["spinal_cord"] == pytest.approx(6 * 36 * 1.5 * 1.5 * SPACING_Z / 1000)

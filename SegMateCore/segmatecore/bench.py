@@ -42,6 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .feature_cache import DEFAULT_MAX_MB
 from .optimize import DEFAULT, NONE, Optimizations, cpu_description
 from .peers import NNUNET_PATCH, NNUNET_SPACING_MM
 
@@ -76,6 +77,7 @@ class Config:
     grad_mode: str = "inference_mode"
     optimizations: dict[str, Any] = field(default_factory=DEFAULT.as_dict)
     skip_outside_extent: bool = False
+    feature_cache_mb: float = DEFAULT_MAX_MB  # 0: the main pass encodes the first pass's slices again
     reference: str | None = None   # the fp32 row whose outputs this one must agree with
     model_key: str | None = None   # which benchmark model file runs (default: ``backbone``'s random one)
 
@@ -122,10 +124,13 @@ def segmate_configs(backbone: str, openvino: bool, precision: str = "auto", thre
 
 def end_to_end_configs(label: str, backbone: str, precision: str, optimizations: Optimizations,
                        model_key: str | None = None) -> list[Config]:
-    """The product path three ways: fp32 (the reference), bf16, and ``precision`` with skip_outside_extent."""
+    """The product path four ways: fp32 (the reference), fp32 without the feature cache, bf16, and
+    ``precision`` with skip_outside_extent."""
     reference = f"{label} end_to_end: default fp32"
     opts = _opts(optimizations)
     return [Config(reference, "segmate", "end_to_end", backbone, "fp32", optimizations=opts, model_key=model_key),
+            Config(f"{label} end_to_end: default fp32, no feature cache", "segmate", "end_to_end", backbone, "fp32",
+                   optimizations=opts, feature_cache_mb=0, reference=reference, model_key=model_key),
             Config(f"{label} end_to_end: default bf16", "segmate", "end_to_end", backbone, "bf16",
                    optimizations=opts, reference=reference, model_key=model_key),
             Config(f"{label} end_to_end: default {precision}, skip_outside_extent", "segmate", "end_to_end",
@@ -344,13 +349,15 @@ def _end_to_end_worker(job: dict[str, Any], config: Config, device: torch.device
         net, _ = prepare_for_inference(model, device, config.precision, optimizations=opts, copy_model=False)
         s_prepare = time.perf_counter() - t0
         result = segment(job["ct"], model=net, device=str(device), precision=config.precision,
-                         batch_size=job["batch_size"], skip_outside_extent=config.skip_outside_extent)
+                         batch_size=job["batch_size"], skip_outside_extent=config.skip_outside_extent,
+                         feature_cache_mb=config.feature_cache_mb)
         write_outputs(result, job["outdir"], formats=("nifti",))
         total, cpu_total = time.perf_counter() - t0, time.process_time() - cpu0
     timings = {k: round(v, 3) for k, v in result.timings.items()}
     return {"s_per_volume": total, "s_network": result.timings["network"], "s_prepare": s_prepare,
             "cpu_s_per_volume": cpu_total,
             "timings": timings, "z_range": result.z_range, "peak_rss_mb": memory.peak_mb,
+            "feature_cache": result.model_info.get("feature_cache"),
             "peak_private_mb": memory.peak_private_mb,
             "dtype": str(compute_dtype(device, config.precision, opts)).split(".")[-1], "runtime": type(net).__name__}
 
@@ -597,6 +604,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
             row = {"name": config.name, "model": model, "device": device, "scope": config.scope,
                    "precision": config.precision, "grad_mode": config.grad_mode,
                    "optimisations": config.optimizations, "skip_outside_extent": config.skip_outside_extent,
+                   "feature_cache_mb": config.feature_cache_mb,
                    "reference": config.reference, **costs, "s_per_volume": None, "peak_gpu_mb": None, **measured}
             rows.append(row)
             if report:

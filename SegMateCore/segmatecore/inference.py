@@ -24,9 +24,10 @@ from torch import nn
 
 from .geometry import from_canonical, to_canonical
 from .io import LoadedVolume, load_volume
-from .models import SegMateOutput
+from .feature_cache import DEFAULT_MAX_MB, FeatureCache
+from .models import Encoded, SegMateOutput
 from .organs import lateral_swap, organ, organ_keys
-from .postprocess import (clean_organs, labels_from_probabilities, laterality_warnings, mask_thresholds,
+from .postprocess import (clean_organs, labels_on_grid, laterality_warnings, mask_thresholds,
                           postprocess_options, presence_gate_enabled, volumes_ml, z_smoothing_mm)
 from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
 from .result import SegmentationCancelled, SegmentationResult
@@ -209,47 +210,95 @@ class _Pipeline:
 
     With ``mirror`` (the channel permutation of a left/right flip), every batch also runs flipped
     and the two are averaged: test-time augmentation, twice the network time.
+    With a ``cache`` and a network that has ``encode``/``decode`` (SegMateNet), slices the first
+    pass encoded are only decoded again in the main pass (:mod:`segmatecore.feature_cache`).
     """
 
     def __init__(self, canonical: np.ndarray, pre: Preprocessing, runner: BatchRunner,
-                 mirror: list[int] | None = None):
+                 mirror: list[int] | None = None, cache: FeatureCache | None = None):
         self.canonical = canonical
         self.pre = pre
         self.runner = runner
         self.mirror = mirror
+        model = runner.model
+        splits = callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))
+        self.cache = cache if splits else None
         self.timings = {"preprocess": 0.0, "network": 0.0, "resample": 0.0}
 
     def _sync(self) -> None:
         if self.runner.device.type == "cuda":
             torch.cuda.synchronize(self.runner.device)
 
-    def forward(self, t: np.ndarray, z_norm: np.ndarray | None):
+    def _input(self, t: np.ndarray) -> torch.Tensor:
         start = time.perf_counter()
         stacks = normalize_hu(stack_25d(self.canonical, t), self.pre)
         x = resize_slices(torch.from_numpy(stacks).to(self.runner.device), self.pre.input_size)
-        z = None if z_norm is None else torch.from_numpy(np.asarray(z_norm, dtype=np.float32)).to(x.device)
         self._sync()
-        mid = time.perf_counter()
-        self.timings["preprocess"] += mid - start
-        with self.runner.autocast():
-            out = self.runner.model(x, z)
-            flipped = None if self.mirror is None else self.runner.model(x.flip(-2), z)
-        if flipped is not None:
-            out = _average_with_mirror(out, flipped, self.mirror)
+        self.timings["preprocess"] += time.perf_counter() - start
+        return x
+
+    def _views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x] if self.mirror is None else [x, x.flip(-2)]
+
+    def _combine(self, outputs: list[SegMateOutput]) -> SegMateOutput:
+        return outputs[0] if len(outputs) == 1 else _average_with_mirror(outputs[0], outputs[1], self.mirror)
+
+    def forward(self, t: np.ndarray, z_norm: np.ndarray | None, remember: bool = False,
+                outputs: tuple[str, ...] = ("seg", "presence")) -> SegMateOutput:
+        """The network's output for slices ``t``. ``remember``: keep their encodings for a later
+        call (the first pass); otherwise encodings kept earlier are used once and released.
+        ``outputs``: the heads a SegMateNet computes here (a plain module computes all of them)."""
+        z = None if z_norm is None else torch.from_numpy(np.asarray(z_norm, dtype=np.float32)).to(self.runner.device)
+        if self.cache is None:
+            x = self._input(t)
+            start = time.perf_counter()
+            with self.runner.autocast():
+                out = self._combine([self.runner.model(view, z) for view in self._views(x)])
+        else:
+            cached = [self.cache.get(i) for i in t]
+            missing = np.asarray([i for i, c in zip(t, cached) if c is None], dtype=np.int64)
+            x = self._input(missing) if missing.size else None
+            start = time.perf_counter()
+            with self.runner.autocast():
+                fresh = [self.runner.model.encode(view) for view in self._views(x)] if x is not None else []
+                if remember and fresh:
+                    self.cache.put(missing, fresh)
+                encoded = self._assemble(cached, fresh)
+                out = self._combine([self.runner.model.decode(view, z, outputs) for view in encoded])
+            if not remember:
+                self.cache.release(t)
         self._sync()
-        self.timings["network"] += time.perf_counter() - mid
+        self.timings["network"] += time.perf_counter() - start
         return out
+
+    def _assemble(self, cached: list[tuple[Encoded, ...] | None], fresh: list[Encoded]) -> list[Encoded]:
+        """Each view's encodings in slice order, from the cache where kept and from ``fresh`` otherwise."""
+        if all(c is None for c in cached):
+            return fresh
+        views = []
+        for v in range(len(cached[0] if cached[0] is not None else fresh)):
+            parts, row = [], 0
+            for item in cached:
+                if item is None:
+                    parts.append(fresh[v].select(row, copy=False))
+                    row += 1
+                else:
+                    parts.append(item[v].to(self.runner.device))
+            views.append(Encoded.cat(parts))
+        return views
 
 
 def _average_with_mirror(out: SegMateOutput, flipped: SegMateOutput, mirror: list[int]) -> SegMateOutput:
     """Average a batch's masks and presence with those of its left/right mirror image (flipped back,
     left and right organs swapped), as probabilities; the masks go back as logits. Inference reads
     nothing else, so the boundary and deep outputs are the unflipped pass's."""
-    index = torch.tensor(mirror, device=out.seg.device)
-    mirrored = torch.sigmoid(flipped.seg.float().flip(-2).index_select(1, index))
-    seg = (torch.sigmoid(out.seg.float()) + mirrored) / 2
+    index = torch.tensor(mirror, device=out.presence.device)
+    seg = None
+    if out.seg is not None:  # the first pass reads presence only
+        mirrored = torch.sigmoid(flipped.seg.float().flip(-2).index_select(1, index))
+        seg = torch.logit((torch.sigmoid(out.seg.float()) + mirrored) / 2, eps=1e-6)
     presence = (out.presence.float() + flipped.presence.float().index_select(1, index)) / 2
-    return SegMateOutput(torch.logit(seg, eps=1e-6), out.boundary, presence, out.deep)
+    return SegMateOutput(seg, out.boundary, presence, out.deep)
 
 
 def choose_organs(organs: list[str] | None, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -278,7 +327,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             batch_size: int | None = None, precision: str = "auto", postprocess: Mapping[str, Any] | None = None,
             series_uid: str | None = None, skip_outside_extent: bool = False,
             z_pass: ZPassConfig | None = None, probability_sink: ProbabilitySink | None = None,
-            tta: bool = False) -> SegmentationResult:
+            tta: bool = False, feature_cache_mb: float = DEFAULT_MAX_MB) -> SegmentationResult:
     """Segment the organs of a CT volume; the labelmap has exactly the input's geometry.
 
     ``z_norm``: ``auto`` estimates the organ extent with a first pass (FiLM off, presence head;
@@ -291,7 +340,9 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     model's calibrated threshold (0.5 when none); ``postprocess={"thresholds": {organ: value},
     "z_smoothing_mm": {organ: mm}}`` overrides them. ``tta`` also runs every slice mirrored left to
     right and averages the two (test-time augmentation; twice the network time, both passes).
-    ``cancel`` is any object with
+    ``feature_cache_mb``: memory the first pass may use to keep its slices' encoder outputs for
+    the main pass, which then only decodes them (:mod:`segmatecore.feature_cache`; 0 encodes them
+    again). ``cancel`` is any object with
     ``is_set()`` (a threading.Event); when set, SegmentationCancelled is raised between batches and
     nothing is written.
     """
@@ -301,6 +352,8 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     autocast_dtype(torch.device("cpu"), precision)  # validates the name before any work
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if feature_cache_mb < 0:
+        raise ValueError(f"feature_cache_mb must be 0 (off) or more, got {feature_cache_mb}.")
     timings: dict[str, float] = {}
 
     loaded = load_volume(image_or_path, series_uid=series_uid)
@@ -324,7 +377,8 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     nx, ny, nz = canonical.shape
     sigmas = sigmas_in_slices(smoothing, frame.spacing[2])
     model_channels = list(meta["organs"])
-    pipeline = _Pipeline(canonical, pre, runner, lateral_swap(model_channels) if tta else None)
+    cache = FeatureCache(int(feature_cache_mb * 2**20)) if z_norm == "auto" and feature_cache_mb > 0 else None
+    pipeline = _Pipeline(canonical, pre, runner, lateral_swap(model_channels) if tta else None, cache)
 
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -354,6 +408,8 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
         t_run = np.arange(nz)
         if skip_outside_extent and extent is not None and extent.found:
             t_run = t_run[extent.contains(t_run)]
+        if pipeline.cache is not None:
+            pipeline.cache.keep_only(t_run)
 
         def z_values(t: np.ndarray) -> np.ndarray | None:
             if z_norm == "none":
@@ -363,8 +419,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             return volume_z_norm(t, nz)
 
         def write_labels(t: np.ndarray, probabilities: torch.Tensor) -> None:
-            labels = labels_from_probabilities(resize_slices(probabilities, (nx, ny)), label_values, threshold_values)
-            labels_zxy[t] = labels.cpu().numpy()
+            labels_zxy[t] = labels_on_grid(probabilities, (nx, ny), label_values, threshold_values).cpu().numpy()
 
         # Smoothing along z commutes with the in-plane resize, so it runs on the smaller network grid.
         smoother = ZSmoother(sigmas, write_labels) if any(sigmas) else None
@@ -428,6 +483,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
                        skipped_outside=bool(skip_outside_extent))
     info = {**info, "device": str(runner.device), "precision": precision, "batch_size": runner.batch_size,
             "tta": bool(tta),
+            "feature_cache": pipeline.cache.summary() if pipeline.cache is not None else None,
             "mask_thresholds": dict(zip(keys, thresholds)), "z_smoothing_mm": dict(zip(keys, smoothing))}
     timings["total"] = time.perf_counter() - t_start + (loaded.read_seconds if loaded is image_or_path else 0.0)
     return SegmentationResult(labelmap=labelmap, organs=keys, volumes_ml=volumes, timings=timings, z_range=z_range,
@@ -473,7 +529,7 @@ def _estimate_extent(pipeline: _Pipeline, runner: BatchRunner, trained_channels:
         position = {int(v): i for i, v in enumerate(t)}
 
         def step(batch: np.ndarray) -> None:
-            result = pipeline.forward(batch, None)
+            result = pipeline.forward(batch, None, remember=True, outputs=("presence",))
             values = result.presence[:, channels.to(result.presence.device)].float().cpu().numpy()
             out[[position[int(v)] for v in batch]] = values
 

@@ -186,13 +186,6 @@ def fold_batchnorm(model: nn.Module, example_size: int = 64) -> int:
     return len(pairs)
 
 
-def _cast_input_hook(dtype: torch.dtype):
-    def hook(module, args):
-        x, *rest = args
-        return (x.to(dtype), *rest)
-    return hook
-
-
 def set_threads(threads: int | None) -> None:
     """Intra-op threads for PyTorch (None: leave the default, one per physical core)."""
     if threads is not None and torch.get_num_threads() != threads:
@@ -211,8 +204,7 @@ def prepare_torch(model: SegMateNet, device: torch.device, dtype: torch.dtype,
     if optimizations.channels_last:
         model.to(memory_format=torch.channels_last)
     if device.type == "cpu" and dtype == torch.bfloat16:
-        model.to(torch.bfloat16)
-        model.register_forward_pre_hook(_cast_input_hook(torch.bfloat16))
+        model.to(torch.bfloat16)  # SegMateNet.encode casts its input to the weights' dtype
     model.inference_prepared = True
     return model
 

@@ -10,13 +10,14 @@ memory stays at the size of the organ.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from .organs import organ
+from .preprocess import resize_slices
 
 THRESHOLD = 0.5
 # A sided organ is reported only when its centroid is this far on the wrong side, so that organs
@@ -24,6 +25,9 @@ THRESHOLD = 0.5
 LATERALITY_MARGIN_MM = 5.0
 # More would blur an organ's ends by centimetres; calibration never needs it.
 MAX_Z_SMOOTHING_MM = 20.0
+# A channel whose largest probability is this far below its threshold cannot pass it after a
+# bilinear resize, whatever the rounding of the interpolation weights.
+MARGIN = 1e-6
 
 # Per organ: (keep the largest connected component, fill enclosed holes). Solid organs are one
 # piece; tubular ones (cord, oesophagus, aorta, trachea) may be split by a missed slice, and
@@ -49,6 +53,27 @@ def labels_from_probabilities(probabilities: torch.Tensor, labels: torch.Tensor,
     best, channel = probabilities.max(dim=1)
     out = labels.to(probabilities.device)[channel]
     return torch.where(best > threshold, out, torch.zeros_like(out))
+
+
+def labels_on_grid(probabilities: torch.Tensor, size: Sequence[int], labels: torch.Tensor,
+                   thresholds: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] network-grid probabilities -> [B, *size] uint8 labels on the CT's in-plane grid.
+
+    The same labels as resizing every channel and calling :func:`labels_from_probabilities`, but a
+    channel that stays below its threshold on every pixel of the batch is neither resized nor
+    compared: bilinear interpolation never exceeds the largest of its inputs, so it cannot pass
+    anywhere. Most organs are absent from most slices, so this is most of the resampling work.
+    """
+    thresholds = thresholds.to(probabilities.device, torch.float32)
+    peaks = probabilities.float().amax(dim=(0, 2, 3))
+    active = torch.nonzero(peaks > thresholds - MARGIN).flatten()
+    if active.numel() == 0:
+        return torch.zeros((probabilities.shape[0], *(int(v) for v in size)), dtype=torch.uint8,
+                           device=probabilities.device)
+    if active.numel() < probabilities.shape[1]:
+        probabilities = probabilities.index_select(1, active)
+        labels, thresholds = labels.to(active.device)[active], thresholds[active]
+    return labels_from_probabilities(resize_slices(probabilities, size), labels, thresholds)
 
 
 def _per_organ_values(organ_keys: list[str], calibrated: Mapping[str, Any] | None,

@@ -19,6 +19,7 @@ DEFAULT_FORMATS = "nifti,seg.nrrd,report,preview"
 
 
 def register(sub) -> None:
+    from ..feature_cache import DEFAULT_MAX_MB
     from ..inference import PRECISIONS, Z_NORM_MODES
 
     p = sub.add_parser("predict", help="segment CT volumes (files or DICOM folders) into organ labelmaps",
@@ -53,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--tta", action="store_true",
                    help="also segment every slice mirrored left to right and average the two (test-time "
                         "augmentation): slightly smoother contours, twice the network time")
+    p.add_argument("--feature-cache-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
+                   help="memory the first pass may use to keep its slices' encoder outputs, so that the main "
+                        "pass does not encode them again (default %(default)s; 0 = off: less memory, slower)")
     p.add_argument("--z-smoothing", action="append", default=[], metavar="ORGAN=MM",
                    help="smooth ORGAN's probability along z with a Gaussian of sigma MM millimetres before the "
                         "threshold (0 = off) instead of the model's calibrated value; repeat for several organs")
@@ -184,6 +188,8 @@ def run(args) -> int:
     organs = [o.strip() for o in args.organs.split(",") if o.strip()] if args.organs else None
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1.")
+    if args.feature_cache_mb < 0:
+        raise ValueError("--feature-cache-mb must be 0 (off) or more.")
     names = case_names(list(args.inputs))
     cases = list(zip(args.inputs, names))[shard::shards]
     outdir = Path(args.output)
@@ -211,7 +217,8 @@ def run(args) -> int:
             loaded = load_volume(source, series_uid=args.series)
             result = segment(loaded, model, organs=organs, device=device, progress=progress,
                              z_norm=args.z_norm, batch_size=args.batch_size, precision=args.precision,
-                             postprocess=postprocess, skip_outside_extent=args.skip_outside_extent, tta=args.tta)
+                             postprocess=postprocess, skip_outside_extent=args.skip_outside_extent, tta=args.tta,
+                             feature_cache_mb=args.feature_cache_mb)
             case_formats = formats
             if "rtstruct" in formats and not result.dicom_dir:
                 case_formats = [f for f in formats if f != "rtstruct"]

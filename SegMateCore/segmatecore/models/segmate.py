@@ -1,8 +1,12 @@
-"""SegMateNet: SliceFusion -> timm encoder -> ASPP -> FiLM(z) -> asymmetric decoder -> heads."""
+"""SegMateNet: SliceFusion -> timm encoder -> ASPP -> FiLM(z) -> asymmetric decoder -> heads.
+
+``encode`` (everything before FiLM) and ``decode`` (FiLM onwards) are public so that inference can
+run the encoder once per slice across its two passes.
+"""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Collection, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,15 +21,49 @@ DECODER_WIDTHS = (160, 88, 48, 24)  # up-convolution widths, deepest first
 BLOCK_WIDTHS = (160, 88, 48, 32)    # main-path block widths, deepest first
 ASPP_WIDTH = 256
 MASK_PRIOR = 0.01    # initial organ probability of every mask and boundary logit
+HEADS = ("seg", "boundary", "presence", "deep")
 
 
 class SegMateOutput(NamedTuple):
-    """Logits for masks and boundaries, probabilities for per-slice presence, deep logits."""
+    """Logits for masks and boundaries, probabilities for per-slice presence, deep logits.
+
+    ``decode(..., outputs=...)`` leaves the heads it was not asked for as None (deep as ()).
+    """
 
     seg: torch.Tensor
     boundary: torch.Tensor
     presence: torch.Tensor
     deep: tuple[torch.Tensor, ...]
+
+
+class Encoded(NamedTuple):
+    """A batch's encoder output: aligned skips (finest first), ASPP context before FiLM, input size.
+
+    Nothing in it depends on z_norm, so the label-free first pass's encodings serve the second
+    pass unchanged (segmatecore.inference.FeatureCache).
+    """
+
+    skips: tuple[torch.Tensor, ...]
+    context: torch.Tensor
+    size: tuple[int, int]
+
+    def select(self, index: int, copy: bool = True) -> "Encoded":
+        """One slice of the batch; a copy does not hold on to the whole batch's memory."""
+        def row(t: torch.Tensor) -> torch.Tensor:
+            return t[index:index + 1].clone() if copy else t[index:index + 1]
+        return Encoded(tuple(row(s) for s in self.skips), row(self.context), self.size)
+
+    def to(self, device: torch.device) -> "Encoded":
+        return Encoded(tuple(s.to(device) for s in self.skips), self.context.to(device), self.size)
+
+    @staticmethod
+    def cat(parts: "list[Encoded]") -> "Encoded":
+        return Encoded(tuple(torch.cat(level) for level in zip(*(p.skips for p in parts))),
+                       torch.cat([p.context for p in parts]), parts[0].size)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.skips, self.context))
 
 
 def _match(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -114,22 +152,35 @@ class SegMateNet(nn.Module):
             nn.init.constant_(head.bias, bias)
 
     def forward(self, x: torch.Tensor, z_norm: torch.Tensor | None = None) -> SegMateOutput:
+        return self.decode(self.encode(x), z_norm)
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        """SliceFusion, backbone, skip alignment and ASPP: the part that does not depend on z_norm."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"SegMateNet expects [B, 3, H, W] (three adjacent slices), got {tuple(x.shape)}")
         if x.shape[-2] % 32 or x.shape[-1] % 32:
             raise ValueError(f"H and W must be divisible by 32, got {tuple(x.shape[-2:])}")
-        size = x.shape[-2:]
+        x = x.to(self.slice_fusion.proj.weight.dtype)  # a network cast to bf16 for inference takes fp32 input
         feats = self.encoder(self.slice_fusion(x))
-        skips = [align(f) for align, f in zip(self.align, feats)]
-        bottleneck = self.film(self.aspp(feats[-1]), z_norm)
-        x11, main = self.decoder(bottleneck, skips)
+        skips = tuple(align(f) for align, f in zip(self.align, feats))
+        return Encoded(skips, self.aspp(feats[-1]), (int(x.shape[-2]), int(x.shape[-1])))
+
+    def decode(self, encoded: Encoded, z_norm: torch.Tensor | None = None,
+               outputs: Collection[str] = HEADS) -> SegMateOutput:
+        """FiLM on the slice position, the decoder and the heads named in ``outputs`` (others None).
+
+        Inference asks only for what it reads: masks and presence in the main pass, presence alone in
+        the first pass; the boundary head, a training signal, and its full-size upsampling are skipped.
+        """
+        x11, main = self.decoder(self.film(encoded.context, z_norm), list(encoded.skips))
 
         def up(t: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(t, size=size, mode="bilinear", align_corners=True)
+            return F.interpolate(t, size=encoded.size, mode="bilinear", align_corners=True)
 
-        deep = tuple(up(head(m)) for head, m in zip(self.deep_heads, main))
-        return SegMateOutput(up(self.seg_head(x11)), up(self.boundary_head(x11)),
-                             self.presence_head(x11), deep)
+        deep = tuple(up(head(m)) for head, m in zip(self.deep_heads, main)) if "deep" in outputs else ()
+        return SegMateOutput(up(self.seg_head(x11)) if "seg" in outputs else None,
+                             up(self.boundary_head(x11)) if "boundary" in outputs else None,
+                             self.presence_head(x11) if "presence" in outputs else None, deep)
 
     def reparameterize(self) -> "SegMateNet":
         """Fuse FastViT's training-time branches for inference (timm's reparameterize_model)."""

@@ -1,0 +1,112 @@
+"""The first pass's encodings serve the main pass: same labels, and no slice encoded twice."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from segmatecore import segment
+from segmatecore.bench import benchmark_model, calibration_slices
+from segmatecore.feature_cache import FeatureCache
+from segmatecore.models import Encoded
+
+
+@pytest.fixture(scope="module")
+def ct(shared_data) -> sitk.Image:
+    return sitk.ReadImage(str(shared_data / "totalseg_example" / "example_ct_sm.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def network(ct):
+    """A random FastViT-T12 at 64 x 64 whose masks and presence vary over the CT (segmate bench's)."""
+    model = benchmark_model("fastvit_t12", calibration_slices(ct, (64, 64)))
+    model.eval().reparameterize()
+    model.encoded_slices = []
+
+    def count(module, args, out):  # segment() runs under inference_mode; preparing the network does not
+        if torch.is_inference_mode_enabled():
+            model.encoded_slices.append(args[0].shape[0])
+
+    model.encoder.register_forward_hook(count)  # kept by the copy segment() prepares
+    return model
+
+
+def run(ct, network, **kwargs):
+    """Labels, main-pass probabilities and the number of slices the encoder ran."""
+    network.encoded_slices.clear()
+    probabilities = {}
+
+    def sink(t, p):
+        for i, index in enumerate(t):
+            probabilities[int(index)] = p[i].clone()
+
+    result = segment(ct, model=network, device="cpu", batch_size=4, probability_sink=sink, **kwargs)
+    return result, sitk.GetArrayFromImage(result.labelmap), probabilities, sum(network.encoded_slices)
+
+
+def assert_same(a, b):
+    result_a, labels_a, probabilities_a, _ = a
+    result_b, labels_b, probabilities_b, _ = b
+    assert probabilities_a.keys() == probabilities_b.keys()
+    for index in probabilities_a:
+        torch.testing.assert_close(probabilities_a[index], probabilities_b[index], atol=1e-5, rtol=0)
+    assert np.mean(labels_a != labels_b) < 1e-4
+    assert result_a.z_range == result_b.z_range
+
+
+def test_the_main_pass_decodes_what_the_first_pass_encoded_and_draws_the_same_labels(ct, network):
+    depth = ct.GetSize()[2]
+    again = run(ct, network, feature_cache_mb=0)
+    reused = run(ct, network)
+    assert_same(reused, again)
+    first_pass = again[0].z_range["slices_run"]
+    assert 0 < first_pass < depth
+    # without the cache every first-pass slice is encoded twice; with it, every slice exactly once
+    assert again[3] == depth + first_pass
+    assert reused[3] == depth
+    cache = reused[0].model_info["feature_cache"]
+    assert cache["slices_stored"] == cache["slices_reused"] == first_pass and not cache["cap_reached"]
+    assert again[0].model_info["feature_cache"] is None
+
+
+def test_a_cache_too_small_for_every_slice_encodes_the_rest_again(ct, network):
+    one_slice = sum(t.numel() * t.element_size() for t in (*network_encoding(network).skips,
+                                                            network_encoding(network).context))
+    small = run(ct, network, feature_cache_mb=2.5 * one_slice / 2**20)
+    reference = run(ct, network, feature_cache_mb=0)
+    assert_same(small, reference)
+    cache = small[0].model_info["feature_cache"]
+    assert cache["slices_stored"] == 2 and cache["cap_reached"]
+    assert small[3] == reference[3] - 2
+
+
+def test_mirror_tta_reuses_both_views(ct, network):
+    again = run(ct, network, feature_cache_mb=0, tta=True)
+    reused = run(ct, network, tta=True)
+    assert_same(reused, again)
+    depth = ct.GetSize()[2]
+    assert reused[3] == 2 * depth and again[3] == 2 * (depth + again[0].z_range["slices_run"])
+
+
+def network_encoding(network) -> Encoded:
+    with torch.inference_mode():
+        return network.encode(torch.zeros(1, 3, 64, 64)).to(torch.device("cpu"))
+
+
+def test_the_cache_keeps_whole_slices_under_its_cap_and_forgets_what_was_used():
+    def encoded(batch: int, value: float) -> Encoded:
+        return Encoded((torch.full((batch, 2, 4, 4), value),), torch.full((batch, 3, 1, 1), value), (8, 8))
+
+    slice_bytes = (2 * 16 + 3) * 4
+    cache = FeatureCache(max_bytes=3 * slice_bytes)
+    cache.put([5, 7], [encoded(2, 1.0)])
+    cache.put([9, 11], [encoded(2, 2.0)])
+    assert sorted(cache.entries) == [5, 7, 9] and cache.full
+    assert torch.all(cache.get(9)[0].context == 2.0) and cache.get(11) is None
+    assert cache.get(5)[0].skips[0].shape == (1, 2, 4, 4)
+    cache.release([5, 6])
+    cache.keep_only([9])
+    assert list(cache.entries) == [9] and cache.bytes == slice_bytes
+    assert cache.summary() == {"slices_stored": 3, "slices_reused": 1, "peak_mb": round(3 * slice_bytes / 2**20, 1),
+                               "cap_reached": True}
