@@ -164,14 +164,15 @@ class BatchRunner:
         if self.cancel is not None and self.cancel.is_set():
             raise SegmentationCancelled("Segmentation cancelled; no output was written.")
 
-    def run(self, stage: str, t_all: np.ndarray, step: Callable[[np.ndarray], None]) -> None:
-        """Call ``step(t_batch)`` over ``t_all`` in batches, with progress, cancel and OOM fallback."""
+    def run(self, stage: str, t_all: np.ndarray, step: Callable[[np.ndarray], None], scale: int = 1) -> None:
+        """Call ``step(t_batch)`` over ``t_all`` in batches of ``scale`` x the batch size, with
+        progress, cancel and OOM fallback."""
         done, total, batches = 0, len(t_all), 0
         if self.progress:
             self.progress(stage, 0, total)
         while done < total:
             self.check_cancel()
-            batch = t_all[done:done + self.batch_size]
+            batch = t_all[done:done + self.batch_size * scale]
             try:
                 step(batch)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
@@ -448,7 +449,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
                                       "(--z-smoothing ORGAN=0).") from exc
             pipeline.timings["resample"] += time.perf_counter() - start
 
-        runner.run("network", t_run, step)
+        runner.run("network", t_run, step, scale=_main_pass_scale(pipeline.cache, t_run))
         if smoother is not None:
             start = time.perf_counter()
             smoother.finish()
@@ -509,6 +510,16 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
         pass
+
+
+def _main_pass_scale(cache: FeatureCache | None, t_run: np.ndarray) -> int:
+    """2 when the cache holds about half the slices or more: each main-pass batch then still
+    encodes a full batch (bf16 on a CPU runs one slice at a time at half the speed of two) and
+    decodes up to twice as many; 1 otherwise."""
+    if cache is None or not cache.entries:
+        return 1
+    uncached = sum(cache.get(t) is None for t in t_run)
+    return 2 if 2 * uncached <= 1.2 * len(t_run) else 1
 
 
 def _gate_mask(gate: dict[int, tuple[int, int] | None], t: np.ndarray, columns: int) -> torch.Tensor:
