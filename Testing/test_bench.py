@@ -18,8 +18,10 @@ from segmatecore.peers import (build_nnunet_3d_fullres, gaussian_importance, run
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    code = main(["bench", "--quick", "--backbones", "fastvit_t12", "--json", str(out / "bench.json"),
-                 "--plot", str(out / "bench.png")])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEGMATE_HOME", str(out / "home"))  # the OpenVINO rows' converted models
+        code = main(["bench", "--quick", "--backbones", "fastvit_t12", "--json", str(out / "bench.json"),
+                     "--plot", str(out / "bench.png")])
     assert code == 0
     return json.loads((out / "bench.json").read_text()), out
 
@@ -87,7 +89,7 @@ def test_the_bundled_model_runs_end_to_end_at_its_own_input_size(quick):
 
     entry = catalogue_entry(default_model_id())
     rows = [r for r in quick[0]["rows"] if r["model"].startswith(entry["id"])]
-    assert [r["precision"] for r in rows] == ["fp32", "fp32", "bf16", "auto"]
+    assert [r["precision"] for r in rows] == ["fp32", "fp32", "bf16", "auto", "bf16"]
     assert all(r["scope"] == "end_to_end" and r["input_size"] == entry["input_size"][0] for r in rows)
     assert all(r["optimisations"]["threads"] == 1 for r in rows)  # --quick's thread count, as every other row
     assert rows[0]["model"] == f"{entry['id']} (input {entry['input_size'][0]})"
@@ -97,6 +99,9 @@ def test_the_bundled_model_runs_end_to_end_at_its_own_input_size(quick):
     assert rows[1]["reference"] == rows[0]["name"] and rows[1]["dice_min"] >= DICE_BAR
     assert rows[2]["reference"] == rows[0]["name"] and "dice_min" in rows[2]
     assert rows[3]["skip_outside_extent"] and rows[3]["z_range"]["mode"] in ("auto", "volume")
+    # OpenVINO (pinned, so installed): two compiled graphs, so the feature cache works there too
+    assert rows[4]["runtime"] == "OpenVINONetwork" and rows[4]["optimisations"]["runtime"] == "openvino"
+    assert rows[4]["feature_cache"]["slices_reused"] == rows[4]["z_range"]["slices_run"] > 0
     assert 12.0 < rows[0]["params_m"] < 13.0  # the bundled model is a FastViT-T12 SegMate
 
 

@@ -119,15 +119,18 @@ def segmate_configs(backbone: str, openvino: bool, precision: str = "auto", thre
     configs = [Config(f"{backbone} network: {label}", "segmate", "network", backbone, prec, grad, _opts(o),
                       reference=None if i == 0 else reference)
                for i, (label, o, prec, grad) in enumerate(ladder)]
-    return configs + end_to_end_configs(backbone, backbone, precision, default)
+    return configs + end_to_end_configs(backbone, backbone, precision, default, openvino=openvino)
 
 
 def end_to_end_configs(label: str, backbone: str, precision: str, optimizations: Optimizations,
-                       model_key: str | None = None) -> list[Config]:
+                       model_key: str | None = None, openvino: bool = False) -> list[Config]:
     """The product path four ways: fp32 (the reference), fp32 without the feature cache, bf16, and
-    ``precision`` with skip_outside_extent."""
+    ``precision`` with skip_outside_extent; with ``openvino``, also the OpenVINO runtime in bf16."""
     reference = f"{label} end_to_end: default fp32"
     opts = _opts(optimizations)
+    extra = [Config(f"{label} end_to_end: openvino bf16", "segmate", "end_to_end", backbone, "bf16",
+                    optimizations=_opts(optimizations.with_(runtime="openvino")), reference=reference,
+                    model_key=model_key)] if openvino else []
     return [Config(reference, "segmate", "end_to_end", backbone, "fp32", optimizations=opts, model_key=model_key),
             Config(f"{label} end_to_end: default fp32, no feature cache", "segmate", "end_to_end", backbone, "fp32",
                    optimizations=opts, feature_cache_mb=0, reference=reference, model_key=model_key),
@@ -135,21 +138,22 @@ def end_to_end_configs(label: str, backbone: str, precision: str, optimizations:
                    optimizations=opts, reference=reference, model_key=model_key),
             Config(f"{label} end_to_end: default {precision}, skip_outside_extent", "segmate", "end_to_end",
                    backbone, precision, optimizations=opts, skip_outside_extent=True, reference=reference,
-                   model_key=model_key)]
+                   model_key=model_key)] + extra
 
 
 BUNDLED = "bundled"
 
 
-def bundled_configs(model_id: str, backbone: str, precision: str = "auto", threads: int | None = None
-                    ) -> list[Config]:
+def bundled_configs(model_id: str, backbone: str, precision: str = "auto", threads: int | None = None,
+                    openvino: bool = False) -> list[Config]:
     """The product's default job: the bundled trained model, at its own input size, end to end.
 
     The random rows measure the paper's configuration (input 512) with 30 % of every organ's pixels
     positive, a worst case for post-processing; these rows show what a user of the default model
     waits for on the same CT, with the post-processing of real, compact organ masks.
     """
-    return end_to_end_configs(model_id, backbone, precision, DEFAULT.with_(threads=threads), model_key=BUNDLED)
+    return end_to_end_configs(model_id, backbone, precision, DEFAULT.with_(threads=threads), model_key=BUNDLED,
+                              openvino=openvino)
 
 
 def peer_config() -> Config:
@@ -587,7 +591,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
         if bundled and "end_to_end" in scopes:
             model_id, bundled_backbone = add_bundled_model(setup)
             bundled_name = f"{model_id} (input {setup.costs[BUNDLED]['input_size']})"
-            configs += bundled_configs(model_id, bundled_backbone, precision, threads)
+            configs += bundled_configs(model_id, bundled_backbone, precision, threads, openvino_runtime.available())
         if peer and "end_to_end" in scopes:
             configs.append(peer_config())
         rows = []
@@ -626,22 +630,31 @@ def profile_network(backbone: str, *, precision: str = "auto", runtime: str = "a
     """Where the network's time goes, as a text table: OpenVINO's per-layer counters grouped by layer
     type and execution kernel, or torch.profiler's operator table for the eager path."""
     from . import openvino_runtime
-    from .optimize import prepare_for_inference
+    from .optimize import compute_dtype, prepare_for_inference
 
     image = sitk.ReadImage(str(ct or sample_ct_path()))
     slices = calibration_slices(image, (input_size, input_size), count=8)
     model = benchmark_model(backbone, slices)
-    net, autocast = prepare_for_inference(model, torch.device("cpu"), precision,
-                                          optimizations=DEFAULT.with_(runtime=runtime), copy_model=False)
+    opts = DEFAULT.with_(runtime=runtime)
+    if runtime != "torch" and openvino_runtime.available():
+        net, autocast = openvino_runtime.compile_network(model, compute_dtype(torch.device("cpu"), precision, opts),
+                                                         opts, perf_counters=True), None
+    else:
+        net, autocast = prepare_for_inference(model, torch.device("cpu"), precision, optimizations=opts,
+                                              copy_model=False)
     x, z = slices[:batch_size], torch.full((batch_size,), 0.5)
     if isinstance(net, openvino_runtime.OpenVINONetwork):
-        request = net.compiled.create_infer_request()
-        request.infer([x.numpy(), z.numpy()])
+        encoder, decoder = (graph.create_infer_request() for graph in (net.encoder_graph, net.decoder_graph))
+
+        def infer() -> None:
+            decoder.infer([*encoder.infer([x.numpy()]).to_tuple(), z.numpy()])
+
+        infer()
         start = time.perf_counter()
-        request.infer([x.numpy(), z.numpy()])
+        infer()
         wall = time.perf_counter() - start
         groups: dict[tuple[str, str], list[float]] = {}
-        for info in request.profiling_info:
+        for info in [*encoder.profiling_info, *decoder.profiling_info]:
             entry = groups.setdefault((info.node_type, info.exec_type), [0.0, 0])
             entry[0] += info.real_time.total_seconds()
             entry[1] += 1
