@@ -29,12 +29,15 @@ def network(ct):
             model.encoded_slices.append(args[0].shape[0])
 
     model.encoder.register_forward_hook(count)  # kept by the copy segment() prepares
+    model.decoded_slices = []
+    model.decoder.register_forward_hook(lambda module, args, out: model.decoded_slices.append(args[0].shape[0]))
     return model
 
 
 def run(ct, network, batch_size=4, **kwargs):
     """Labels, main-pass probabilities and the number of slices the encoder ran."""
     network.encoded_slices.clear()
+    network.decoded_slices.clear()
     probabilities = {}
 
     def sink(t, p):
@@ -73,11 +76,12 @@ def test_the_main_pass_decodes_what_the_first_pass_encoded_and_draws_the_same_la
 @pytest.mark.parametrize("batch_size", [2, 4])
 def test_the_encoder_still_runs_full_batches_when_half_the_slices_come_from_the_cache(ct, network, batch_size):
     """bf16 on a CPU encodes one slice at half the speed of two: the main pass takes twice the
-    batch, so that the slices it must encode still fill one."""
+    batch, so that the slices it must encode still fill one, and decodes it in two."""
     result = run(ct, network, batch_size=batch_size)[0]
     batches = network.encoded_slices
     assert result.model_info["feature_cache"]["slices_reused"] > 0
     assert all(n == batch_size for n in batches[:-1]), batches
+    assert max(network.decoded_slices) == batch_size  # the decoder's memory stays one batch's
     assert result.model_info["batch_size"] == batch_size
 
 

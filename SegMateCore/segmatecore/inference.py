@@ -264,13 +264,21 @@ class _Pipeline:
                 fresh = [self.runner.model.encode(view) for view in self._views(x)] if x is not None else []
                 if remember and fresh:
                     self.cache.put(missing, fresh)
-                encoded = self._assemble(cached, fresh)
-                out = self._combine([self.runner.model.decode(view, z, outputs) for view in encoded])
+                out = self._decode(self._assemble(cached, fresh), z, outputs)
             if not remember:
                 self.cache.release(t)
         self._sync()
         self.timings["network"] += time.perf_counter() - start
         return out
+
+    def _decode(self, encoded: list[Encoded], z: torch.Tensor | None, outputs: tuple[str, ...]) -> SegMateOutput:
+        """Decode in batches of the batch size: a main-pass batch may be twice that (see
+        _main_pass_scale), so that its slices to encode fill one; the decoder's memory stays one batch's."""
+        count, size = encoded[0].context.shape[0], self.runner.batch_size
+        parts = [self._combine([self.runner.model.decode(view.rows(a, a + size), None if z is None else z[a:a + size],
+                                                         outputs) for view in encoded])
+                 for a in range(0, count, size)]
+        return parts[0] if len(parts) == 1 else _cat_outputs(parts)
 
     def _assemble(self, cached: list[tuple[Encoded, ...] | None], fresh: list[Encoded]) -> list[Encoded]:
         """Each view's encodings in slice order, from the cache where kept and from ``fresh`` otherwise."""
@@ -287,6 +295,13 @@ class _Pipeline:
                     parts.append(item[v].to(self.runner.device))
             views.append(Encoded.cat(parts))
         return views
+
+
+def _cat_outputs(parts: list[SegMateOutput]) -> SegMateOutput:
+    def cat(values: list[torch.Tensor | None]) -> torch.Tensor | None:
+        return None if values[0] is None else torch.cat(values)
+    return SegMateOutput(cat([p.seg for p in parts]), cat([p.boundary for p in parts]),
+                         cat([p.presence for p in parts]), ())
 
 
 def _average_with_mirror(out: SegMateOutput, flipped: SegMateOutput, mirror: list[int]) -> SegMateOutput:
@@ -514,8 +529,8 @@ def release_freed_memory() -> None:
 
 def _main_pass_scale(cache: FeatureCache | None, t_run: np.ndarray) -> int:
     """2 when the cache holds about half the slices or more: each main-pass batch then still
-    encodes a full batch (bf16 on a CPU runs one slice at a time at half the speed of two) and
-    decodes up to twice as many; 1 otherwise."""
+    encodes a full batch (bf16 on a CPU runs one slice at a time at half the speed of two), and
+    decodes it in two; 1 otherwise."""
     if cache is None or not cache.entries:
         return 1
     uncached = sum(cache.get(t) is None for t in t_run)

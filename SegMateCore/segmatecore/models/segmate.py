@@ -53,6 +53,10 @@ class Encoded(NamedTuple):
             return t[index:index + 1].clone() if copy else t[index:index + 1]
         return Encoded(tuple(row(s) for s in self.skips), row(self.context), self.size)
 
+    def rows(self, start: int, stop: int) -> "Encoded":
+        """Slices ``start:stop`` of the batch, as views."""
+        return Encoded(tuple(s[start:stop] for s in self.skips), self.context[start:stop], self.size)
+
     def to(self, device: torch.device) -> "Encoded":
         return Encoded(tuple(s.to(device) for s in self.skips), self.context.to(device), self.size)
 
