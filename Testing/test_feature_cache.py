@@ -40,7 +40,10 @@ def run(ct, network, batch_size=4, **kwargs):
     network.decoded_slices.clear()
     probabilities = {}
 
+    network.resampled_slices = []
+
     def sink(t, p):
+        network.resampled_slices.append(len(t))
         for i, index in enumerate(t):
             probabilities[int(index)] = p[i].clone()
 
@@ -81,7 +84,8 @@ def test_the_encoder_still_runs_full_batches_when_half_the_slices_come_from_the_
     batches = network.encoded_slices
     assert result.model_info["feature_cache"]["slices_reused"] > 0
     assert all(n == batch_size for n in batches[:-1]), batches
-    assert max(network.decoded_slices) == batch_size  # the decoder's memory stays one batch's
+    # the decoder's and the resampling's memory stay one batch's
+    assert max(network.decoded_slices) == max(network.resampled_slices) == batch_size
     assert result.model_info["batch_size"] == batch_size
 
 

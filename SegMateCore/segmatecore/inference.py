@@ -441,9 +441,15 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
         smoother = ZSmoother(sigmas, write_labels) if any(sigmas) else None
 
         def step(t: np.ndarray) -> None:
-            out = pipeline.forward(t, z_values(t))
+            seg = pipeline.forward(t, z_values(t)).seg
             start = time.perf_counter()
-            logits = out.seg[:, channels.to(out.seg.device)].float()
+            size = runner.batch_size  # a main-pass batch may be twice that (feature cache): resample in parts
+            for a in range(0, len(t), size):
+                resample(t[a:a + size], seg[a:a + size])
+            pipeline.timings["resample"] += time.perf_counter() - start
+
+        def resample(t: np.ndarray, seg: torch.Tensor) -> None:
+            logits = seg[:, channels.to(seg.device)].float()
             probabilities = torch.sigmoid(logits)
             if gate:
                 probabilities = probabilities * _gate_mask(gate, t, len(keys)).to(probabilities.device)[:, :, None, None]
@@ -462,7 +468,6 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
                     raise MemoryError(f"Out of memory while writing the slices smoothed along z ({exc}); run "
                                       "again with a smaller batch size, or without z smoothing "
                                       "(--z-smoothing ORGAN=0).") from exc
-            pipeline.timings["resample"] += time.perf_counter() - start
 
         runner.run("network", t_run, step, scale=_main_pass_scale(pipeline.cache, t_run))
         if smoother is not None:
