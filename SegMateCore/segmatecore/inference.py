@@ -289,7 +289,7 @@ class _Pipeline:
             parts, row = [], 0
             for item in cached:
                 if item is None:
-                    parts.append(fresh[v].select(row, copy=False))
+                    parts.append(fresh[v].rows(row, row + 1))
                     row += 1
                 else:
                     parts.append(item[v].to(self.runner.device))

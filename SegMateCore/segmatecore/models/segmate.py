@@ -47,11 +47,10 @@ class Encoded(NamedTuple):
     context: torch.Tensor
     size: tuple[int, int]
 
-    def select(self, index: int, copy: bool = True) -> "Encoded":
-        """One slice of the batch; a copy does not hold on to the whole batch's memory."""
-        def row(t: torch.Tensor) -> torch.Tensor:
-            return t[index:index + 1].clone() if copy else t[index:index + 1]
-        return Encoded(tuple(row(s) for s in self.skips), row(self.context), self.size)
+    def select(self, index: int) -> "Encoded":
+        """One slice of the batch, copied so that it does not hold on to the whole batch's memory."""
+        return Encoded(tuple(s[index:index + 1].clone() for s in self.skips),
+                       self.context[index:index + 1].clone(), self.size)
 
     def rows(self, start: int, stop: int) -> "Encoded":
         """Slices ``start:stop`` of the batch, as views."""
