@@ -55,8 +55,17 @@ def test_clean_organs_fills_a_liver_hole_but_never_over_another_organ():
 
 
 @pytest.mark.parametrize("size", [(512, 512), (97, 130), (40, 48)])
-def test_labels_on_the_ct_grid_skip_organs_below_threshold_without_changing_a_voxel(size):
+def test_labels_on_the_ct_grid_skip_organs_below_threshold_without_changing_a_voxel(size, monkeypatch):
     """segment() resizes only the organs that can pass their threshold somewhere in the batch."""
+    from segmatecore import postprocess
+
+    resized = []
+
+    def counting_resize(x, *args, **kwargs):
+        resized.append(x.shape[1])
+        return resize_slices(x, *args, **kwargs)
+
+    monkeypatch.setattr(postprocess, "resize_slices", counting_resize)
     torch.manual_seed(1)
     probabilities = torch.rand(3, 6, 64, 64) ** 4
     thresholds = torch.tensor([0.5, 0.6, 0.4, 0.7, 0.5, 0.3])
@@ -67,6 +76,8 @@ def test_labels_on_the_ct_grid_skip_organs_below_threshold_without_changing_a_vo
     labels = torch.arange(1, 7, dtype=torch.uint8) * 2
     expected = labels_from_probabilities(resize_slices(probabilities, size), labels, thresholds)
     assert torch.equal(labels_on_grid(probabilities, size, labels, thresholds), expected)
+    assert resized == [4]  # channels 1 (below its threshold) and 5 (gated out) were never resized
     assert set(expected.unique().tolist()) == {0, 2, 6, 10}
     nothing = labels_on_grid(probabilities * 0.1, size, labels, thresholds + 0.5)
     assert nothing.shape == (3, *size) and nothing.dtype == torch.uint8 and not nothing.any()
+    assert resized == [4]

@@ -32,16 +32,15 @@ class FeatureCache:
 
     def put(self, t: Sequence[int], views: Sequence[Encoded]) -> None:
         """Keep slice ``t[i]``'s encodings (row i of each view) while they fit under the cap."""
+        size = sum(view.nbytes for view in views) // max(len(t), 1)  # every slice's encodings are the same size
         for i, index in enumerate(t):
             index = int(index)
             if index in self.entries:
                 continue
-            item = tuple(view.select(i) for view in views)
-            size = sum(view.nbytes for view in item)
             if self.bytes + size > self.max_bytes:
                 self.full = True
                 return
-            self.entries[index] = item
+            self.entries[index] = tuple(view.select(i) for view in views)
             self.bytes += size
             self.stored += 1
             self.peak_bytes = max(self.peak_bytes, self.bytes)
@@ -54,7 +53,7 @@ class FeatureCache:
         for index in t:
             item = self.entries.pop(int(index), None)
             if item is not None:
-                self.bytes -= sum(view.nbytes for view in item)
+                self.bytes -= sum(view.nbytes for view in item)  # the copies' own size
                 self.reused += int(used)
 
     def keep_only(self, t: Iterable[int]) -> None:
