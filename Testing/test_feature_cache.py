@@ -29,6 +29,9 @@ def network(ct):
             model.encoded_slices.append(args[0].shape[0])
 
     model.encoder.register_forward_hook(count)  # kept by the copy segment() prepares
+    model.boundary_calls = []  # a training signal: inference never computes it
+    model.boundary_head.register_forward_hook(
+        lambda module, args, out: model.boundary_calls.append(1) if torch.is_inference_mode_enabled() else None)
     model.decoded_slices = []
     model.decoder.register_forward_hook(lambda module, args, out: model.decoded_slices.append(args[0].shape[0]))
     return model
@@ -38,6 +41,7 @@ def run(ct, network, batch_size=4, **kwargs):
     """Labels, main-pass probabilities and the number of slices the encoder ran."""
     network.encoded_slices.clear()
     network.decoded_slices.clear()
+    network.boundary_calls.clear()
     probabilities = {}
 
     network.resampled_slices = []
@@ -64,6 +68,7 @@ def assert_same(a, b):
 def test_the_main_pass_decodes_what_the_first_pass_encoded_and_draws_the_same_labels(ct, network):
     depth = ct.GetSize()[2]
     again = run(ct, network, feature_cache_mb=0)
+    assert network.boundary_calls == []  # a training signal: not computed without the cache either
     reused = run(ct, network)
     assert_same(reused, again)
     first_pass = again[0].z_range["slices_run"]
@@ -71,6 +76,7 @@ def test_the_main_pass_decodes_what_the_first_pass_encoded_and_draws_the_same_la
     # without the cache every first-pass slice is encoded twice; with it, every slice exactly once
     assert again[3] == depth + first_pass
     assert reused[3] == depth
+    assert network.boundary_calls == []
     cache = reused[0].model_info["feature_cache"]
     assert cache["slices_stored"] == cache["slices_reused"] == first_pass and not cache["cap_reached"]
     assert again[0].model_info["feature_cache"] is None

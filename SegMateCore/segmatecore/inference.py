@@ -222,8 +222,8 @@ class _Pipeline:
         self.runner = runner
         self.mirror = mirror
         model = runner.model
-        splits = callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))
-        self.cache = cache if splits else None
+        self.splits = callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))
+        self.cache = cache if self.splits else None
         self.timings = {"preprocess": 0.0, "network": 0.0, "resample": 0.0}
 
     def _sync(self) -> None:
@@ -248,13 +248,17 @@ class _Pipeline:
                 outputs: tuple[str, ...] = ("seg", "presence")) -> SegMateOutput:
         """The network's output for slices ``t``. ``remember``: keep their encodings for a later
         call (the first pass); otherwise encodings kept earlier are used once and released.
-        ``outputs``: the heads a SegMateNet computes here (a plain module computes all of them)."""
+        ``outputs``: the heads a SegMateNet computes here, with or without the cache (a plain module
+        computes all of them)."""
         z = None if z_norm is None else torch.from_numpy(np.asarray(z_norm, dtype=np.float32)).to(self.runner.device)
         if self.cache is None:
             x = self._input(t)
             start = time.perf_counter()
             with self.runner.autocast():
-                out = self._combine([self.runner.model(view, z) for view in self._views(x)])
+                if self.splits:  # only the heads asked for
+                    out = self._decode([self.runner.model.encode(view) for view in self._views(x)], z, outputs)
+                else:
+                    out = self._combine([self.runner.model(view, z) for view in self._views(x)])
         else:
             cached = [self.cache.get(i) for i in t]
             missing = np.asarray([i for i, c in zip(t, cached) if c is None], dtype=np.int64)
