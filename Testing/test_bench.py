@@ -57,7 +57,7 @@ def test_values_are_sane(quick):
 def test_each_optimisation_is_a_row_that_agrees_with_fp32(quick):
     rows = quick[0]["rows"]
     names = [r["name"] for r in rows]
-    for step in ("+ inference_mode", "+ reparameterize", "+ fold batchnorm", "+ channels_last", "+ bf16",
+    for step in ("+ inference_mode", "+ reparameterize", "+ fold batchnorm", "+ fuse convolutions", "+ channels_last", "+ bf16",
                  "end_to_end: default"):
         assert any(step in n for n in names), step
     compared = [r for r in rows if r.get("reference")]
@@ -152,3 +152,21 @@ def test_resample_to_size_keeps_the_physical_extent():
     first_edge = np.array(out.GetOrigin()) - np.array(out.GetSpacing()) / 2
     assert first_edge == pytest.approx(np.array(image.GetOrigin()) - np.array(image.GetSpacing()) / 2)
     assert out.GetPixelID() == sitk.sitkInt16
+
+
+def test_no_openvino_leaves_out_every_openvino_row(tmp_path, monkeypatch):
+    """OpenVINO is installed (pinned); --no-openvino must still keep its slow conversion out of a run."""
+    from segmatecore import bench, openvino_runtime
+
+    assert openvino_runtime.available()
+    measured: list = []
+    fake_row = {"s_network": 1.0, "peak_rss_mb": 1.0, "dtype": "float32", "load_before_after": [0, 0]}
+    monkeypatch.setattr(bench, "_run_config", lambda config, *args, **kwargs: measured.append(config) or dict(fake_row))
+    monkeypatch.setattr(bench, "_compare", lambda rows, organs: None)
+    assert main(["bench", "--quick", "--backbones", "fastvit_t12", "--no-peer", "--no-openvino",
+                 "--workdir", str(tmp_path)]) == 0
+    assert measured and not any(c.optimizations["runtime"] == "openvino" for c in measured)
+    assert any(c.model_key == bench.BUNDLED for c in measured)
+    measured.clear()
+    assert main(["bench", "--quick", "--backbones", "fastvit_t12", "--no-peer", "--workdir", str(tmp_path)]) == 0
+    assert sum(c.optimizations["runtime"] == "openvino" for c in measured) == 4  # ladder fp32, bf16; two end to end

@@ -106,8 +106,10 @@ def test_fold_batchnorm_refuses_a_training_model(fastvit):
 
 
 @pytest.mark.parametrize("opts", [NONE.with_(reparameterize=True), NONE.with_(reparameterize=True, fold_batchnorm=True),
-                                  NONE.with_(reparameterize=True, fold_batchnorm=True, channels_last=True)],
-                         ids=["reparameterize", "fold", "channels_last"])
+                                  NONE.with_(reparameterize=True, fold_batchnorm=True, fuse_convolutions=True),
+                                  NONE.with_(reparameterize=True, fold_batchnorm=True, fuse_convolutions=True,
+                                             channels_last=True)],
+                         ids=["reparameterize", "fold", "fuse", "channels_last"])
 def test_each_fp32_optimisation_keeps_the_outputs(opts, fastvit, slices, reference):
     net, autocast = prepare_for_inference(fastvit, CPU, "fp32", optimizations=opts)
     assert autocast is None

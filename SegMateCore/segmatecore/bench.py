@@ -106,6 +106,8 @@ def segmate_configs(backbone: str, openvino: bool, precision: str = "auto", thre
         ladder.append(("+ reparameterize", step, "fp32", "inference_mode"))
     step = step.with_(fold_batchnorm=True)
     ladder.append(("+ fold batchnorm", step, "fp32", "inference_mode"))
+    step = step.with_(fuse_convolutions=True)
+    ladder.append(("+ fuse convolutions", step, "fp32", "inference_mode"))
     step = step.with_(channels_last=True)
     ladder.append(("+ channels_last", step, "fp32", "inference_mode"))
     step = step.with_(bf16=True)
@@ -564,8 +566,13 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
                   device: str = "cpu", peer: bool = True, ct: str | os.PathLike | None = None,
                   workdir: str | os.PathLike | None = None, batch_size: int = 4, network_slices: int | None = None,
                   threads: int | None = None, timeout: float = 3600.0, scopes: Sequence[str] = SCOPES,
-                  bundled: bool = True, report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run every configuration and return ``{"machine", "ct", "rows"}`` (rows as documented in ROW_FIELDS)."""
+                  bundled: bool = True, openvino: bool = True,
+                  report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every configuration and return ``{"machine", "ct", "rows"}`` (rows as documented in ROW_FIELDS).
+
+    ``openvino`` False leaves out the OpenVINO rows even where OpenVINO is installed (its conversion
+    of a large backbone takes minutes).
+    """
     from . import openvino_runtime
     from .models.encoder import backbone_spec
     from .organs import organ_keys
@@ -585,13 +592,14 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
         folder.mkdir(parents=True, exist_ok=True)
         machine = machine_description()
         setup = prepare_inputs(folder, backbones, size, source, input_size)
-        configs = [c for b in backbones for c in segmate_configs(b, openvino_runtime.available(), precision, threads)
+        openvino = openvino and openvino_runtime.available()
+        configs = [c for b in backbones for c in segmate_configs(b, openvino, precision, threads)
                    if c.scope in scopes]
         bundled_name = None
         if bundled and "end_to_end" in scopes:
             model_id, bundled_backbone = add_bundled_model(setup)
             bundled_name = f"{model_id} (input {setup.costs[BUNDLED]['input_size']})"
-            configs += bundled_configs(model_id, bundled_backbone, precision, threads, openvino_runtime.available())
+            configs += bundled_configs(model_id, bundled_backbone, precision, threads, openvino)
         if peer and "end_to_end" in scopes:
             configs.append(peer_config())
         rows = []

@@ -5,6 +5,9 @@ while the outputs stay equal to fp32 (Dice >= 0.99 per organ); docs/benchmark.md
 
 - FastViT re-parameterisation (timm's ``reparameterize_model``) and BatchNorm folding into the
   preceding convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``);
+- on the CPU, convolutions rewritten into forms oneDNN runs faster with the same arithmetic
+  (:mod:`segmatecore.cpu_fusion`): an activation fused into the convolution before it, and
+  FastViT's grouped downsampling convolutions run as depthwise ones;
 - channels-last memory layout, which oneDNN's convolutions prefer;
 - bf16 weights and activations on CPUs that compute bf16 natively (AVX512-BF16 or AMX), where
   oneDNN runs bf16 convolutions and matmuls about twice as fast as fp32. It is opt-in
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import cpu_fusion
 from .models import SegMateNet
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ class Optimizations:
 
     reparameterize: bool = True
     fold_batchnorm: bool = True
+    fuse_convolutions: bool = True
     channels_last: bool = True
     bf16: bool = False
     threads: int | None = None
@@ -68,7 +73,8 @@ class Optimizations:
 
 
 DEFAULT = Optimizations()
-NONE = Optimizations(reparameterize=False, fold_batchnorm=False, channels_last=False, bf16=False, runtime="torch")
+NONE = Optimizations(reparameterize=False, fold_batchnorm=False, fuse_convolutions=False, channels_last=False,
+                     bf16=False, runtime="torch")
 
 
 @lru_cache(maxsize=1)
@@ -167,14 +173,20 @@ def _norm_remainder(bn: nn.BatchNorm2d) -> nn.Module:
     return nn.Sequential(*rest) if rest else nn.Identity()
 
 
+def _example(model: nn.Module, size: int = 64, random: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A one-slice (input, z) pair on the model's device and dtype, zeros or fixed-seed noise."""
+    parameter = next(model.parameters())
+    shape = (1, 3, size, size)
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) if random else torch.zeros(shape))
+    return (x.to(parameter.device, parameter.dtype),
+            torch.full((1,), 0.5, device=parameter.device, dtype=parameter.dtype))
+
+
 def fold_batchnorm(model: nn.Module, example_size: int = 64) -> int:
     """Fold every eval-mode BatchNorm2d into the convolution that feeds it; returns how many were folded."""
     if model.training:
         raise ValueError("BatchNorm folding needs a model in eval mode (model.eval()).")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    example = (torch.zeros(1, 3, example_size, example_size, device=device, dtype=dtype),
-               torch.full((1,), 0.5, device=device, dtype=dtype))
+    example = _example(model, example_size)
     pairs = _conv_bn_pairs(model, example)
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
@@ -194,12 +206,15 @@ def set_threads(threads: int | None) -> None:
 
 def prepare_torch(model: SegMateNet, device: torch.device, dtype: torch.dtype,
                   optimizations: Optimizations = DEFAULT) -> SegMateNet:
-    """The eager PyTorch path: re-parameterise, fold, cast and lay out ``model`` (in place)."""
+    """The eager PyTorch path: re-parameterise, fold, fuse, cast and lay out ``model`` (in place)."""
     model.eval()
     if optimizations.reparameterize:
         model.reparameterize()
     if optimizations.fold_batchnorm:
         log.debug("folded %d batch norms", fold_batchnorm(model))
+    if optimizations.fuse_convolutions and device.type == "cpu":
+        example = _example(model, random=True)
+        log.debug("fused %d convolutions", cpu_fusion.fuse_convolutions(model, lambda m: m(*example)))
     model.to(device)
     if optimizations.channels_last:
         model.to(memory_format=torch.channels_last)

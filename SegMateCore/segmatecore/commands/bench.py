@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--no-peer", dest="peer", action="store_false", help="leave out the 3D nnU-Net peer")
     p.add_argument("--no-bundled", dest="bundled", action="store_false",
                    help="leave out the rows of the bundled trained model (the default job, at its own input size)")
+    p.add_argument("--no-openvino", dest="openvino", action="store_false",
+                   help="leave out the OpenVINO rows even where OpenVINO is installed")
     p.add_argument("--ct", metavar="PATH", help="another CT to resample and use (default: the bundled sample)")
     p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4, segment's CPU default)")
     p.add_argument("--network-slices", type=int, help="slices timed in the network-alone rows (default 16)")
@@ -56,7 +58,7 @@ def run(args) -> int:
             print(format_row(row))
     else:
         results = run_benchmark(quick=args.quick, backbones=args.backbones, precision=args.precision,
-                                device=args.device, peer=args.peer, bundled=args.bundled, ct=args.ct, workdir=args.workdir,
+                                device=args.device, peer=args.peer, bundled=args.bundled, openvino=args.openvino, ct=args.ct, workdir=args.workdir,
                                 batch_size=args.batch_size, network_slices=args.network_slices, threads=args.threads,
                                 scopes=SCOPES if args.scope == "all" else (args.scope,),
                                 report=lambda row: print(format_row(row), flush=True))

@@ -1,0 +1,120 @@
+"""Convolutions fused with their activation, and grouped convolutions split into depthwise ones,
+must compute what the original model computes (segmatecore.cpu_fusion)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from segmatecore import cpu_fusion
+from segmatecore.bench import benchmark_model, calibration_slices
+from segmatecore.cpu_fusion import FusedConv2d, fuse_convolutions
+from segmatecore.optimize import DEFAULT, prepare_for_inference
+from segmatecore.resources import resource_path
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.skipif(not cpu_fusion.available(), reason="this PyTorch has no oneDNN fused convolution")]
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def slices() -> torch.Tensor:
+    image = sitk.ReadImage(str(resource_path("SampleData", "totalsegmentator_example_ct.nii.gz")))
+    return calibration_slices(image, (64, 64), count=4)
+
+
+@pytest.mark.parametrize("activation", [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.ReLU(), None],
+                         ids=["gelu", "gelu_tanh", "silu", "relu", "none"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("groups,out_channels", [(1, 12), (6, 12), (6, 18)], ids=["dense", "grouped_x2", "grouped_x3"])
+def test_fused_convolution_computes_the_convolution_then_the_activation(activation, layout, groups, out_channels):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, out_channels, 7, stride=2, padding=3, groups=groups)
+    x = (3 * torch.randn(2, 6, 20, 18)).contiguous(memory_format=layout)
+    expected = conv(x)
+    if activation is not None:
+        expected = activation(expected)
+    post_op = cpu_fusion._post_op(activation) if activation is not None else None
+    split = groups == 6
+    fused = FusedConv2d(conv, post_op, split=split)
+    assert fused.multiplier == (out_channels // 6 if split else 1)
+    with torch.inference_mode():
+        got = fused(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fastvit_is_rewritten_and_its_outputs_are_kept(slices):
+    model = benchmark_model("fastvit_t12", slices)
+    z = torch.linspace(0, 1, len(slices))
+    plain, _ = prepare_for_inference(model, CPU, "fp32", optimizations=DEFAULT.with_(fuse_convolutions=False))
+    fused, _ = prepare_for_inference(model, CPU, "fp32", optimizations=DEFAULT)
+    rewritten = [m for m in fused.modules() if isinstance(m, FusedConv2d)]
+    # every ConvMlp's GELU, the GELU of FastViT's blocks, the decoder's ReLUs; and the three 7x7
+    # downsampling convolutions (64 -> 128, 128 -> 256, 256 -> 512 channels) split in two
+    assert sum(m.post_op == ("gelu", "none") for m in rewritten) >= 12
+    assert sum(m.post_op == ("relu", "") for m in rewritten) >= 1
+    assert sorted(m.weight.shape[0] for m in rewritten if m.multiplier == 2) == [128, 256, 512]
+    assert not any(isinstance(m, FusedConv2d) for m in plain.modules())
+    with torch.inference_mode():
+        expected, got = plain(slices, z), fused(slices, z)
+    torch.testing.assert_close(got.seg, expected.seg, rtol=1e-4, atol=1e-4 * expected.seg.abs().max().item())
+    torch.testing.assert_close(got.presence, expected.presence, rtol=0, atol=1e-5)
+
+
+def test_a_convolution_whose_output_is_also_read_elsewhere_is_left_alone():
+    class Shared(nn.Module):
+        """The GELU module is the convolution's only module reader, but forward also adds the raw output."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act = nn.Conv2d(3, 4, 3, padding=1), nn.GELU()
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.act(y) + y
+
+    model = Shared().eval()
+    x = torch.randn(1, 3, 8, 8)
+    expected = model(x)
+    assert fuse_convolutions(model, lambda m: m(x)) == 0
+    assert type(model.conv) is nn.Conv2d and type(model.act) is nn.GELU
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_identity_and_dropout_between_convolution_and_activation_are_looked_past():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Identity(), nn.Dropout(0.5), nn.SiLU(),
+                          nn.Conv2d(4, 4, 1), nn.Sigmoid()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    assert fuse_convolutions(model, lambda m: m(x)) == 1
+    assert isinstance(model[0], FusedConv2d) and model[0].post_op == ("swish", "")
+    assert isinstance(model[3], nn.Identity)
+    assert type(model[4]) is nn.Conv2d, "no activation oneDNN can absorb follows it"
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_fusion_is_skipped_where_the_device_is_not_the_cpu(slices, monkeypatch):
+    """On CUDA, or a PyTorch without oneDNN, the model keeps its plain convolutions."""
+    monkeypatch.setattr(cpu_fusion, "available", lambda: False)
+    model = benchmark_model("fastvit_t12", slices)
+    net, _ = prepare_for_inference(copy.deepcopy(model), CPU, "fp32")
+    assert not any(isinstance(m, FusedConv2d) for m in net.modules())
+
+
+def test_fused_model_runs_in_bf16_channels_last(slices):
+    model = benchmark_model("fastvit_t12", slices)
+    net, _ = prepare_for_inference(model, CPU, "bf16")
+    block = next(m for m in net.modules() if isinstance(m, FusedConv2d) and m.multiplier == 2)
+    assert block.weight.dtype == torch.bfloat16
+    with torch.inference_mode():
+        out = net(slices, torch.linspace(0, 1, len(slices)))
+    assert out.seg.dtype == torch.bfloat16 and torch.isfinite(out.seg.float()).all()
+    # the split convolution's output keeps the channels-last layout oneDNN wants downstream
+    x = torch.randn(1, block.weight.shape[0] // 2, 16, 16).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert block(x).is_contiguous(memory_format=torch.channels_last)
