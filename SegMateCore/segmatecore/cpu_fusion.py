@@ -153,7 +153,7 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 def _tensors(value: object) -> list[torch.Tensor]:
     """Every tensor in a model output (a tensor, or nested tuples and lists of them), in order."""
     if isinstance(value, torch.Tensor):
-        return [value.float()]
+        return [value.detach()]
     if isinstance(value, (tuple, list)):
         return [t for item in value for t in _tensors(item)]
     return []
