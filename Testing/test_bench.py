@@ -170,3 +170,15 @@ def test_no_openvino_leaves_out_every_openvino_row(tmp_path, monkeypatch):
     measured.clear()
     assert main(["bench", "--quick", "--backbones", "fastvit_t12", "--no-peer", "--workdir", str(tmp_path)]) == 0
     assert sum(c.optimizations["runtime"] == "openvino" for c in measured) == 4  # ladder fp32, bf16; two end to end
+
+
+def test_profile_shows_the_network_inference_runs():
+    """`segmate bench --profile`: the prepared network (fused convolutions), masks and presence only,
+    so the boundary head's full-size upsampling is not counted (two upsamplings, the decoder's and
+    the masks'; three with every head)."""
+    from segmatecore.bench import profile_network
+
+    table = profile_network("fastvit_t12", precision="fp32", runtime="torch", input_size=64, batch_size=2)
+    assert "mkldnn::_convolution_pointwise" in table
+    upsampling = next(line for line in table.splitlines() if "aten::upsample_bilinear2d" in line)
+    assert upsampling.split()[-1] == "2", upsampling

@@ -133,3 +133,28 @@ def test_fused_model_runs_in_bf16_channels_last(slices):
     x = torch.randn(1, block.weight.shape[0] // 2, 16, 16).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         assert block(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_an_in_place_activation_is_fused_and_a_second_reader_prevents_it():
+    """timm's activations work in place: the tensor the next layer reads is the convolution's output
+    object, now holding the activation's values. That is a read of the activation, not of the conv."""
+    class Block(nn.Module):
+        def __init__(self, also_read: bool):
+            super().__init__()
+            self.conv, self.act, self.next = nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(inplace=True), nn.Conv2d(4, 4, 1)
+            self.other, self.also_read = nn.Conv2d(4, 4, 1), also_read
+
+        def forward(self, x):
+            y = self.conv(x)
+            raw = self.other(y) if self.also_read else 0  # a second module reads the raw output
+            return self.next(self.act(y)) + raw
+
+    x = torch.randn(2, 3, 8, 8)
+    fused = Block(also_read=False).eval()
+    expected = fused(x)
+    assert fuse_convolutions(fused, (x,)) == 1
+    assert isinstance(fused.conv, FusedConv2d) and isinstance(fused.act, nn.Identity)
+    torch.testing.assert_close(fused(x), expected)
+    shared = Block(also_read=True).eval()
+    assert fuse_convolutions(shared, (x,)) == 0
+    assert type(shared.conv) is nn.Conv2d

@@ -125,11 +125,18 @@ def _conv_activation_pairs(model: nn.Module, run: Callable[[], object]) -> dict[
                     readers.setdefault(entry[0], set()).add(name)
         return hook
 
+    def claim(name):
+        def hook(module, args, output):
+            # an in-place module (SiLU(inplace=True), timm's default) returns its input tensor: what
+            # reads that tensor from now on reads this module's output, not the convolution's
+            if args and output is args[0]:
+                produced[id(output)] = (name, output)
+        return hook
+
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(record(name)))
         if not any(True for _ in module.children()) and not isinstance(module, (nn.Identity, nn.Dropout)):
             hooks.append(module.register_forward_pre_hook(read(name)))
+            hooks.append(module.register_forward_hook(record(name) if isinstance(module, nn.Conv2d) else claim(name)))
     try:
         with torch.no_grad():
             run()
