@@ -113,8 +113,9 @@ def test_identity_and_dropout_between_convolution_and_activation_are_looked_past
     torch.testing.assert_close(model(x), expected)
 
 
-def test_fusion_is_skipped_where_the_device_is_not_the_cpu(slices, monkeypatch):
-    """On CUDA, or a PyTorch without oneDNN, the model keeps its plain convolutions."""
+def test_fusion_is_skipped_where_this_pytorch_has_no_onednn_fusion(slices, monkeypatch):
+    """A PyTorch build without oneDNN's fused convolution keeps the plain convolutions (prepare_torch
+    also skips fusion on CUDA, which this machine cannot test)."""
     monkeypatch.setattr(cpu_fusion, "available", lambda: False)
     model = benchmark_model("fastvit_t12", slices)
     net, _ = prepare_for_inference(copy.deepcopy(model), CPU, "fp32")

@@ -105,16 +105,25 @@ def _fusable(conv: nn.Module) -> bool:
     return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
-def _conv_activation_pairs(model: nn.Module, run: Callable[[], object]) -> dict[str, str]:
-    """{convolution: activation} module names where the activation module is the only module that
-    reads the convolution's output (Identity and Dropout pass it through and are looked past)."""
-    produced: dict[int, tuple[str, torch.Tensor]] = {}
+def conv_output_readers(model: nn.Module, run: Callable[[], object],
+                        also: tuple[type[nn.Module], ...] = ()) -> dict[str, set[str]]:
+    """{convolution: names of the modules that read its output}, found by running ``run()`` once
+    with hooks, so it follows the real data flow of any model instead of naming conventions.
+
+    Readers are leaf modules and modules of the types in ``also`` (timm's BatchNormAct2d has
+    children). Identity and Dropout pass the tensor on and are looked past. An in-place leaf
+    (SiLU(inplace=True), timm's default) returns its input tensor: what reads it afterwards reads
+    that module's output, not the convolution's. Reads by code outside modules (``y + conv(y)``)
+    are not seen: callers check their rewrite on an example.
+    """
+    produced: dict[int, tuple[str, torch.Tensor]] = {}  # holding the outputs keeps their ids unique
     readers: dict[str, set[str]] = {}
     hooks = []
 
     def record(name):
         def hook(module, args, output):
-            produced[id(output)] = (name, output)
+            if isinstance(module, nn.Conv2d) or (args and output is args[0]):
+                produced[id(output)] = (name, output)
         return hook
 
     def read(name):
@@ -125,26 +134,25 @@ def _conv_activation_pairs(model: nn.Module, run: Callable[[], object]) -> dict[
                     readers.setdefault(entry[0], set()).add(name)
         return hook
 
-    def claim(name):
-        def hook(module, args, output):
-            # an in-place module (SiLU(inplace=True), timm's default) returns its input tensor: what
-            # reads that tensor from now on reads this module's output, not the convolution's
-            if args and output is args[0]:
-                produced[id(output)] = (name, output)
-        return hook
-
     for name, module in model.named_modules():
-        if not any(True for _ in module.children()) and not isinstance(module, (nn.Identity, nn.Dropout)):
+        leaf = not any(True for _ in module.children())
+        if (leaf or isinstance(module, also)) and not isinstance(module, (nn.Identity, nn.Dropout)):
             hooks.append(module.register_forward_pre_hook(read(name)))
-            hooks.append(module.register_forward_hook(record(name) if isinstance(module, nn.Conv2d) else claim(name)))
+            if leaf:
+                hooks.append(module.register_forward_hook(record(name)))
     try:
         with torch.no_grad():
             run()
     finally:
         for hook in hooks:
             hook.remove()
+    return {conv: names for conv, names in readers.items() if isinstance(model.get_submodule(conv), nn.Conv2d)}
+
+
+def _conv_activation_pairs(model: nn.Module, run: Callable[[], object]) -> dict[str, str]:
+    """{convolution: activation} where an activation oneDNN can absorb is the output's only reader."""
     pairs = {}
-    for conv, names in readers.items():
+    for conv, names in conv_output_readers(model, run).items():
         if len(names) == 1:
             (act,) = names
             if _post_op(model.get_submodule(act)) is not None:

@@ -114,52 +114,16 @@ def compute_dtype(device: torch.device, precision: str, optimizations: Optimizat
 
 
 def _conv_bn_pairs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[tuple[str, str]]:
-    """(convolution, batch norm) module names where the norm's only input is the convolution's output.
-
-    Found by running ``example`` once with hooks, so it follows the real data flow of any model
-    (SegMate's blocks, timm's ConvNormAct, EfficientNet's blocks) instead of naming conventions.
-    """
-    produced: dict[int, tuple[str, torch.Tensor]] = {}  # holding the outputs keeps their ids unique
-    uses: dict[str, int] = {}
-    candidates: list[tuple[str, str]] = []
-    hooks = []
-
-    def source_of(value) -> str | None:
-        entry = produced.get(id(value)) if isinstance(value, torch.Tensor) else None
-        return entry[0] if entry is not None and entry[1] is value else None
-
-    def record_output(name):
-        def hook(module, args, output):
-            produced[id(output)] = (name, output)
-        return hook
-
-    def count_use(module, args):
-        for value in args:
-            conv = source_of(value)
-            if conv is not None:
-                uses[conv] = uses.get(conv, 0) + 1
-
-    def match(name):
-        def hook(module, args):
-            conv = source_of(args[0])
-            if conv is not None:
-                candidates.append((conv, name))
-        return hook
-
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(record_output(name)))
-        if isinstance(module, nn.BatchNorm2d):
-            hooks.append(module.register_forward_pre_hook(match(name)))
-        if isinstance(module, nn.BatchNorm2d) or not any(True for _ in module.children()):
-            hooks.append(module.register_forward_pre_hook(count_use))  # leaves, and timm's norm+act
-    try:
-        with torch.no_grad():
-            model(*example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return [(conv, bn) for conv, bn in candidates if uses.get(conv) == 1]
+    """(convolution, batch norm) module names where the norm is the only reader of the convolution's
+    output (:func:`segmatecore.cpu_fusion.conv_output_readers`)."""
+    readers = cpu_fusion.conv_output_readers(model, lambda: model(*example), also=(nn.BatchNorm2d,))
+    pairs = []
+    for conv, names in readers.items():
+        if len(names) == 1:
+            (bn,) = names
+            if isinstance(model.get_submodule(bn), nn.BatchNorm2d):
+                pairs.append((conv, bn))
+    return pairs
 
 
 def _norm_remainder(bn: nn.BatchNorm2d) -> nn.Module:
