@@ -66,10 +66,11 @@ def test_fastvit_is_rewritten_and_its_outputs_are_kept(slices):
     torch.testing.assert_close(got.presence, expected.presence, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("backbone,at_least", [("fastvit_t12", 30), ("efficientnetv2_m", 60), ("mambaout_tiny", 5)])
+@pytest.mark.parametrize("backbone,at_least", [("fastvit_t12", 45), ("efficientnetv2_m", 165), ("mambaout_tiny", 24)])
 def test_every_backbone_is_rewritten_and_keeps_its_masks(backbone, at_least, slices):
-    """The check at preparation must not reject a sound rewrite: the random EfficientNetV2-M turns
-    fp32 rounding into large output changes, which an fp32 comparison took for a wrong rewrite."""
+    """The check at preparation must not reject a sound rewrite (the random EfficientNetV2-M turns
+    fp32 rounding into large output changes, which an fp32 comparison took for a wrong rewrite), and
+    timm's in-place activations are fused (EfficientNetV2-M: 61 without that)."""
     from test_optimize import assert_agrees
 
     model = benchmark_model(backbone, slices)
