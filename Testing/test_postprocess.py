@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from segmatecore.postprocess import (MARGIN, _largest_component, clean_organs, fill_holes, labels_from_probabilities,
-                                     labels_on_grid)
+                                     labels_on_grid, labels_on_grid_from_logits)
 from segmatecore.preprocess import resize_slices
 
 
@@ -26,6 +26,36 @@ def test_largest_component_keeps_only_the_biggest_piece_among_many_specks():
     assert result.dtype == np.uint8
     assert np.array_equal(result, expected)
     assert result[8, 15, 15] == 1 and result.sum() < array.sum()
+
+
+def test_largest_component_counts_pieces_across_slabs_of_a_full_size_volume():
+    """Component sizes are counted slab by slab at 512 x 512: the piece that wins must be the one
+    that is largest over the whole volume, even when it starts in the last slab and smaller pieces
+    are larger within a single slab."""
+    array = np.zeros((40, 512, 512), dtype=np.uint8)
+    array[0:8, 0:100, 0:100] = 1        # 80 000 voxels, all in the first slab
+    array[9:40, 200:260, 200:260] = 1   # 111 600 voxels over four slabs, labelled after the first
+    array[32:40, 400:470, 0:70] = 1     # 39 200 voxels, all in the last slab: more than the winner there
+    array[::3, 500, ::7] = 1            # isolated specks in every slab
+    result = sitk.GetArrayFromImage(_largest_component(sitk.GetImageFromArray(array)))
+    assert result.sum() == 31 * 60 * 60
+    assert result[20, 230, 230] == 1 and result[4, 50, 50] == 0 and result[35, 430, 30] == 0
+    empty = sitk.GetArrayFromImage(_largest_component(sitk.GetImageFromArray(np.zeros((3, 8, 8), np.uint8))))
+    assert empty.dtype == np.uint8 and not empty.any()
+
+
+def test_fill_holes_keeps_the_mask_geometry():
+    array = np.ones((6, 9, 9), dtype=np.uint8)
+    array[2:4, 3:6, 3:6] = 0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.7, 2.5))
+    image.SetOrigin((-10.0, 20.0, 5.0))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, -1))
+    filled = fill_holes(image)
+    assert sitk.GetArrayFromImage(filled).all()
+    assert (filled.GetSpacing(), filled.GetOrigin(), filled.GetDirection()) == \
+        (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    assert filled.GetPixelID() == image.GetPixelID()
 
 
 @pytest.mark.parametrize("foreground", [0.5, 0.9])
@@ -81,3 +111,38 @@ def test_labels_on_the_ct_grid_skip_organs_below_threshold_without_changing_a_vo
     nothing = labels_on_grid(probabilities * 0.1, size, labels, thresholds + 0.5)
     assert nothing.shape == (3, *size) and nothing.dtype == torch.uint8 and not nothing.any()
     assert resized == [4]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(64, 64), (96, 80)])
+def test_labels_from_logits_are_the_labels_of_the_gated_probabilities(monkeypatch, dtype, size):
+    """segment() draws labels straight from the network's logits: the same labels as thresholding
+    sigmoid(logits) x gate (per-organ thresholds, most probable organ wins, closed gate never passes),
+    on the network's grid and on a different CT grid; a channel that never reaches its threshold is
+    never interpolated."""
+    from segmatecore import postprocess
+
+    resized = []
+
+    def counting_resize(x, *args, **kwargs):
+        resized.append(x.shape[1])
+        return resize_slices(x, *args, **kwargs)
+
+    monkeypatch.setattr(postprocess, "resize_slices", counting_resize)
+    torch.manual_seed(2)
+    logits = (torch.randn(4, 6, 64, 64) * 3).to(dtype)
+    logits[:, 4] = -8.0                       # never above its threshold
+    thresholds = torch.tensor([0.5, 0.3, 0.7, 0.9, 0.5, 0.2])
+    keep = torch.ones(4, 6)
+    keep[1, 2] = 0                            # the gate closes organ 3 on slice 1 ...
+    keep[:, 5] = 0                            # ... and organ 6 everywhere
+    labels = torch.arange(1, 7, dtype=torch.uint8) * 3
+    expected = labels_on_grid(torch.sigmoid(logits.float()) * keep[:, :, None, None], size, labels, thresholds)
+    resized.clear()
+    got = labels_on_grid_from_logits(logits, size, labels, thresholds, keep)
+    assert got.dtype == torch.uint8 and got.shape == (4, *size)
+    assert torch.equal(got, expected)
+    assert set(got.unique().tolist()) == {0, 3, 6, 9, 12}
+    assert not (got[1] == 9).any() and (got[0] == 9).any()
+    assert resized == ([] if size == (64, 64) else [4])
+    assert not labels_on_grid_from_logits(logits, size, labels, thresholds, torch.zeros(4, 6)).any()

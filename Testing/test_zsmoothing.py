@@ -191,12 +191,21 @@ def test_running_out_of_memory_after_smoothing_fails_clearly_instead_of_losing_s
             raise torch.OutOfMemoryError("out of memory (test)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "labels_on_grid", first_call_fails)
-    # without smoothing the runner retries the batch smaller and nothing is lost
+    # without smoothing (labels straight from the logits) the runner retries the batch smaller and nothing is lost
+    real_from_logits = inference.labels_on_grid_from_logits
+
+    def first_logits_call_fails(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("out of memory (test)")
+        return real_from_logits(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "labels_on_grid_from_logits", first_logits_call_fails)
     plain = segment(image, model=model, device="cpu", z_norm="none", batch_size=4)
     assert plain.volumes_ml["spinal_cord"] == pytest.approx(6 * 36 * 1.5 * 1.5 * SPACING_Z / 1000)
     assert any("batch size lowered to 2" in w for w in plain.warnings)
     calls["n"] = 0
+    monkeypatch.setattr(inference, "labels_on_grid", first_call_fails)
     model.metadata["z_smoothing_mm"] = {"spinal_cord": SPACING_Z}
     with pytest.raises(MemoryError, match="smoothed along z.*smaller batch size"):
         segment(image, model=model, device="cpu", z_norm="none", batch_size=4)

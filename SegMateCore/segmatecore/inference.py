@@ -27,7 +27,7 @@ from .io import LoadedVolume, load_volume
 from .feature_cache import DEFAULT_MAX_MB, FeatureCache
 from .models import Encoded, SegMateOutput
 from .organs import lateral_swap, organ, organ_keys
-from .postprocess import (clean_organs, labels_on_grid, laterality_warnings, mask_thresholds,
+from .postprocess import (clean_organs, labels_on_grid, labels_on_grid_from_logits, laterality_warnings, mask_thresholds,
                           postprocess_options, presence_gate_enabled, volumes_ml, z_smoothing_mm)
 from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
 from .result import SegmentationCancelled, SegmentationResult
@@ -453,10 +453,15 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             pipeline.timings["resample"] += time.perf_counter() - start
 
         def resample(t: np.ndarray, seg: torch.Tensor) -> None:
-            logits = seg[:, channels.to(seg.device)].float()
-            probabilities = torch.sigmoid(logits)
-            if gate:
-                probabilities = probabilities * _gate_mask(gate, t, len(keys)).to(probabilities.device)[:, :, None, None]
+            logits = seg[:, channels.to(seg.device)]
+            keep = _gate_mask(gate, t, len(keys)).to(logits.device) if gate else None
+            if probability_sink is None and smoother is None:  # the usual case: no probability is needed
+                labels_zxy[t] = labels_on_grid_from_logits(logits, (nx, ny), label_values, threshold_values,
+                                                           keep).cpu().numpy()
+                return
+            probabilities = torch.sigmoid(logits.float())
+            if keep is not None:
+                probabilities = probabilities * keep[:, :, None, None]
             if probability_sink is not None:
                 probability_sink(t, resize_slices(probabilities, (nx, ny)))
             if smoother is None:
@@ -482,6 +487,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     warnings += runner.warnings
 
     runner.check_cancel()
+    release_freed_memory()  # the network's buffers and the emptied feature cache, before the post-processing's own
     t0 = time.perf_counter()
     if progress:
         progress("postprocess", 0, 1)

@@ -28,6 +28,9 @@ MAX_Z_SMOOTHING_MM = 20.0
 # A channel whose largest probability is this far below its threshold cannot pass it after a
 # bilinear resize, whatever the rounding of the interpolation weights.
 MARGIN = 1e-6
+# The same in logit units, for choosing which channels to interpolate (a probability within 1e-6 of a
+# threshold between 0.001 and 0.999 is within 1e-3 of its logit).
+LOGIT_MARGIN = 1e-3
 
 # Per organ: (keep the largest connected component, fill enclosed holes). Solid organs are one
 # piece; tubular ones (cord, oesophagus, aorta, trachea) may be split by a missed slice, and
@@ -74,6 +77,47 @@ def labels_on_grid(probabilities: torch.Tensor, size: Sequence[int], labels: tor
         probabilities = probabilities.index_select(1, active)
         labels, thresholds = labels.to(active.device)[active], thresholds[active]
     return labels_from_probabilities(resize_slices(probabilities, size), labels, thresholds)
+
+
+def labels_on_grid_from_logits(logits: torch.Tensor, size: Sequence[int], labels: torch.Tensor,
+                               thresholds: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, C, h, w] mask logits -> [B, *size] uint8 labels: :func:`labels_on_grid` of
+    ``sigmoid(logits) * keep`` without computing a probability where none is needed.
+
+    ``keep`` ([B, C], 0 or 1): the presence gate; a closed channel never passes on that slice. The
+    sigmoid is monotone, so "probability above its threshold" is "logit above the threshold's logit",
+    and the most probable organ is the one with the largest logit. On the network's own grid the
+    labels therefore come straight from the logits, one channel at a time (a strictly larger logit
+    takes the voxel, so the first channel wins ties, as with max): 2.3-2.8x faster than the
+    probabilities' sigmoid, gate product and channel max on 4 x 9 x 512 x 512 logits. When the CT's
+    grid differs, the probabilities are what is interpolated, as before, but only for channels that
+    reach their threshold on some slice.
+    """
+    size = tuple(int(v) for v in size)
+    thresholds = thresholds.to(logits.device, torch.float32)
+    limits = torch.logit(thresholds.double()).float()
+    peaks = logits.amax(dim=(2, 3)).float()  # [B, C]
+    if keep is not None:
+        peaks = peaks.masked_fill(keep.to(peaks.device) == 0, float("-inf"))
+    reaching = peaks > (limits - LOGIT_MARGIN)[None, :]  # [B, C]: the slices where a channel may pass
+    if tuple(logits.shape[-2:]) != size:
+        active = torch.nonzero(reaching.any(dim=0)).flatten()
+        if active.numel() == 0:
+            return torch.zeros((logits.shape[0], *size), dtype=torch.uint8, device=logits.device)
+        probabilities = torch.sigmoid(logits.index_select(1, active).float())
+        if keep is not None:
+            probabilities = probabilities * keep.to(probabilities)[:, active, None, None]
+        return labels_on_grid(probabilities, size, labels.to(active.device)[active], thresholds[active])
+    best = torch.full((logits.shape[0], *size), float("-inf"), dtype=logits.dtype, device=logits.device)
+    out = torch.zeros((logits.shape[0], *size), dtype=torch.uint8, device=logits.device)
+    for c in torch.nonzero(reaching.any(dim=0)).flatten().tolist():
+        channel = logits[:, c]
+        better = (channel > limits[c:c + 1]) & (channel > best)  # a 1-element tensor: compared in float32
+        if not bool(reaching[:, c].all()):
+            better &= reaching[:, c, None, None]
+        torch.where(better, channel, best, out=best)
+        out.masked_fill_(better, int(labels[c]))
+    return out
 
 
 def _per_organ_values(organ_keys: list[str], calibrated: Mapping[str, Any] | None,
@@ -181,28 +225,41 @@ def clean_organs(labels: np.ndarray, options: dict[str, tuple[bool, bool]]) -> N
 def _largest_component(mask: sitk.Image) -> sitk.Image:
     """The largest connected component of a 0/1 mask.
 
-    RelabelComponent sorts components by size in one pass; shape statistics per component were
-    far slower and heavier on noisy masks (thousands of specks).
+    Component sizes are counted from the label image slab by slab (np.bincount works on int64
+    copies); RelabelComponent would sort them too but writes a second 32-bit label image, and
+    shape statistics per component were far slower on noisy masks (thousands of specks).
     """
-    relabelled = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
-    return sitk.Cast(relabelled == 1, mask.GetPixelID())
+    pieces = sitk.ConnectedComponent(mask)
+    array = sitk.GetArrayViewFromImage(pieces)  # a view: ``pieces`` must outlive it
+    counts = np.zeros(1, dtype=np.int64)
+    slab = max(1, (1 << 21) // max(1, array[0].size))
+    for start in range(0, array.shape[0], slab):
+        part = np.bincount(array[start:start + slab].ravel())
+        part[:counts.size] += counts[:part.size]
+        counts = part if part.size >= counts.size else np.concatenate([part, counts[part.size:]])
+    del array
+    counts[0] = 0
+    largest = sitk.Equal(pieces, int(np.argmax(counts))) if counts.max() > 0 else pieces != pieces
+    return sitk.Cast(largest, mask.GetPixelID())
 
 
 def fill_holes(mask: sitk.Image) -> sitk.Image:
     """A 0/1 mask with every background region that does not reach the border made foreground.
 
     The same voxels as sitk.BinaryFillhole(fullyConnected=False), found by labelling the background
-    once: BinaryFillhole's morphological reconstruction took 0.57 s on a smooth 100 x 200 x 200 crop
-    (this: 0.25 s) and 22 s on a speckled 60 x 300 x 300 one (this: 0.21 s), one thread.
+    once with a one-voxel background margin around the mask: every background region that reaches
+    the border joins the margin's region, and everything else is foreground or a hole.
+    One thread: BinaryFillhole's morphological reconstruction took 0.10 s on a hollow ball in a
+    100 x 200 x 200 crop (this: 0.06 s) and 5.9 s on a 50 % speckled 60 x 300 x 300 one (this:
+    0.6 s). Peak memory is one 32-bit label image and three 8-bit ones (the version that looked
+    the border's labels up with np.isin needed 3.4x more on a speckled 512 x 512 x 162 mask).
     """
-    pieces = sitk.ConnectedComponent(mask == 0, False)
-    background = sitk.GetArrayViewFromImage(pieces)  # a view: ``pieces`` must outlive it
-    border = np.unique(np.concatenate([face.ravel() for face in (
-        background[0], background[-1], background[:, 0], background[:, -1], background[..., 0], background[..., -1])]))
-    filled = sitk.GetArrayFromImage(mask)
-    filled[(background != 0) & ~np.isin(background, border)] = 1
-    del background, pieces
-    out = sitk.GetImageFromArray(filled)
+    padded = sitk.ConstantPad(mask, [1, 1, 1], [1, 1, 1], 0)
+    pieces = sitk.ConnectedComponent(padded == 0, False)
+    del padded
+    inside = pieces != pieces.GetPixel(0, 0, 0)
+    del pieces
+    out = sitk.Cast(sitk.Crop(inside, [1, 1, 1], [1, 1, 1]), mask.GetPixelID())
     out.CopyInformation(mask)
     return out
 
