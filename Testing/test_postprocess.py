@@ -146,3 +146,23 @@ def test_labels_from_logits_are_the_labels_of_the_gated_probabilities(monkeypatc
     assert not (got[1] == 9).any() and (got[0] == 9).any()
     assert resized == ([] if size == (64, 64) else [4])
     assert not labels_on_grid_from_logits(logits, size, labels, thresholds, torch.zeros(4, 6)).any()
+
+
+def test_labels_from_logits_where_float32_probabilities_tie_or_thresholds_sit_near_one():
+    """Edge cases of drawing labels from logits: float32 rounds the sigmoid of 20 and of 25 to 1.0,
+    so the probabilities tie and the larger logit decides; a threshold of 0.99999 must not make a
+    channel that passes after interpolation look absent; a closed gate wins even over a tiny threshold."""
+    labels = torch.tensor([1, 2], dtype=torch.uint8)
+    saturated = torch.tensor([20.0, 25.0]).reshape(1, 2, 1, 1)
+    assert labels_on_grid_from_logits(saturated, (1, 1), labels, torch.tensor([0.5, 0.5])).item() == 2
+
+    near_one = torch.full((1, 1, 3, 3), 11.508)    # below the threshold's logit (11.513), but float32
+    near_one[0, 0, 0, 0] = -20.0                   # rounds its sigmoid to the threshold itself
+    thresholds = torch.tensor([0.99999])
+    expected = labels_on_grid(torch.sigmoid(near_one), (7, 7), labels[:1], thresholds)
+    assert expected.sum() == 3                     # interpolation rounds up past it on three pixels
+    assert torch.equal(labels_on_grid_from_logits(near_one, (7, 7), labels[:1], thresholds), expected)
+
+    logits = torch.full((2, 1, 4, 4), 3.0)
+    closed = labels_on_grid_from_logits(logits, (4, 4), labels[:1], torch.tensor([1e-7]), torch.tensor([[0.0], [1.0]]))
+    assert not closed[0].any() and closed[1].all()

@@ -282,7 +282,18 @@ class PeakMemory:
 
 
 def _kernel_peak_mb() -> float:
-    """The kernel's high-water mark of this process's resident set (ru_maxrss, KiB on Linux)."""
+    """The kernel's high-water mark of this process's resident set.
+
+    On Linux, VmHWM of /proc/self/status: ru_maxrss is no use in a worker, because Linux carries
+    the parent's high-water mark over fork and exec (every row of one run reported the orchestrating
+    process's 1,633 MB, whatever the row used). Elsewhere ru_maxrss (bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
@@ -395,6 +406,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(all, stolen) CPU seconds of the whole machine so far, from Linux's /proc/stat; None elsewhere.
+
+    Stolen time is what the hypervisor gave this virtual machine's CPUs to other guests: a row can
+    run twice as slow with no load inside the VM (seen here: 20-46 % of the two vCPUs stolen for
+    half an hour), so each row records the share stolen while it ran.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return sum(ticks) / hz, ticks[7] / hz
+
+
+def steal_percent(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """Share of all CPU time between two :func:`machine_cpu_seconds` readings that was stolen."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return round(100.0 * (after[1] - before[1]) / (after[0] - before[0]), 1)
+
+
 def run_worker(job_path: str | os.PathLike) -> int:
     """Run one configuration (in this fresh process) and write its measurements beside the job file."""
     job = json.loads(Path(job_path).read_text())
@@ -403,7 +439,7 @@ def run_worker(job_path: str | os.PathLike) -> int:
     threads = config.optimizations.get("threads") or job.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
-    load_before = os.getloadavg()
+    load_before, cpu_before = os.getloadavg(), machine_cpu_seconds()
     worker = {"network": _network_worker, "end_to_end": _end_to_end_worker}[config.scope] \
         if config.kind == "segmate" else _nnunet_worker
     if device.type == "cuda":
@@ -413,6 +449,7 @@ def run_worker(job_path: str | os.PathLike) -> int:
     row["kernel_peak_rss_mb"] = _kernel_peak_mb()
     row["threads"] = torch.get_num_threads()
     row["load_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    row["cpu_steal_pct"] = steal_percent(cpu_before, machine_cpu_seconds())
     Path(job_path).with_name("result.json").write_text(json.dumps(row, default=str))
     return 0
 
@@ -749,14 +786,14 @@ def markdown_tables(results: dict[str, Any]) -> str:
         first = rows[0]
         out.append(f"#### {model}: {first['params_m']:.1f} M parameters, {first['gmacs_per_slice']:.2f} GMACs per slice\n")
         out.append("| configuration | s / volume | network s | CPU s | peak RSS MB | private MB | dtype | Dice vs fp32 (min) "
-                   "| load 1-min |")
-        out.append("|---|---|---|---|---|---|---|---|---|")
+                   "| load 1-min | CPU stolen % |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             cpu = r.get("cpu_s_per_volume") if r["scope"] == "end_to_end" else r.get("cpu_s_network")
             out.append(f"| {r['name'].split(': ', 1)[-1]} ({r['scope'].replace('_', ' ')}) | {num(r.get('s_per_volume'))} "
                        f"| {num(r['s_network'])} | {num(cpu)} | {num(r['peak_rss_mb'], 0)} "
                        f"| {num(r.get('peak_private_mb'), 0)} | {r['dtype']} | {num(r.get('dice_min'), 4)} "
-                       f"| {r['load_before_after'][0]} to {r['load_before_after'][1]} |")
+                       f"| {r['load_before_after'][0]} to {r['load_before_after'][1]} | {num(r.get('cpu_steal_pct'))} |")
         out.append("")
     return "\n".join(out)
 
@@ -764,7 +801,8 @@ def markdown_tables(results: dict[str, Any]) -> str:
 def format_row(row: dict[str, Any]) -> str:
     seconds = f"{row['s_per_volume']:.1f} s/volume" if row.get("s_per_volume") else "network only"
     return (f"{row['name']}: {seconds}, network {row['s_network']:.1f} s, peak {row['peak_rss_mb']:.0f} MB, "
-            f"{row['dtype']}, load {row['load_before_after']}")
+            f"{row['dtype']}, load {row['load_before_after']}"
+            + (f", {row['cpu_steal_pct']:.0f} % of the CPU stolen" if row.get("cpu_steal_pct") is not None else ""))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,6 @@ MAX_Z_SMOOTHING_MM = 20.0
 # A channel whose largest probability is this far below its threshold cannot pass it after a
 # bilinear resize, whatever the rounding of the interpolation weights.
 MARGIN = 1e-6
-# The same in logit units, for choosing which channels to interpolate (a probability within 1e-6 of a
-# threshold between 0.001 and 0.999 is within 1e-3 of its logit).
-LOGIT_MARGIN = 1e-3
 
 # Per organ: (keep the largest connected component, fill enclosed holes). Solid organs are one
 # piece; tubular ones (cord, oesophagus, aorta, trachea) may be split by a missed slice, and
@@ -87,19 +84,22 @@ def labels_on_grid_from_logits(logits: torch.Tensor, size: Sequence[int], labels
     ``keep`` ([B, C], 0 or 1): the presence gate; a closed channel never passes on that slice. The
     sigmoid is monotone, so "probability above its threshold" is "logit above the threshold's logit",
     and the most probable organ is the one with the largest logit. On the network's own grid the
-    labels therefore come straight from the logits, one channel at a time (a strictly larger logit
-    takes the voxel, so the first channel wins ties, as with max): 2.3-2.8x faster than the
-    probabilities' sigmoid, gate product and channel max on 4 x 9 x 512 x 512 logits. When the CT's
-    grid differs, the probabilities are what is interpolated, as before, but only for channels that
-    reach their threshold on some slice.
+    labels therefore come straight from the logits, one channel at a time: 2.3-2.8x faster than the
+    probabilities' sigmoid, gate product and channel max on 4 x 9 x 512 x 512 logits. They are the
+    probabilities' labels except where float32 cannot tell the probabilities apart (above about
+    0.9999, e.g. logits 20 and 25 both give 1.0): there the larger logit wins, not the first organ,
+    and a threshold above 0.9999 is compared exactly. When the CT's grid differs, the probabilities
+    are what is interpolated, as before, but only for channels that reach their threshold on some slice.
     """
     size = tuple(int(v) for v in size)
     thresholds = thresholds.to(logits.device, torch.float32)
-    limits = torch.logit(thresholds.double()).float()
-    peaks = logits.amax(dim=(2, 3)).float()  # [B, C]
+    # float64 on the CPU (Apple's MPS has no float64), used in float32 on the logits' device
+    limits = torch.logit(thresholds.detach().cpu().double()).float().to(logits.device)
+    # [B, C]: the slices where a channel may pass, by labels_on_grid's own test on the largest
+    # probability (the sigmoid of the largest logit: the sigmoid is monotone in float32 too)
+    reaching = torch.sigmoid(logits.amax(dim=(2, 3)).float()) > (thresholds - MARGIN)[None, :]
     if keep is not None:
-        peaks = peaks.masked_fill(keep.to(peaks.device) == 0, float("-inf"))
-    reaching = peaks > (limits - LOGIT_MARGIN)[None, :]  # [B, C]: the slices where a channel may pass
+        reaching &= keep.to(reaching.device) != 0
     if tuple(logits.shape[-2:]) != size:
         active = torch.nonzero(reaching.any(dim=0)).flatten()
         if active.numel() == 0:
