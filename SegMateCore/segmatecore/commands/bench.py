@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--no-openvino", dest="openvino", action="store_false",
                    help="leave out the OpenVINO rows even where OpenVINO is installed")
     p.add_argument("--ct", metavar="PATH", help="another CT to resample and use (default: the bundled sample)")
-    p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4, segment's CPU default)")
+    p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4, as in every earlier run; segment() itself uses 2 on the CPU)")
     p.add_argument("--network-slices", type=int, help="slices timed in the network-alone rows (default 16)")
     p.add_argument("--threads", type=int, help="PyTorch threads in every row (default: PyTorch's own)")
     p.add_argument("--scope", choices=("all", "network", "end_to_end"), default="all",
