@@ -28,7 +28,10 @@ def quick(tmp_path_factory):
 
 
 def test_every_row_has_the_documented_fields(quick):
+    from segmatecore.inference import DEFAULT_BATCH
+
     results, _ = quick
+    assert results["batch_size"] == DEFAULT_BATCH["cpu"]  # what `segmate predict` runs, unless told otherwise
     assert results["ct"]["size"] == list(QUICK_SIZE)
     assert "bf16" in results["machine"]["cpu"] or "avx" in results["machine"]["cpu"]
     for row in results["rows"]:

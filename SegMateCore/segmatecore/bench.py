@@ -601,20 +601,23 @@ def _openvino_version() -> str | None:
 
 def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, precision: str = "auto",
                   device: str = "cpu", peer: bool = True, ct: str | os.PathLike | None = None,
-                  workdir: str | os.PathLike | None = None, batch_size: int = 4, network_slices: int | None = None,
+                  workdir: str | os.PathLike | None = None, batch_size: int | None = None, network_slices: int | None = None,
                   threads: int | None = None, timeout: float = 3600.0, scopes: Sequence[str] = SCOPES,
                   bundled: bool = True, openvino: bool = True,
                   report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every configuration and return ``{"machine", "ct", "rows"}`` (rows as documented in ROW_FIELDS).
 
     ``openvino`` False leaves out the OpenVINO rows even where OpenVINO is installed (its conversion
-    of a large backbone takes minutes).
+    of a large backbone takes minutes). ``batch_size`` None: segment()'s own default for the device
+    (2 on the CPU), so that the rows measure what users run.
     """
     from . import openvino_runtime
+    from .inference import DEFAULT_BATCH, resolve_device
     from .models.encoder import backbone_spec
     from .organs import organ_keys
 
     backbones = [backbone_spec(b).key for b in backbones]
+    batch_size = batch_size or DEFAULT_BATCH.get(resolve_device(device).type, 4)
     size = QUICK_SIZE if quick else BENCH_SIZE
     input_size = 64 if quick else 512
     network_slices = network_slices or (QUICK_NETWORK_SLICES if quick else NETWORK_SLICES)
@@ -667,7 +670,8 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
                 if isinstance(row.get(key), float):
                     row[key] = round(row[key], 3)
         machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-    return {"machine": machine, "ct": {"source": str(source), "size": list(size), "quick": quick}, "rows": rows}
+    return {"machine": machine, "ct": {"source": str(source), "size": list(size), "quick": quick},
+            "batch_size": batch_size, "rows": rows}
 
 
 def profile_network(backbone: str, *, precision: str = "auto", runtime: str = "auto", input_size: int = 512,
