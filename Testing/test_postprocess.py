@@ -84,18 +84,24 @@ def test_clean_organs_fills_a_liver_hole_but_never_over_another_organ():
     assert (labels[0:3, 0:3, 0:3] == 0).all()
 
 
-@pytest.mark.parametrize("size", [(512, 512), (97, 130), (40, 48)])
-def test_labels_on_the_ct_grid_skip_organs_below_threshold_without_changing_a_voxel(size, monkeypatch):
-    """segment() resizes only the organs that can pass their threshold somewhere in the batch."""
+@pytest.fixture
+def resized(monkeypatch) -> list[int]:
+    """The channel count of every in-plane resize post-processing makes, in order."""
     from segmatecore import postprocess
 
-    resized = []
+    calls: list[int] = []
 
     def counting_resize(x, *args, **kwargs):
-        resized.append(x.shape[1])
+        calls.append(x.shape[1])
         return resize_slices(x, *args, **kwargs)
 
     monkeypatch.setattr(postprocess, "resize_slices", counting_resize)
+    return calls
+
+
+@pytest.mark.parametrize("size", [(512, 512), (97, 130), (40, 48)])
+def test_labels_on_the_ct_grid_skip_organs_below_threshold_without_changing_a_voxel(size, resized):
+    """segment() resizes only the organs that can pass their threshold somewhere in the batch."""
     torch.manual_seed(1)
     probabilities = torch.rand(3, 6, 64, 64) ** 4
     thresholds = torch.tensor([0.5, 0.6, 0.4, 0.7, 0.5, 0.3])
@@ -115,20 +121,11 @@ def test_labels_on_the_ct_grid_skip_organs_below_threshold_without_changing_a_vo
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("size", [(64, 64), (96, 80)])
-def test_labels_from_logits_are_the_labels_of_the_gated_probabilities(monkeypatch, dtype, size):
+def test_labels_from_logits_are_the_labels_of_the_gated_probabilities(resized, dtype, size):
     """segment() draws labels straight from the network's logits: the same labels as thresholding
     sigmoid(logits) x gate (per-organ thresholds, most probable organ wins, closed gate never passes),
     on the network's grid and on a different CT grid; a channel that never reaches its threshold is
     never interpolated."""
-    from segmatecore import postprocess
-
-    resized = []
-
-    def counting_resize(x, *args, **kwargs):
-        resized.append(x.shape[1])
-        return resize_slices(x, *args, **kwargs)
-
-    monkeypatch.setattr(postprocess, "resize_slices", counting_resize)
     torch.manual_seed(2)
     logits = (torch.randn(4, 6, 64, 64) * 3).to(dtype)
     logits[:, 4] = -8.0                       # never above its threshold

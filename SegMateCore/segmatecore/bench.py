@@ -410,8 +410,8 @@ def machine_cpu_seconds() -> tuple[float, float] | None:
     """(all, stolen) CPU seconds of the whole machine so far, from Linux's /proc/stat; None elsewhere.
 
     Stolen time is what the hypervisor gave this virtual machine's CPUs to other guests: a row can
-    run twice as slow with no load inside the VM (seen here: 20-46 % of the two vCPUs stolen for
-    half an hour), so each row records the share stolen while it ran.
+    run twice as slow with no load inside the VM (seen here: up to 54 % of the two vCPUs stolen for
+    an hour), so each row records the share stolen while it ran.
     """
     try:
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()

@@ -84,7 +84,7 @@ def labels_on_grid_from_logits(logits: torch.Tensor, size: Sequence[int], labels
     ``keep`` ([B, C], 0 or 1): the presence gate; a closed channel never passes on that slice. The
     sigmoid is monotone, so "probability above its threshold" is "logit above the threshold's logit",
     and the most probable organ is the one with the largest logit. On the network's own grid the
-    labels therefore come straight from the logits, one channel at a time: 2.3-2.8x faster than the
+    labels therefore come straight from the logits, one channel at a time: 1.9-2.8x faster than the
     probabilities' sigmoid, gate product and channel max on 4 x 9 x 512 x 512 logits. They are the
     probabilities' labels except where float32 cannot tell the probabilities apart (above about
     0.9999, e.g. logits 20 and 25 both give 1.0): there the larger logit wins, not the first organ,
@@ -229,18 +229,18 @@ def _largest_component(mask: sitk.Image) -> sitk.Image:
     copies); RelabelComponent would sort them too but writes a second 32-bit label image, and
     shape statistics per component were far slower on noisy masks (thousands of specks).
     """
-    pieces = sitk.ConnectedComponent(mask)
+    labeller = sitk.ConnectedComponentImageFilter()
+    pieces = labeller.Execute(mask)
+    if labeller.GetObjectCount() == 0:
+        return sitk.Cast(pieces != pieces, mask.GetPixelID())
     array = sitk.GetArrayViewFromImage(pieces)  # a view: ``pieces`` must outlive it
-    counts = np.zeros(1, dtype=np.int64)
+    counts = np.zeros(labeller.GetObjectCount() + 1, dtype=np.int64)
     slab = max(1, (1 << 21) // max(1, array[0].size))
     for start in range(0, array.shape[0], slab):
-        part = np.bincount(array[start:start + slab].ravel())
-        part[:counts.size] += counts[:part.size]
-        counts = part if part.size >= counts.size else np.concatenate([part, counts[part.size:]])
+        counts += np.bincount(array[start:start + slab].ravel(), minlength=counts.size)
     del array
     counts[0] = 0
-    largest = sitk.Equal(pieces, int(np.argmax(counts))) if counts.max() > 0 else pieces != pieces
-    return sitk.Cast(largest, mask.GetPixelID())
+    return sitk.Cast(sitk.Equal(pieces, int(np.argmax(counts))), mask.GetPixelID())
 
 
 def fill_holes(mask: sitk.Image) -> sitk.Image:
