@@ -73,8 +73,9 @@ def registerSampleData():
 class SegMateParameterNode:
     """The panel's choices, saved with the scene.
 
-    inputVolume, outputSegmentation, largestComponent, fillHoles, presenceGate, zSmoothing, tta and batchSize are bound to their
-    widgets by the SlicerParameterName property in SegMate.ui; the others by the widget code.
+    inputVolume, outputSegmentation, largestComponent, fillHoles, presenceGate, zSmoothing, tta, batchSize and
+    reuseFeatures are bound to their widgets by the SlicerParameterName property in SegMate.ui; the others by
+    the widget code.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -89,6 +90,8 @@ class SegMateParameterNode:
     zSmoothing: bool = True
     tta: bool = False
     batchSize: Annotated[int, WithinRange(0, 128)] = 0
+    precision: Annotated[str, Choice(["auto", "fp32", "bf16"])] = "auto"
+    reuseFeatures: bool = True
 
 
 #
@@ -101,6 +104,7 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     DEVICES = list(SegMateLib.DEVICE_CHOICES)
     NAMINGS = list(SegMateLib.NAMING_CHOICES)
+    PRECISIONS = list(SegMateLib.PRECISION_CHOICES)
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -134,6 +138,7 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.namingComboBox.connect("currentIndexChanged(int)", self.onNamingChanged)
+        self.ui.precisionComboBox.connect("currentIndexChanged(int)", self.onPrecisionChanged)
         self.ui.organListWidget.connect("itemChanged(QListWidgetItem*)", self.onOrganItemChanged)
         self.ui.selectAllOrgansButton.connect("clicked(bool)", lambda: self.setAllOrgansChecked(True))
         self.ui.selectNoOrgansButton.connect("clicked(bool)", lambda: self.setAllOrgansChecked(False))
@@ -194,7 +199,7 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGuiFromParameterNode()
 
     def updateGuiFromParameterNode(self, caller=None, event=None) -> None:
-        """Show the choices bound by code (model, device, naming, organs) and enable the button."""
+        """Show the choices bound by code (model, device, naming, precision, organs) and enable the button."""
         if self._parameterNode is None or self._updatingGui:
             return
         self._updatingGui = True
@@ -205,6 +210,7 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelComboBox.currentIndex = index
             self.ui.deviceComboBox.currentIndex = self.DEVICES.index(node.device)
             self.ui.namingComboBox.currentIndex = self.NAMINGS.index(node.naming)
+            self.ui.precisionComboBox.currentIndex = self.PRECISIONS.index(node.precision)
             selected = set(node.organs)
             for row in range(self.ui.organListWidget.count):
                 item = self.ui.organListWidget.item(row)
@@ -321,6 +327,10 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._updatingGui and self._parameterNode is not None and index >= 0:
             self._parameterNode.naming = self.NAMINGS[index]
 
+    def onPrecisionChanged(self, index: int) -> None:
+        if not self._updatingGui and self._parameterNode is not None and index >= 0:
+            self._parameterNode.precision = self.PRECISIONS[index]
+
     def onOrganItemChanged(self, item) -> None:
         """Checking an organ the model was not trained on asks first; the checklist is saved."""
         if self._updatingGui or self._parameterNode is None:
@@ -429,7 +439,8 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.createJob(
                 node.inputVolume, node.outputSegmentation, organs=list(node.organs), model=node.model or None,
                 device=node.device, batchSize=node.batchSize or None, postprocess=self._postprocessOptions(),
-                naming=node.naming, tta=node.tta)
+                naming=node.naming, tta=node.tta, precision=node.precision,
+                featureCacheMb=None if node.reuseFeatures else 0)
             self._job.start()
         if self._job is None or not self._job.started:
             self._job = None

@@ -116,10 +116,24 @@ def test_organ_list_parsing():
     (["--input", "/no/such/folder", "--output", "out"], "does not exist"),
     (["--", "--input", ".", "--output", "out", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--input", ".", "--output", "out", "--naming", "short"], "invalid choice"),
+    (["--input", ".", "--output", "out", "--precision", "fp16"], "invalid choice"),
+    (["--input", ".", "--output", "out", "--feature-cache-mb", "-1"], "--feature-cache-mb must be 0"),
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
     assert batch.main(argv) == batch.EXIT_USAGE
     assert message in capsys.readouterr().err
+
+
+def test_precision_and_feature_cache_options_reach_the_logic(case_folder, tmp_path, monkeypatch):
+    import SegMateLib.batch
+
+    received = {}
+    monkeypatch.setattr(SegMateLib.batch, "runBatch", lambda *args, **options: received.update(options) or [])
+    argv = ["--input", str(case_folder), "--output", str(tmp_path / "out")]
+    assert batch.main(argv + ["--precision", "bf16", "--feature-cache-mb", "0"], log=lambda _: None) == 0
+    assert received["precision"] == "bf16" and received["featureCacheMb"] == 0
+    assert batch.main(argv, log=lambda _: None) == 0
+    assert received["precision"] == "auto" and received["featureCacheMb"] is None  # SegMateCore's defaults
 
 
 def test_command_line_run_with_a_model_file(scene, case_folder, tmp_path):

@@ -272,6 +272,37 @@ def test_mirror_tta_reaches_segmatecore_from_the_logic(scene, model):
     assert run.result.volumes_ml == plain.result.volumes_ml  # the intensity network is mirror-symmetric
 
 
+def test_precision_and_feature_reuse_reach_segmatecore_from_the_logic(scene):
+    """The panel's Precision and "Reuse the first pass's features" choices change what segment() runs:
+    without reuse the main pass encodes every slice again and the segments are the same."""
+    from segmatecore.checkpoint import default_metadata
+    from segmatecore.inference import PRECISIONS
+    from segmatecore.models import create_model
+
+    assert tuple(SegMateLib.PRECISION_CHOICES) == PRECISIONS  # the panel offers exactly SegMateCore's choices
+    network = create_model("fastvit_t12")  # encode/decode: the only kind of network the feature cache serves
+    network.metadata = default_metadata("fastvit_t12")
+    network.metadata["preprocessing"]["input_size"] = [32, 32]
+    volume = add_ct(scene)
+    options = dict(organs=["liver", "aorta"], model=network, device="cpu")
+    reused = SegMateLogic().process(volume, None, **options)
+    again = SegMateLogic().process(volume, None, featureCacheMb=0, **options)
+    cache = reused.result.model_info["feature_cache"]
+    assert cache["slices_stored"] > 0 and cache["slices_reused"] == cache["slices_stored"]
+    assert again.result.model_info["feature_cache"] is None
+    for key in options["organs"]:
+        assert np.array_equal(export_segment(reused.segmentationNode, reused.segmentIds[key], volume),
+                              export_segment(again.segmentationNode, again.segmentIds[key], volume))
+    bf16 = SegMateLogic().process(volume, None, precision="bf16", **options)
+    assert bf16.result.model_info["precision"] == "bf16" and reused.result.model_info["precision"] == "auto"
+    nodes = scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="precision"):
+        SegMateLogic().createJob(volume, None, precision="fp16", **options)
+    with pytest.raises(ValueError, match="featureCacheMb"):
+        SegMateLogic().createJob(volume, None, featureCacheMb=-1, **options)
+    assert scene.GetNumberOfNodes() == nodes  # refused before anything is added
+
+
 def test_tg263_names_and_default_organs(scene, tmp_path):
     volume = add_ct(scene)
     model = IntensityModel(organs=["liver", "left_lung", "aorta"], input_size=64)  # trained on three organs

@@ -41,6 +41,8 @@ REQUIRED_CONTROLS = {
     "zSmoothingCheckBox": "QCheckBox",
     "ttaCheckBox": "QCheckBox",
     "batchSizeSpinBox": "QSpinBox",
+    "precisionComboBox": "QComboBox",
+    "reuseFeaturesCheckBox": "QCheckBox",
     "namingComboBox": "QComboBox",
     "importModelButton": "QPushButton",
     "openModelFolderButton": "QPushButton",
@@ -94,6 +96,7 @@ def test_ui_has_every_control_of_the_issue():
         return [i.find("property/string").text for i in widgets[name].findall("item")]
     assert items("deviceComboBox") == list(SegMateLib.DEVICE_CHOICES.values())
     assert [text.split(" (")[0] for text in items("namingComboBox")] == list(SegMateLib.NAMING_CHOICES.values())
+    assert [text.split(" (")[0] for text in items("precisionComboBox")] == list(SegMateLib.PRECISION_CHOICES.values())
 
 
 def test_parameter_bindings_match_the_parameter_node():
@@ -106,10 +109,12 @@ def test_parameter_bindings_match_the_parameter_node():
     assert set(bound) <= set(fields), f"bound to unknown parameters: {set(bound) - set(fields)}"
     assert bound == {"inputVolume": "qMRMLNodeComboBox", "outputSegmentation": "qMRMLNodeComboBox",
                      "largestComponent": "QCheckBox", "fillHoles": "QCheckBox", "presenceGate": "QCheckBox",
-                     "zSmoothing": "QCheckBox", "tta": "QCheckBox", "batchSize": "QSpinBox"}
+                     "zSmoothing": "QCheckBox", "tta": "QCheckBox", "batchSize": "QSpinBox",
+                     "reuseFeatures": "QCheckBox"}
     assert fields["organs"] == "list[str]" and fields["model"] == "str"
     assert "Choice(['auto', 'gpu', 'cpu'])" in fields["device"]
     assert "Choice(['slicer', 'tg263'])" in fields["naming"]
+    assert "Choice(['auto', 'fp32', 'bf16'])" in fields["precision"]
 
 
 def test_custom_widgets_are_declared_and_connected_to_the_scene():

@@ -125,7 +125,8 @@ def runBatch(inputPath, outputFolder, logic=None, scene=None, csvPath=None, skip
     """Segment every case under ``inputPath`` into ``outputFolder``; write and return the CSV rows.
 
     ``options`` are ``SegMateLogic.process`` options (organs, model, device, batchSize, postprocess,
-    naming, tta). A case that fails gets status "failed" and its error; the others still run.
+    naming, tta, precision, featureCacheMb). A case that fails gets status "failed" and its error; the
+    others still run.
     """
     import slicer
 
