@@ -1,5 +1,6 @@
-"""Convolutions fused with their activation, and grouped convolutions split into depthwise ones,
-must compute what the original model computes (segmatecore.cpu_fusion)."""
+"""Convolutions fused with their activation, grouped convolutions split into depthwise ones, and
+MambaOut's gated blocks rewritten must compute what the original model computes
+(segmatecore.cpu_fusion)."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,7 @@ from torch import nn
 
 from segmatecore import cpu_fusion
 from segmatecore.bench import benchmark_model, calibration_slices
-from segmatecore.cpu_fusion import FusedConv2d, fuse_convolutions
+from segmatecore.cpu_fusion import FusedConv2d, FusedGatedBlock, fuse_convolutions
 from segmatecore.optimize import DEFAULT, prepare_for_inference
 from segmatecore.resources import resource_path
 
@@ -160,3 +161,71 @@ def test_an_in_place_activation_is_fused_and_a_second_reader_prevents_it():
     shared = Block(also_read=True).eval()
     assert fuse_convolutions(shared, (x,)) == 0
     assert type(shared.conv) is nn.Conv2d
+
+
+def gated_block(dim: int, conv_ratio: float) -> nn.Module:
+    from timm.models.mambaout import GatedConvBlock
+
+    torch.manual_seed(0)
+    return GatedConvBlock(dim, conv_ratio=conv_ratio).eval()
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 3e-2)],
+                         ids=["float64", "fp32", "bf16"])
+@pytest.mark.parametrize("conv_ratio", [1.0, 8 / 3], ids=["identity_part", "all_convolved"])
+def test_gated_block_computes_what_timms_block_computes(dtype, tolerance, conv_ratio):
+    """fc1 in three parts, the gate's GELU fused, the product written without a concatenation:
+    MambaOut's default split (an identity part and a convolved part) and one with no identity part."""
+    block = gated_block(24, conv_ratio).to(dtype)
+    x = (2 * torch.randn(2, 9, 11, 24)).to(dtype)  # timm's MambaOut blocks work on [B, H, W, C]
+    with torch.inference_mode():
+        expected = block(x)
+        fused = FusedGatedBlock(block)
+        assert (fused.fc1_identity is None) == (conv_ratio != 1.0)
+        got = fused(x)
+    assert got.dtype == dtype and got.shape == expected.shape
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance * scale)
+
+
+def test_mambaout_gated_blocks_are_rewritten_and_keep_the_outputs(slices):
+    from timm.models.mambaout import GatedConvBlock
+
+    model = benchmark_model("mambaout_tiny", slices)
+    blocks = sum(type(m) is GatedConvBlock for m in model.modules())
+    z = torch.linspace(0, 1, len(slices))
+    plain, _ = prepare_for_inference(model, CPU, "fp32", optimizations=DEFAULT.with_(fuse_convolutions=False))
+    fused, _ = prepare_for_inference(model, CPU, "fp32", optimizations=DEFAULT)
+    assert blocks == 18  # MambaOut-Tiny: 3 + 3 + 9 + 3
+    assert sum(isinstance(m, FusedGatedBlock) for m in fused.modules()) == blocks
+    assert not any(type(m) is GatedConvBlock for m in fused.modules())
+    with torch.inference_mode():
+        expected, got = plain(slices, z), fused(slices, z)
+    torch.testing.assert_close(got.seg, expected.seg, rtol=1e-4, atol=1e-4 * expected.seg.abs().max().item())
+
+
+def test_a_wrong_gated_rewrite_is_undone(monkeypatch):
+    """The float64 check at preparation covers the gated blocks too: a rewrite that changed the
+    function (here, the gate's activation dropped) leaves every block as timm wrote it."""
+    from timm.models.mambaout import GatedConvBlock
+
+    model = nn.Sequential(gated_block(16, 1.0), gated_block(16, 1.0)).eval()
+    x = torch.randn(1, 6, 6, 16)
+    expected = model(x)
+    monkeypatch.setattr(FusedGatedBlock, "_gate", lambda self, v: self.fc1_gate(v))
+    assert fuse_convolutions(model, (x,)) == 0
+    assert all(type(m) is GatedConvBlock for m in model)
+    torch.testing.assert_close(model(x), expected)
+    monkeypatch.undo()
+    assert fuse_convolutions(model, (x,)) == 2
+    assert all(isinstance(m, FusedGatedBlock) for m in model)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gated_blocks_stay_as_timm_wrote_them_without_onednn_linear_fusion(monkeypatch):
+    from timm.models.mambaout import GatedConvBlock
+
+    monkeypatch.setattr(cpu_fusion, "linear_fusion_available", lambda: False)
+    model = nn.Sequential(gated_block(16, 1.0)).eval()
+    assert fuse_convolutions(model, (torch.randn(1, 6, 6, 16),)) == 0
+    assert type(model[0]) is GatedConvBlock
