@@ -11,10 +11,11 @@ Three rewrites, each found by ``segmate bench`` at input 512 (docs/benchmark.md)
   outputs are interleaved. oneDNN has a fast depthwise kernel but none for this shape: 4-5x faster;
 - MambaOut's gated block (timm's ``GatedConvBlock``: one linear layer split into a gate, an identity
   part and a part for the depthwise convolution, then ``fc2(gelu(gate) * cat(identity, conv(part)))``)
-  runs its first linear layer as three, the gate's GELU fused into its linear layer
-  (``mkldnn._linear_pointwise``), the convolved part produced contiguous (no copy before the
-  convolution) and the product written into one tensor (no concatenation). MambaOut-Tiny's encoder:
-  284 -> 214 ms per 512 x 512 slice in bf16, 702 -> 610 ms in fp32.
+  runs its first linear layer as three, so that the convolved part comes out contiguous (no copy
+  before the convolution), and writes the product into one tensor (no concatenation).
+  MambaOut-Tiny's encoder: 284 -> 214 ms per 512 x 512 slice in bf16, 702 -> 610 ms in fp32. (Its
+  GELU fused into the gate's linear layer, ``mkldnn._linear_pointwise``, made no difference: 191
+  against 193 ms in bf16, 500 against 488 ms in fp32, so it is not used.)
 
 The first two took FastViT-T12's fp32 network from 81.1 to 58.7 s per 512 x 512 x 162 volume, and
 the bundled model end to end from 16.7-17.5 to 14.2-15.3 s (fp32, 2 cores; docs/benchmark.md).
@@ -57,11 +58,6 @@ _REFERENCE = {"gelu": lambda x, algorithm: F.gelu(x, approximate=algorithm if al
 def available() -> bool:
     """Whether this PyTorch build has oneDNN's fused convolution (x86 and most ARM CPU builds)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-
-def linear_fusion_available() -> bool:
-    """Whether this PyTorch build has oneDNN's linear layer with a fused activation."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class FusedConv2d(nn.Module):
@@ -121,38 +117,31 @@ def _linear_rows(linear: nn.Linear, start: int, stop: int) -> nn.Linear:
 class FusedGatedBlock(nn.Module):
     """timm's MambaOut ``GatedConvBlock`` with the same arithmetic in fewer passes over memory.
 
-    The original computes ``fc1`` once, splits it into gate ``g``, identity part ``i`` and convolved
-    part ``c`` (strided views: the depthwise convolution first copies ``c``), concatenates ``i`` and
-    ``conv(c)`` and multiplies by ``gelu(g)``. Here ``fc1`` runs as three linear layers, ``g``'s with
-    its GELU fused, ``c`` comes out contiguous, and the two halves of the product are written
-    straight into one tensor.
+    The original computes ``fc1`` once and splits it into gate ``g``, identity part ``i`` and
+    convolved part ``c``: strided views, so the depthwise convolution first copies ``c``; it then
+    concatenates ``i`` and ``conv(c)`` and multiplies by ``act(g)``. Here ``fc1`` runs as three
+    linear layers, ``c`` comes out contiguous, and the product is written part by part into one
+    tensor, which fuses the concatenation into the multiplication.
     """
 
     def __init__(self, block: nn.Module):
         super().__init__()
         hidden, identity, convolved = block.split_indices
-        self.norm, self.conv, self.fc2, self.ls, self.drop_path = block.norm, block.conv, block.fc2, block.ls, \
-            block.drop_path
-        self.post_op = _post_op(block.act)
+        self.norm, self.act, self.conv, self.fc2, self.ls, self.drop_path = \
+            block.norm, block.act, block.conv, block.fc2, block.ls, block.drop_path
         self.fc1_gate = _linear_rows(block.fc1, 0, hidden)
         self.fc1_identity = _linear_rows(block.fc1, hidden, hidden + identity) if identity else None
         self.fc1_conv = _linear_rows(block.fc1, hidden + identity, hidden + identity + convolved)
 
-    def _gate(self, x: torch.Tensor) -> torch.Tensor:
-        attr, algorithm = self.post_op
-        if x.dtype == torch.float64 or x.device.type != "cpu":  # oneDNN has neither: the same function, unfused
-            return _REFERENCE[attr](self.fc1_gate(x), algorithm)
-        return torch.ops.mkldnn._linear_pointwise(x, self.fc1_gate.weight, self.fc1_gate.bias, attr, [], algorithm)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, H, W, C]
         shortcut = x
         x = self.norm(x)
-        gate = self._gate(x)
+        gate = self.act(self.fc1_gate(x))
         convolved = self.conv(self.fc1_conv(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         parts = [convolved] if self.fc1_identity is None else [self.fc1_identity(x), convolved]
         if torch.is_grad_enabled():  # out= has no gradient: the concatenating form
             product = gate * torch.cat(parts, dim=-1)
-        else:  # gelu(g) * cat(i, conv(c)), each half written in place, without the concatenation
+        else:  # act(g) * cat(i, conv(c)), each part written in place
             product = torch.empty_like(gate)
             start = 0
             for part in parts:
@@ -163,12 +152,12 @@ class FusedGatedBlock(nn.Module):
 
 
 def _gated_block(module: nn.Module) -> bool:
-    """A timm MambaOut gated block whose activation oneDNN can fuse into a linear layer."""
+    """A timm MambaOut gated block."""
     try:
         from timm.models.mambaout import GatedConvBlock
     except ImportError:  # a timm without MambaOut
         return False
-    return type(module) is GatedConvBlock and _post_op(module.act) is not None and _post_op(module.act)[0] == "gelu"
+    return type(module) is GatedConvBlock
 
 
 def _splittable(conv: nn.Module) -> bool:
@@ -261,7 +250,6 @@ def fuse_convolutions(model: nn.Module, example: tuple[torch.Tensor, ...], *, fu
     (a convolution output also read outside the module graph, say) gives one. If it fails, every
     rewrite is undone and 0 returned.
     """
-    fuse_gated_blocks = fuse_gated_blocks and linear_fusion_available()
     if not (fuse_activations or split_grouped or fuse_gated_blocks) or not available():
         return 0
 
