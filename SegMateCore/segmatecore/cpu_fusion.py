@@ -13,7 +13,7 @@ Three rewrites, each found by ``segmate bench`` at input 512 (docs/benchmark.md)
   part and a part for the depthwise convolution, then ``fc2(gelu(gate) * cat(identity, conv(part)))``)
   runs its first linear layer as three, so that the convolved part comes out contiguous (no copy
   before the convolution), and writes the product into one tensor (no concatenation).
-  MambaOut-Tiny's encoder: 284 -> 214 ms per 512 x 512 slice in bf16, 702 -> 610 ms in fp32. (Its
+  MambaOut-Tiny's encoder: 213 -> 191 ms per 512 x 512 slice in bf16, 553 -> 467 ms in fp32. (Its
   GELU fused into the gate's linear layer, ``mkldnn._linear_pointwise``, made no difference: 191
   against 193 ms in bf16, 500 against 488 ms in fp32, so it is not used.)
 
