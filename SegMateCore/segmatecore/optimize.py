@@ -8,7 +8,7 @@ while the outputs stay equal to fp32 (Dice >= 0.99 per organ); docs/benchmark.md
 - on the CPU, convolutions rewritten into forms oneDNN runs faster with the same arithmetic
   (:mod:`segmatecore.cpu_fusion`): an activation fused into the convolution before it,
   FastViT's grouped downsampling convolutions run as depthwise ones, and MambaOut's gated blocks
-  with their GELU fused and without the concatenation;
+  without the copy and the concatenation of timm's version;
 - channels-last memory layout, which oneDNN's convolutions prefer;
 - bf16 weights and activations on CPUs that compute bf16 natively (AVX512-BF16 or AMX), where
   oneDNN runs bf16 convolutions and matmuls about twice as fast as fp32. It is opt-in
