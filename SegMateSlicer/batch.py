@@ -52,7 +52,7 @@ def buildParser() -> argparse.ArgumentParser:
                         help="also segment each slice mirrored left to right and average (twice the network time)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto: fp16 on a CUDA GPU, fp32 on the CPU; bf16 is about twice as fast on CPUs with "
-                             "AMX or AVX-512 bf16")
+                             "AMX and slower than fp32 on others")
     parser.add_argument("--feature-cache-mb", type=float, default=None, metavar="MB",
                         help="memory for the first pass's encoder outputs, reused by the main pass (default: "
                              "SegMateCore's, 512; 0: encode every slice again, less memory, slower)")

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 from intensity_model import DEFAULT_BANDS, IntensityModel, band_centre
 
-from segmatecore import SegmentationCancelled, create_model, segment
+from segmatecore import SegmentationCancelled, create_model, optimize, segment
 from segmatecore.checkpoint import default_metadata
 from segmatecore.geometry import to_canonical
 from segmatecore.inference import _gate_mask, autocast_dtype, resolve_device
@@ -358,6 +358,18 @@ def test_device_and_precision_policy():
     assert autocast_dtype(torch.device("cuda"), "fp32") is None
     with pytest.raises(ValueError, match="Unknown precision"):
         segment(organ_in_slices(), IntensityModel(input_size=32), precision="fp8")
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_bf16_on_a_cpu_without_amx_runs_with_a_warning(monkeypatch, amx):
+    monkeypatch.setattr(optimize, "cpu_bf16_is_faster", lambda: amx)
+    image = organ_in_slices()
+    bf16 = segment(image, IntensityModel(input_size=32), device="cpu", precision="bf16")
+    fp32 = segment(image, IntensityModel(input_size=32), device="cpu", precision="fp32")
+    slower = [w for w in bf16.warnings if "no AMX" in w]
+    assert len(slower) == (0 if amx else 1)
+    assert not any("no AMX" in w for w in fp32.warnings)
+    assert bf16.model_info["precision"] == "bf16" and bf16.volumes_ml["liver"] > 0  # still honoured
 
 
 # ---- bad and doubtful input through segment() --------------------------------------------------------

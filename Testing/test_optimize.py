@@ -12,8 +12,9 @@ from torch import nn
 from intensity_model import IntensityModel
 from segmatecore import openvino_runtime
 from segmatecore.bench import DICE_BAR, benchmark_model, calibration_slices, dice
-from segmatecore.optimize import (DEFAULT, NONE, Optimizations, compute_dtype, cpu_has_native_bf16, fold_batchnorm,
-                                  prepare_for_inference)
+from segmatecore import optimize
+from segmatecore.optimize import (DEFAULT, NONE, Optimizations, bf16_warning, compute_dtype, cpu_bf16_is_faster,
+                                  cpu_has_native_bf16, fold_batchnorm, prepare_for_inference)
 from segmatecore.organs import organ
 from segmatecore.resources import resource_path
 
@@ -142,7 +143,7 @@ def test_compute_dtype_follows_precision_and_the_cpu():
     assert compute_dtype(CPU, "fp32") == torch.float32
     assert compute_dtype(CPU, "bf16") == torch.bfloat16
     assert compute_dtype(CPU, "auto") == torch.float32  # bf16 missed the Dice bar: opt-in only
-    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    expected = torch.bfloat16 if cpu_bf16_is_faster() else torch.float32
     assert compute_dtype(CPU, "auto", Optimizations(bf16=True)) == expected
     assert compute_dtype(torch.device("cuda"), "auto") == torch.float16
     with pytest.raises(ValueError, match="precision"):
@@ -153,6 +154,28 @@ def test_native_bf16_detection_matches_the_cpu_flags():
     with open("/proc/cpuinfo", encoding="utf-8") as f:
         flags = next(line for line in f if line.startswith("flags")).split()
     assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    assert cpu_bf16_is_faster() == ({"amx_bf16", "amx_tile"} <= set(flags))
+
+
+@pytest.mark.parametrize("flags, native, faster", [
+    ({"avx2", "avx512f"}, False, False),
+    ({"avx512f", "avx512_bf16"}, True, False),  # bf16 instructions, no matrix units: slower than fp32
+    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, True, True),
+])
+def test_bf16_counts_as_faster_only_with_amx(monkeypatch, flags, native, faster):
+    monkeypatch.setattr(optimize, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(optimize.platform, "machine", lambda: "x86_64")
+    assert cpu_has_native_bf16() == native
+    assert cpu_bf16_is_faster() == faster
+    auto_with_bf16 = compute_dtype(CPU, "auto", Optimizations(bf16=True))
+    assert auto_with_bf16 == (torch.bfloat16 if faster else torch.float32)
+    assert compute_dtype(CPU, "bf16") == torch.bfloat16  # asked for: always honoured
+    warning = bf16_warning(CPU, "bf16")
+    assert (warning is None) == faster
+    if warning:
+        assert "no AMX" in warning and "precision auto" in warning
+    assert bf16_warning(CPU, "fp32") is None and bf16_warning(CPU, "auto") is None
+    assert bf16_warning(torch.device("cuda"), "bf16") is None
 
 
 def test_bad_optimisation_settings_are_refused():

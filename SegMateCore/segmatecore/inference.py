@@ -26,6 +26,7 @@ from .geometry import from_canonical, to_canonical
 from .io import LoadedVolume, load_volume
 from .feature_cache import DEFAULT_MAX_MB, FeatureCache
 from .models import Encoded, SegMateOutput
+from .optimize import bf16_warning
 from .organs import lateral_swap, organ, organ_keys
 from .postprocess import (clean_organs, labels_on_grid, labels_on_grid_from_logits, laterality_warnings, mask_thresholds,
                           postprocess_options, presence_gate_enabled, volumes_ml, z_smoothing_mm)
@@ -390,6 +391,9 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     pre = Preprocessing.from_metadata(meta)
     dev = resolve_device(device)
     net = ready_for_inference(net, dev, precision, owned=not isinstance(model, nn.Module))
+    slower = bf16_warning(dev, precision)
+    if slower:
+        warnings.append(slower)
     runner = BatchRunner(net, dev, int(batch_size or DEFAULT_BATCH.get(dev.type, 4)), precision, cancel, progress)
     runner.check_cancel()
 

@@ -10,10 +10,12 @@ while the outputs stay equal to fp32 (Dice >= 0.99 per organ); docs/benchmark.md
   FastViT's grouped downsampling convolutions run as depthwise ones, and MambaOut's gated blocks
   without the copy and the concatenation of timm's version;
 - channels-last memory layout, which oneDNN's convolutions prefer;
-- bf16 weights and activations on CPUs that compute bf16 natively (AVX512-BF16 or AMX), where
-  oneDNN runs bf16 convolutions and matmuls about twice as fast as fp32. It is opt-in
-  (``precision="bf16"``): it missed the Dice >= 0.99 bar against fp32 on the benchmark network
-  (min 0.987), so ``auto`` stays fp32 on the CPU;
+- bf16 weights and activations. Only AMX makes them faster: with AMX, oneDNN runs bf16
+  convolutions and matmuls about twice as fast as fp32; with AVX512-BF16 alone it runs them in
+  bf16 too, but no faster than fp32 (FastViT-T12 at 512 took 142 against 104 ms per slice on such a
+  CPU, docs/benchmark.md). It is opt-in (``precision="bf16"``): it missed the Dice >= 0.99 bar
+  against fp32 on the benchmark network (min 0.987), so ``auto`` stays fp32 on the CPU, and
+  :func:`bf16_warning` tells a user who asks for it on a CPU without AMX;
 - opt-in (``runtime="openvino"``): the network compiled by OpenVINO (see
   :mod:`segmatecore.openvino_runtime`), which fuses what eager PyTorch runs op by op. It was
   faster with one thread and under heavy load, not with two threads on a lightly loaded machine,
@@ -46,7 +48,7 @@ RUNTIMES = ("auto", "torch", "openvino")
 class Optimizations:
     """Which inference-time speed-ups to apply. The defaults are the ones the benchmark kept.
 
-    ``bf16`` makes ``precision="auto"`` use bf16 on a CPU with native bf16 (off: bf16 missed the
+    ``bf16`` makes ``precision="auto"`` use bf16 on a CPU with AMX (off: bf16 missed the
     Dice bar, docs/benchmark.md); ``precision="bf16"`` always uses bf16 and ``"fp32"`` never does. ``threads`` None leaves PyTorch's default (one per
     physical core). ``runtime`` ``openvino`` compiles the network with OpenVINO on the CPU;
     ``auto`` does so when OpenVINO is installed; ``torch`` (the default) runs eager PyTorch.
@@ -91,7 +93,8 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where oneDNN computes bf16 in hardware (AVX512-BF16 or AMX-BF16), so bf16 is faster than fp32."""
+    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16), so oneDNN computes bf16
+    in hardware rather than emulating it; faster than fp32 only with AMX (:func:`cpu_bf16_is_faster`)."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
     flags = _cpu_flags()
@@ -99,6 +102,31 @@ def cpu_has_native_bf16() -> bool:
         return bool({"avx512_bf16", "amx_bf16"} & flags)
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check() for check in checks if check is not None)
+
+
+def cpu_bf16_is_faster() -> bool:
+    """True where bf16 inference beats fp32 on this CPU: AMX (tile matrix units).
+
+    AVX512-BF16's dot-product instruction does as many multiply-adds per cycle as fp32 FMAs do, and
+    the conversions cost extra: on such a CPU without AMX, FastViT-T12 at 512 ran at 142 ms per
+    slice in bf16 against 104 in fp32 (docs/benchmark.md).
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    flags = _cpu_flags()
+    if flags:
+        return {"amx_bf16", "amx_tile"} <= flags
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check is not None and check())
+
+
+def bf16_warning(device: torch.device, precision: str) -> str | None:
+    """The warning for a user who asked for bf16 where it makes inference slower, else None."""
+    if precision != "bf16" or device.type != "cpu" or cpu_bf16_is_faster():
+        return None
+    return ("precision bf16: this CPU has no AMX, so bf16 runs no faster than fp32 here (about 1.4x "
+            "slower on a CPU with AVX512-BF16 alone) and its masks may differ at their edges; "
+            "use precision auto (fp32) instead.")
 
 
 def compute_dtype(device: torch.device, precision: str, optimizations: Optimizations = DEFAULT) -> torch.dtype:
@@ -109,7 +137,7 @@ def compute_dtype(device: torch.device, precision: str, optimizations: Optimizat
         return torch.bfloat16
     if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
         return torch.float16
-    if precision == "auto" and device.type == "cpu" and optimizations.bf16 and cpu_has_native_bf16():
+    if precision == "auto" and device.type == "cpu" and optimizations.bf16 and cpu_bf16_is_faster():
         return torch.bfloat16
     return torch.float32
 
@@ -234,5 +262,5 @@ def cpu_description() -> str:
                     break
     except OSError:
         pass
-    flags = sorted({"avx512_bf16", "amx_bf16", "avx512f", "avx2"} & _cpu_flags())
+    flags = sorted({"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"} & _cpu_flags())
     return f"{name}, {os.cpu_count()} logical CPUs, {' '.join(flags) or 'no AVX flags read'}"

@@ -103,7 +103,7 @@ class SegMateLogic:
         gpu, cpu (or a PyTorch device name); ``progress(stage, done, total)``; ``cancel``: a
         threading.Event. Options: ``batchSize``, ``postprocess``, ``naming`` ("slicer" or "tg263"),
         ``zNorm``, ``tta`` (mirror test-time augmentation, twice the network time), ``precision``
-        ("auto", "fp32" or "bf16": about twice as fast on CPUs with AMX or AVX-512 bf16, masks may
+        ("auto", "fp32" or "bf16": about twice as fast on CPUs with AMX, slower on others, masks may
         differ at their edges), ``featureCacheMb`` (memory for the first pass's encoder outputs,
         which the main pass then reuses; 0 encodes every slice again: slower, a few hundred MB less;
         None: SegMateCore's default). If the run fails or is cancelled the scene is left exactly as it was.
