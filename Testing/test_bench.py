@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from segmatecore.bench import DICE_BAR, QUICK_SIZE, ROW_FIELDS, resample_to_size
+from segmatecore.bench import DICE_BAR, PEER_MODEL, QUICK_SIZE, ROW_FIELDS, markdown_tables, resample_to_size
 from segmatecore.cli import main
 from segmatecore.peers import (build_nnunet_3d_fullres, gaussian_importance, run_nnunet_peer,
                                sliding_window_starts)
@@ -22,7 +22,7 @@ def quick(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SEGMATE_HOME", str(out / "home"))  # the OpenVINO rows' converted models
         code = main(["bench", "--quick", "--backbones", "fastvit_t12", "--json", str(out / "bench.json"),
-                     "--plot", str(out / "bench.png")])
+                     "--plot", str(out / "bench.png"), "--markdown", str(out / "bench.md")])
     assert code == 0
     return json.loads((out / "bench.json").read_text()), out
 
@@ -113,6 +113,29 @@ def test_the_bundled_model_runs_end_to_end_at_its_own_input_size(quick):
 def test_plot_is_written(quick):
     _, out = quick
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_sets_every_end_to_end_row_against_the_peer_of_the_run(quick):
+    results, out = quick
+    text = (out / "bench.md").read_text()
+    assert text.startswith("#### End to end, against the 3D nnU-Net peer of this run")
+    table = [line for line in text.split("#### ")[1].splitlines() if line.startswith("| ")][1:]
+    rows = [r for r in results["rows"] if r["scope"] == "end_to_end"]
+    peer = next(r for r in rows if r["model"] == PEER_MODEL)
+    assert len(table) == len(rows) > 1
+    for line, row in zip(table, rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0].startswith(row["model"]) and float(cells[1]) == round(row["s_per_volume"], 1)
+        assert cells[3].replace(" ", "") == f"{row['timings']['z_pass']:.1f}+{row['timings']['network']:.1f}" \
+            if "z_pass" in row["timings"] else float(cells[3]) == round(row["timings"]["network"], 1)
+        if row is peer:
+            assert cells[8:11] == ["", "", ""]
+        else:
+            assert cells[8] == f"{peer['s_per_volume'] / row['s_per_volume']:.1f}x"
+            assert cells[9] == f"{peer['cpu_s_per_volume'] / row['cpu_s_per_volume']:.1f}x"
+            assert cells[10] == f"{peer['peak_rss_mb'] / row['peak_rss_mb']:.1f}x"
+    without_peer = {**results, "rows": [r for r in results["rows"] if r["model"] != PEER_MODEL]}
+    assert "peer" not in markdown_tables(without_peer)
 
 
 def test_peer_is_nnunet_default_3d_fullres():

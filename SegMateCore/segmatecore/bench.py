@@ -58,6 +58,7 @@ QUICK_NETWORK_SLICES = 4
 QUICK_PEER_PATCH = (64, 64, 64)
 QUICK_PEER_SPACING_MM = 6.0  # the quick run's peer grid fits one 64^3 patch
 SAMPLE_CT = ("SampleData", "totalsegmentator_example_ct.nii.gz")
+PEER_MODEL = "nnunet_3d_fullres"
 SCOPES = ("network", "end_to_end")
 ROW_FIELDS = ("name", "model", "device", "dtype", "params_m", "gmacs_per_slice", "s_per_volume", "s_network",
               "peak_rss_mb", "peak_gpu_mb", "optimisations")
@@ -648,7 +649,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
                                    threads, timeout, isolate=not quick)
             if config.kind == "nnunet":
                 costs = peer_costs(peer_patch, measured["patches"], setup.depth)
-                model = "nnunet_3d_fullres"
+                model = PEER_MODEL
             elif config.model_key == BUNDLED:
                 costs, model = setup.costs[BUNDLED], bundled_name
             else:
@@ -779,12 +780,52 @@ def plot(results: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def markdown_tables(results: dict[str, Any]) -> str:
-    """One markdown table per model: every row's seconds (wall and CPU), memory, dtype and Dice vs fp32."""
-    def num(value, digits=1):
-        return "" if value is None else f"{value:.{digits}f}"
+def _num(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
+
+def peer_table(results: dict[str, Any]) -> str:
+    """Every end-to-end row against the nnU-Net peer of the same run, as a markdown table ("" without a peer).
+
+    Where the time went (segment()'s own timings: first pass + main pass of the network, resampling,
+    post-processing) and how many times faster (wall and CPU seconds) and lighter than the peer each
+    row was: ratios within one run, so that the machine's speed on the day cancels out.
+    """
+    rows = [r for r in results["rows"] if r["scope"] == "end_to_end"]
+    peer = next((r for r in rows if r["model"] == PEER_MODEL), None)
+    if peer is None:
+        return ""
+
+    def ratio(mine: float | None, theirs: float | None) -> str:
+        return f"{theirs / mine:.1f}x" if mine and theirs else ""
+
+    out = ["| configuration | s / volume | CPU s | z pass + network s | resample s | post-process s | peak RSS MB "
+           "| private MB | vs peer: faster (wall) | faster (CPU s) | less RSS | Dice vs fp32 (min) | CPU stolen % |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r.get("timings") or {}
+        network = (f"{t['z_pass']:.1f} + {t['network']:.1f}" if "z_pass" in t and "network" in t
+                   else _num(t.get("network", r["s_network"])))
+        mine = r is not peer
+        dice = "reference" if mine and r.get("reference") is None else _num(r.get("dice_min"), 4)
+        out.append(f"| {r['model']}: {r['name'].split(': ', 1)[-1]} | {_num(r['s_per_volume'])} | {_num(r.get('cpu_s_per_volume'))} "
+                   f"| {network} | {_num(t.get('resample'))} | {_num(t.get('postprocess'))} "
+                   f"| {_num(r['peak_rss_mb'], 0)} | {_num(r.get('peak_private_mb'), 0)} "
+                   f"| {ratio(r['s_per_volume'], peer['s_per_volume']) if mine else ''} "
+                   f"| {ratio(r.get('cpu_s_per_volume'), peer.get('cpu_s_per_volume')) if mine else ''} "
+                   f"| {ratio(r['peak_rss_mb'], peer['peak_rss_mb']) if mine else ''} "
+                   f"| {dice} | {_num(r.get('cpu_steal_pct'), 0)} |")
+    return "\n".join(out) + "\n"
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    """The end-to-end rows against the peer (:func:`peer_table`), then one markdown table per model:
+    every row's seconds (wall and CPU), memory, dtype and Dice vs fp32."""
+    num = _num
     out = []
+    against_peer = peer_table(results)
+    if against_peer:
+        out += ["#### End to end, against the 3D nnU-Net peer of this run\n", against_peer]
     for model in dict.fromkeys(r["model"] for r in results["rows"]):
         rows = [r for r in results["rows"] if r["model"] == model]
         first = rows[0]

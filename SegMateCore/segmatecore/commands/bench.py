@@ -34,7 +34,7 @@ def register(sub) -> None:
                    help="only the network-alone rows, or only the end-to-end rows (and the peer)")
     p.add_argument("--from-json", nargs="+", metavar="FILE",
                    help="measure nothing: merge these saved results and write --json/--plot from them")
-    p.add_argument("--markdown", metavar="FILE", help="write one markdown table per model")
+    p.add_argument("--markdown", metavar="FILE", help="write markdown tables: every end-to-end row against the peer, then one table per model")
     p.add_argument("--profile", metavar="BACKBONE", help="measure nothing else: print where BACKBONE's network time "
                                                         "goes (OpenVINO layer counters or torch.profiler)")
     p.add_argument("--runtime", choices=("auto", "torch", "openvino"), default="auto", help="runtime for --profile")
