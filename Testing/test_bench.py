@@ -94,7 +94,7 @@ def test_the_bundled_model_runs_end_to_end_at_its_own_input_size(quick):
 
     entry = catalogue_entry(default_model_id())
     rows = [r for r in quick[0]["rows"] if r["model"].startswith(entry["id"])]
-    assert [r["precision"] for r in rows] == ["fp32", "fp32", "bf16", "auto", "bf16"]
+    assert [r["precision"] for r in rows] == ["fp32", "fp32", "bf16", "auto", "fp32", "bf16"]
     assert all(r["scope"] == "end_to_end" and r["input_size"] == entry["input_size"][0] for r in rows)
     assert all(r["optimisations"]["threads"] == 1 for r in rows)  # --quick's thread count, as every other row
     assert rows[0]["model"] == f"{entry['id']} (input {entry['input_size'][0]})"
@@ -104,9 +104,12 @@ def test_the_bundled_model_runs_end_to_end_at_its_own_input_size(quick):
     assert rows[1]["reference"] == rows[0]["name"] and rows[1]["dice_min"] >= DICE_BAR
     assert rows[2]["reference"] == rows[0]["name"] and "dice_min" in rows[2]
     assert rows[3]["skip_outside_extent"] and rows[3]["z_range"]["mode"] in ("auto", "volume")
-    # OpenVINO (pinned, so installed): two compiled graphs, so the feature cache works there too
-    assert rows[4]["runtime"] == "OpenVINONetwork" and rows[4]["optimisations"]["runtime"] == "openvino"
-    assert rows[4]["feature_cache"]["slices_reused"] == rows[4]["z_range"]["slices_run"] > 0
+    # OpenVINO (pinned, so installed) in fp32 and bf16: two compiled graphs, so the feature cache works there too
+    for row, dtype in zip(rows[4:], ("float32", "bfloat16")):
+        assert row["runtime"] == "OpenVINONetwork" and row["optimisations"]["runtime"] == "openvino"
+        assert row["dtype"] == dtype and row["reference"] == rows[0]["name"]
+        assert row["feature_cache"]["slices_reused"] == row["z_range"]["slices_run"] > 0
+    assert rows[4]["dice_min"] >= DICE_BAR  # fp32 compiled by OpenVINO: the eager fp32 labels
     assert 12.0 < rows[0]["params_m"] < 13.0  # the bundled model is a FastViT-T12 SegMate
 
 
@@ -197,7 +200,8 @@ def test_no_openvino_leaves_out_every_openvino_row(tmp_path, monkeypatch):
     assert any(c.model_key == bench.BUNDLED for c in measured)
     measured.clear()
     assert main(["bench", "--quick", "--backbones", "fastvit_t12", "--no-peer", "--workdir", str(tmp_path)]) == 0
-    assert sum(c.optimizations["runtime"] == "openvino" for c in measured) == 4  # ladder fp32, bf16; two end to end
+    # the ladder's fp32 and bf16, and fp32 and bf16 end to end for FastViT-T12 and the bundled model
+    assert sum(c.optimizations["runtime"] == "openvino" for c in measured) == 6
 
 
 def test_profile_shows_the_network_inference_runs():

@@ -217,6 +217,21 @@ def test_bad_options_are_one_line_errors(tmp_path, intensity_network, capsys, ar
     assert message in err and "\n" not in err
 
 
+def test_runtime_option_reaches_the_network_and_the_report(tmp_path, random_model_file, monkeypatch):
+    monkeypatch.setenv("SEGMATE_HOME", str(tmp_path / "home"))  # where the converted network is cached
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    for runtime in ("openvino", "torch"):
+        out = tmp_path / runtime
+        assert cli.main(["predict", str(path), "-o", str(out), "--model", str(random_model_file), "--device", "cpu",
+                         "--format", "report", "--runtime", runtime]) == 0
+        report = json.loads((out / "case" / "report.json").read_text())
+        assert report["model"]["runtime"] == runtime
+    assert list((tmp_path / "home").rglob("*.xml"))  # the OpenVINO graphs, converted once and kept
+    with pytest.raises(SystemExit) as refused:  # argparse: usage error, before any work
+        cli.main(["predict", str(path), "-o", str(tmp_path / "bad"), "--runtime", "tensorrt"])
+    assert refused.value.code == 2 and not (tmp_path / "bad").exists()
+
+
 def peak_rss_of(command: list[str], interval: float = 0.05) -> tuple[int, int]:
     """Run ``command``; return (exit code, peak resident memory in bytes of it and its children)."""
     process = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -224,6 +224,25 @@ def test_segment_with_openvino_reuses_the_first_pass_encodings(openvino_home, fa
         assert dice(a == organ(key).label, b == organ(key).label) >= DICE_BAR, key
 
 
+def test_segment_runtime_openvino_compiles_a_copy_and_gives_the_eager_labels(openvino_home, fastvit):
+    """What `segment(runtime="openvino")` and `segmate predict --runtime openvino` ask for."""
+    from segmatecore import segment
+
+    image = sitk.ReadImage(str(resource_path("SampleData", "totalsegmentator_example_ct.nii.gz")))
+    state = {k: v.clone() for k, v in fastvit.state_dict().items()}
+    eager = segment(image, model=fastvit, device="cpu", batch_size=8)
+    compiled = segment(image, model=fastvit, device="cpu", batch_size=8, runtime="openvino")
+    assert eager.model_info["runtime"] == "torch" and compiled.model_info["runtime"] == "openvino"
+    a, b = sitk.GetArrayFromImage(compiled.labelmap), sitk.GetArrayFromImage(eager.labelmap)
+    for key in compiled.organs:
+        assert dice(a == organ(key).label, b == organ(key).label) >= DICE_BAR, key
+    # the caller's network is neither folded nor re-parameterised under them
+    assert not fastvit.is_reparameterized and fastvit.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in fastvit.state_dict().items())
+    with pytest.raises(ValueError, match="Unknown runtime 'tensorrt'"):
+        segment(image, model=fastvit, device="cpu", runtime="tensorrt")
+
+
 def test_openvino_conversion_is_cached(openvino_home, fastvit):
     net = copy.deepcopy(fastvit).reparameterize()
     first = openvino_runtime.convert(net, (SIZE, SIZE))

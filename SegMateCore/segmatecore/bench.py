@@ -128,12 +128,13 @@ def segmate_configs(backbone: str, openvino: bool, precision: str = "auto", thre
 def end_to_end_configs(label: str, backbone: str, precision: str, optimizations: Optimizations,
                        model_key: str | None = None, openvino: bool = False) -> list[Config]:
     """The product path four ways: fp32 (the reference), fp32 without the feature cache, bf16, and
-    ``precision`` with skip_outside_extent; with ``openvino``, also the OpenVINO runtime in bf16."""
+    ``precision`` with skip_outside_extent; with ``openvino``, also the OpenVINO runtime in fp32 (the
+    fast precision on a CPU without AMX) and bf16 (with AMX)."""
     reference = f"{label} end_to_end: default fp32"
     opts = _opts(optimizations)
-    extra = [Config(f"{label} end_to_end: openvino bf16", "segmate", "end_to_end", backbone, "bf16",
+    extra = [Config(f"{label} end_to_end: openvino {dtype}", "segmate", "end_to_end", backbone, dtype,
                     optimizations=_opts(optimizations.with_(runtime="openvino")), reference=reference,
-                    model_key=model_key)] if openvino else []
+                    model_key=model_key) for dtype in ("fp32", "bf16")] if openvino else []
     return [Config(reference, "segmate", "end_to_end", backbone, "fp32", optimizations=opts, model_key=model_key),
             Config(f"{label} end_to_end: default fp32, no feature cache", "segmate", "end_to_end", backbone, "fp32",
                    optimizations=opts, feature_cache_mb=0, reference=reference, model_key=model_key),

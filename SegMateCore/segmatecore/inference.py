@@ -26,7 +26,7 @@ from .geometry import from_canonical, to_canonical
 from .io import LoadedVolume, load_volume
 from .feature_cache import DEFAULT_MAX_MB, FeatureCache
 from .models import Encoded, SegMateOutput
-from .optimize import bf16_warning
+from .optimize import DEFAULT, RUNTIMES, bf16_warning
 from .organs import lateral_swap, organ, organ_keys
 from .postprocess import (clean_organs, labels_on_grid, labels_on_grid_from_logits, laterality_warnings, mask_thresholds,
                           postprocess_options, presence_gate_enabled, volumes_ml, z_smoothing_mm)
@@ -113,15 +113,18 @@ def load_segmentation_model(model: str | os.PathLike | nn.Module | None) -> tupl
     return loaded, _model_info(loaded.metadata, path, entry)
 
 
-def ready_for_inference(net: nn.Module, device: torch.device, precision: str, owned: bool) -> nn.Module:
-    """Apply the benchmark-kept speed-ups (optimize.DEFAULT) to a SegMate network, once.
+def ready_for_inference(net: nn.Module, device: torch.device, precision: str, owned: bool,
+                        runtime: str = "torch") -> nn.Module:
+    """Apply the benchmark-kept speed-ups (optimize.DEFAULT) to a SegMate network, once, for ``runtime``.
 
     A network the caller passed in (``owned`` False) is prepared on a copy, so their module is
-    never folded under them; one prepared already (``segmate bench``, a second call) runs as is.
+    never folded under them; one prepared already (``segmate bench``, a second call, a network
+    OpenVINO compiled) runs as is.
     """
     from .optimize import prepare_for_inference
 
-    return prepare_for_inference(net, device, precision, copy_model=not owned)[0]
+    return prepare_for_inference(net, device, precision, optimizations=DEFAULT.with_(runtime=runtime),
+                                 copy_model=not owned)[0]
 
 
 def _model_info(meta: dict[str, Any], path: Path | None, entry: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -348,7 +351,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             batch_size: int | None = None, precision: str = "auto", postprocess: Mapping[str, Any] | None = None,
             series_uid: str | None = None, skip_outside_extent: bool = False,
             z_pass: ZPassConfig | None = None, probability_sink: ProbabilitySink | None = None,
-            tta: bool = False, feature_cache_mb: float = DEFAULT_MAX_MB) -> SegmentationResult:
+            tta: bool = False, feature_cache_mb: float = DEFAULT_MAX_MB, runtime: str = "torch") -> SegmentationResult:
     """Segment the organs of a CT volume; the labelmap has exactly the input's geometry.
 
     ``z_norm``: ``auto`` estimates the organ extent with a first pass (FiLM off, presence head;
@@ -363,7 +366,9 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     right and averages the two (test-time augmentation; twice the network time, both passes).
     ``feature_cache_mb``: memory the first pass may use to keep its slices' encoder outputs for
     the main pass, which then only decodes them (:mod:`segmatecore.feature_cache`; 0 encodes them
-    again). ``cancel`` is any object with
+    again). ``runtime``: ``torch`` (eager PyTorch), ``openvino`` (on the CPU, the network compiled by
+    OpenVINO; converted once per model and cached, :mod:`segmatecore.openvino_runtime`) or ``auto``
+    (OpenVINO where installed); a GPU always runs PyTorch. ``cancel`` is any object with
     ``is_set()`` (a threading.Event); when set, SegmentationCancelled is raised between batches and
     nothing is written.
     """
@@ -375,6 +380,8 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     if feature_cache_mb < 0:
         raise ValueError(f"feature_cache_mb must be 0 (off) or more, got {feature_cache_mb}.")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"Unknown runtime {runtime!r}; use {', '.join(RUNTIMES)}.")
     timings: dict[str, float] = {}
 
     loaded = load_volume(image_or_path, series_uid=series_uid)
@@ -390,7 +397,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     smoothing = z_smoothing_mm(keys, meta, postprocess)
     pre = Preprocessing.from_metadata(meta)
     dev = resolve_device(device)
-    net = ready_for_inference(net, dev, precision, owned=not isinstance(model, nn.Module))
+    net = ready_for_inference(net, dev, precision, owned=not isinstance(model, nn.Module), runtime=runtime)
     slower = bf16_warning(dev, precision)
     if slower:
         warnings.append(slower)
@@ -517,6 +524,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
         z_range.update(first=extent.first, last=extent.last, slices_run=extent.slices_run,
                        skipped_outside=bool(skip_outside_extent))
     info = {**info, "device": str(runner.device), "precision": precision, "batch_size": runner.batch_size,
+            "runtime": getattr(net, "runtime", "torch"),
             "tta": bool(tta),
             "feature_cache": pipeline.cache.summary() if pipeline.cache is not None else None,
             "mask_thresholds": dict(zip(keys, thresholds)), "z_smoothing_mm": dict(zip(keys, smoothing))}

@@ -1,9 +1,11 @@
 """A SegMateNet compiled by OpenVINO for CPU inference, converted once and cached on disk.
 
 OpenVINO fuses the many small operations of the decoder's attention blocks and runs convolutions
-in bf16 on CPUs that have it (AMX, AVX512-BF16). It is opt-in (``Optimizations(runtime="openvino")``):
-it beat eager PyTorch with one thread and on a heavily loaded machine, not with two threads on a
-lightly loaded one (docs/benchmark.md). The compiled network keeps the segment() model
+in bf16 on CPUs that have it (AMX, AVX512-BF16). It is opt-in (``segment(runtime="openvino")``,
+``segmate predict --runtime openvino``): on the AMX machine of the earlier benchmark runs it beat
+eager PyTorch with one thread and on a heavily loaded machine, not with two threads on a lightly
+loaded one; on a CPU without AMX, in fp32, it ran FastViT-T12 14 % and EfficientNetV2-M 12 % faster
+than eager PyTorch with two threads, MambaOut-Tiny no faster (docs/benchmark.md). The compiled network keeps the segment() model
 contract: ``forward(x[B,3,H,W], z_norm[B] | None) -> SegMateOutput`` and a ``.metadata`` dict.
 
 The network is converted as two graphs, the encoder (everything before FiLM) and the decoder (FiLM,
@@ -143,6 +145,8 @@ def convert(net: SegMateNet, input_size: tuple[int, int], folder: Path | None = 
 class OpenVINONetwork(nn.Module):
     """A compiled SegMateNet behind the segment() model contract (CPU only, no gradients), with
     ``encode``/``decode`` like SegMateNet's. It computes masks and presence, never boundaries."""
+
+    runtime = "openvino"  # segment() reports it in model_info (a PyTorch network has no such attribute)
 
     def __init__(self, encoder: Any, decoder: Any, metadata: dict[str, Any], backbone: str, precision: str,
                  input_size: tuple[int, int]):
