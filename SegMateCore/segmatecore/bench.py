@@ -364,8 +364,9 @@ def _end_to_end_worker(job: dict[str, Any], config: Config, device: torch.device
     opts = Optimizations(**config.optimizations)
     with PeakMemory() as memory:
         t0, cpu0 = time.perf_counter(), time.process_time()
-        model = load_model(job["model"], device="cpu", reparameterize=opts.reparameterize)
-        net, _ = prepare_for_inference(model, device, config.precision, optimizations=opts, copy_model=False)
+        # as segment() does with a model file: only the prepared network stays (OpenVINO's replaces the module)
+        net, _ = prepare_for_inference(load_model(job["model"], device="cpu", reparameterize=opts.reparameterize),
+                                       device, config.precision, optimizations=opts, copy_model=False)
         s_prepare = time.perf_counter() - t0
         result = segment(job["ct"], model=net, device=str(device), precision=config.precision,
                          batch_size=job["batch_size"], skip_outside_extent=config.skip_outside_extent,
