@@ -107,9 +107,9 @@ def cpu_has_native_bf16() -> bool:
 def cpu_bf16_is_faster() -> bool:
     """True where bf16 inference beats fp32 on this CPU: AMX (tile matrix units).
 
-    AVX512-BF16's dot-product instruction does as many multiply-adds per cycle as fp32 FMAs do, and
-    the conversions cost extra: on such a CPU without AMX, FastViT-T12 at 512 ran at 142 ms per
-    slice in bf16 against 104 in fp32 (docs/benchmark.md).
+    Without AMX, oneDNN's bf16 kernels (AVX512-BF16 dot products) ran no faster than its fp32 ones,
+    and the conversions cost extra: on such a CPU, FastViT-T12 at 512 ran at 142 ms per slice in
+    bf16 against 104 in fp32, the other backbones 1.4-1.5x slower too (docs/benchmark.md).
     """
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
