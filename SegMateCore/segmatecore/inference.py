@@ -26,7 +26,7 @@ from .geometry import from_canonical, to_canonical
 from .io import LoadedVolume, load_volume
 from .feature_cache import DEFAULT_MAX_MB, FeatureCache
 from .models import Encoded, SegMateOutput
-from .optimize import DEFAULT, RUNTIMES, bf16_warning
+from .optimize import DEFAULT, RUNTIMES, bf16_warning, prepare_for_inference
 from .organs import lateral_swap, organ, organ_keys
 from .postprocess import (clean_organs, labels_on_grid, labels_on_grid_from_logits, laterality_warnings, mask_thresholds,
                           postprocess_options, presence_gate_enabled, volumes_ml, z_smoothing_mm)
@@ -121,8 +121,6 @@ def ready_for_inference(net: nn.Module, device: torch.device, precision: str, ow
     never folded under them; one prepared already (``segmate bench``, a second call, a network
     OpenVINO compiled) runs as is.
     """
-    from .optimize import prepare_for_inference
-
     return prepare_for_inference(net, device, precision, optimizations=DEFAULT.with_(runtime=runtime),
                                  copy_model=not owned)[0]
 

@@ -17,9 +17,11 @@ while the outputs stay equal to fp32 (Dice >= 0.99 per organ); docs/benchmark.md
   against fp32 on the benchmark network (min 0.987), so ``auto`` stays fp32 on the CPU, and
   :func:`bf16_warning` tells a user who asks for it on a CPU without AMX;
 - opt-in (``runtime="openvino"``): the network compiled by OpenVINO (see
-  :mod:`segmatecore.openvino_runtime`), which fuses what eager PyTorch runs op by op. It was
-  faster with one thread and under heavy load, not with two threads on a lightly loaded machine,
-  and its first run pays a conversion, so eager PyTorch stays the default.
+  :mod:`segmatecore.openvino_runtime`), which fuses what eager PyTorch runs op by op. On an AMX
+  machine it was faster with one thread and under heavy load, not with two threads on a lightly
+  loaded one; on a CPU without AMX it was 12-14 % faster in fp32 for FastViT-T12 and
+  EfficientNetV2-M but peaked about 370 MiB higher, and its first run pays a conversion, so eager
+  PyTorch stays the default.
 
 The caller runs the returned model under ``torch.inference_mode()`` (as ``segment`` does).
 """
