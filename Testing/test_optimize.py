@@ -252,6 +252,18 @@ def test_openvino_conversion_is_cached(openvino_home, fastvit):
     assert all(xml.is_relative_to(openvino_home) for xml in first)
 
 
+def test_openvino_conversion_keeps_the_tracers_notes_to_itself(tmp_path, fastvit):
+    """A first `--runtime openvino` run should not print pages of tracer warnings at the user."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        openvino_runtime.convert(copy.deepcopy(fastvit).reparameterize(), (SIZE, SIZE), folder=tmp_path)
+    assert list(tmp_path.rglob("encoder.xml")) and list(tmp_path.rglob("decoder.xml"))
+    noisy = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning) or "torch.jit.trace" in str(w.message)]
+    assert not noisy, [str(w.message)[:80] for w in noisy]
+
+
 def test_the_default_path_never_imports_openvino():
     """OpenVINO is an opt-in extra (Slicer does not install it): the default preparation must not need it."""
     import subprocess

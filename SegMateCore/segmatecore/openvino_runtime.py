@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,11 @@ def convert(net: SegMateNet, input_size: tuple[int, int], folder: Path | None = 
     h, w = (int(v) for v in input_size)
     net = net.eval()
     log.info("converting the network for OpenVINO (once per model; cached in %s)", folder)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer's notes on the input checks (constant at a fixed slice size, which is what the
+        # graphs are converted for) and on its own deprecation tell a user nothing they can act on.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=FutureWarning)
         example = torch.zeros(1, 3, h, w)
         encoder = ov.convert_model(EncoderGraph(net).eval(), example_input=(example,),
                                    input=[([-1, 3, h, w], ov.Type.f32)])
