@@ -360,16 +360,29 @@ def test_device_and_precision_policy():
         segment(organ_in_slices(), IntensityModel(input_size=32), precision="fp8")
 
 
+class AutocastRecorder(IntensityModel):
+    """The intensity network, recording the CPU autocast dtype each batch ran under (None: off)."""
+
+    def forward(self, x, z_norm=None):
+        self.seen.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return super().forward(x, z_norm)
+
+
 @pytest.mark.parametrize("amx", [False, True])
 def test_bf16_on_a_cpu_without_amx_runs_with_a_warning(monkeypatch, amx):
     monkeypatch.setattr(optimize, "cpu_bf16_is_faster", lambda: amx)
     image = organ_in_slices()
-    bf16 = segment(image, IntensityModel(input_size=32), device="cpu", precision="bf16")
-    fp32 = segment(image, IntensityModel(input_size=32), device="cpu", precision="fp32")
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        network = AutocastRecorder(input_size=32)
+        network.seen = set()
+        runs[precision] = (segment(image, network, device="cpu", precision=precision), network.seen)
+    (bf16, bf16_seen), (fp32, fp32_seen) = runs["bf16"], runs["fp32"]
     slower = [w for w in bf16.warnings if "no AMX" in w]
     assert len(slower) == (0 if amx else 1)
     assert not any("no AMX" in w for w in fp32.warnings)
-    assert bf16.model_info["precision"] == "bf16" and bf16.volumes_ml["liver"] > 0  # still honoured
+    assert bf16_seen == {torch.bfloat16} and fp32_seen == {None}  # still honoured: it ran in bf16
+    assert bf16.volumes_ml["liver"] > 0
 
 
 # ---- bad and doubtful input through segment() --------------------------------------------------------

@@ -14,7 +14,7 @@ from segmatecore import openvino_runtime
 from segmatecore.bench import DICE_BAR, benchmark_model, calibration_slices, dice
 from segmatecore import optimize
 from segmatecore.optimize import (DEFAULT, NONE, Optimizations, bf16_warning, compute_dtype, cpu_bf16_is_faster,
-                                  cpu_has_native_bf16, fold_batchnorm, prepare_for_inference)
+                                  fold_batchnorm, prepare_for_inference)
 from segmatecore.organs import organ
 from segmatecore.resources import resource_path
 
@@ -150,22 +150,20 @@ def test_compute_dtype_follows_precision_and_the_cpu():
         compute_dtype(CPU, "int8")
 
 
-def test_native_bf16_detection_matches_the_cpu_flags():
+def test_fast_bf16_detection_matches_the_cpu_flags():
     with open("/proc/cpuinfo", encoding="utf-8") as f:
         flags = next(line for line in f if line.startswith("flags")).split()
-    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
     assert cpu_bf16_is_faster() == ({"amx_bf16", "amx_tile"} <= set(flags))
 
 
-@pytest.mark.parametrize("flags, native, faster", [
-    ({"avx2", "avx512f"}, False, False),
-    ({"avx512f", "avx512_bf16"}, True, False),  # bf16 instructions, no matrix units: slower than fp32
-    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, True, True),
+@pytest.mark.parametrize("flags, faster", [
+    ({"avx2", "avx512f"}, False),
+    ({"avx512f", "avx512_bf16"}, False),  # bf16 instructions, no matrix units: slower than fp32
+    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, True),
 ])
-def test_bf16_counts_as_faster_only_with_amx(monkeypatch, flags, native, faster):
+def test_bf16_counts_as_faster_only_with_amx(monkeypatch, flags, faster):
     monkeypatch.setattr(optimize, "_cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(optimize.platform, "machine", lambda: "x86_64")
-    assert cpu_has_native_bf16() == native
     assert cpu_bf16_is_faster() == faster
     auto_with_bf16 = compute_dtype(CPU, "auto", Optimizations(bf16=True))
     assert auto_with_bf16 == (torch.bfloat16 if faster else torch.float32)

@@ -94,20 +94,9 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16), so oneDNN computes bf16
-    in hardware rather than emulating it; faster than fp32 only with AMX (:func:`cpu_bf16_is_faster`)."""
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
-        return False
-    flags = _cpu_flags()
-    if flags:
-        return bool({"avx512_bf16", "amx_bf16"} & flags)
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None)
-
-
 def cpu_bf16_is_faster() -> bool:
-    """True where bf16 inference beats fp32 on this CPU: AMX (tile matrix units).
+    """True where bf16 inference beats fp32 on this CPU: an x86 CPU with AMX (tile matrix units)
+    and a PyTorch with oneDNN.
 
     Without AMX, oneDNN's bf16 kernels (AVX512-BF16 dot products) ran no faster than its fp32 ones,
     and the conversions cost extra: on such a CPU, FastViT-T12 at 512 ran at 142 ms per slice in
