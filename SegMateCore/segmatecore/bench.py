@@ -823,7 +823,6 @@ def peer_table(results: dict[str, Any]) -> str:
 def markdown_tables(results: dict[str, Any]) -> str:
     """The end-to-end rows against the peer (:func:`peer_table`), then one markdown table per model:
     every row's seconds (wall and CPU), memory, dtype and Dice vs fp32."""
-    num = _num
     out = []
     against_peer = peer_table(results)
     if against_peer:
@@ -837,10 +836,10 @@ def markdown_tables(results: dict[str, Any]) -> str:
         out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             cpu = r.get("cpu_s_per_volume") if r["scope"] == "end_to_end" else r.get("cpu_s_network")
-            out.append(f"| {r['name'].split(': ', 1)[-1]} ({r['scope'].replace('_', ' ')}) | {num(r.get('s_per_volume'))} "
-                       f"| {num(r['s_network'])} | {num(cpu)} | {num(r['peak_rss_mb'], 0)} "
-                       f"| {num(r.get('peak_private_mb'), 0)} | {r['dtype']} | {num(r.get('dice_min'), 4)} "
-                       f"| {r['load_before_after'][0]} to {r['load_before_after'][1]} | {num(r.get('cpu_steal_pct'))} |")
+            out.append(f"| {r['name'].split(': ', 1)[-1]} ({r['scope'].replace('_', ' ')}) | {_num(r.get('s_per_volume'))} "
+                       f"| {_num(r['s_network'])} | {_num(cpu)} | {_num(r['peak_rss_mb'], 0)} "
+                       f"| {_num(r.get('peak_private_mb'), 0)} | {r['dtype']} | {_num(r.get('dice_min'), 4)} "
+                       f"| {r['load_before_after'][0]} to {r['load_before_after'][1]} | {_num(r.get('cpu_steal_pct'))} |")
         out.append("")
     return "\n".join(out)
 

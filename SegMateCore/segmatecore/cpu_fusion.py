@@ -151,13 +151,13 @@ class FusedGatedBlock(nn.Module):
         return self.drop_path(self.ls(self.fc2(product))) + shortcut
 
 
-def _gated_block(module: nn.Module) -> bool:
-    """A timm MambaOut gated block."""
+def _gated_block_type() -> type | None:
+    """timm's MambaOut gated block class (None for a timm without MambaOut)."""
     try:
         from timm.models.mambaout import GatedConvBlock
-    except ImportError:  # a timm without MambaOut
-        return False
-    return type(module) is GatedConvBlock
+    except ImportError:
+        return None
+    return GatedConvBlock
 
 
 def _splittable(conv: nn.Module) -> bool:
@@ -264,8 +264,9 @@ def fuse_convolutions(model: nn.Module, example: tuple[torch.Tensor, ...], *, fu
         model.to(dtype)
         pairs = _conv_activation_pairs(model, lambda: model(*example)) if fuse_activations else {}
         undo: list[tuple[str, nn.Module]] = []
-        if fuse_gated_blocks:
-            for name, block in [(n, m) for n, m in model.named_modules() if _gated_block(m)]:
+        gated = _gated_block_type() if fuse_gated_blocks else None
+        if gated is not None:
+            for name, block in [(n, m) for n, m in model.named_modules() if type(m) is gated]:
                 undo.append((name, block))
                 _replace(model, name, FusedGatedBlock(block))
         for name, conv in list(model.named_modules()):
