@@ -112,9 +112,12 @@ def test_parameter_bindings_match_the_parameter_node():
                      "zSmoothing": "QCheckBox", "tta": "QCheckBox", "batchSize": "QSpinBox",
                      "reuseFeatures": "QCheckBox"}
     assert fields["organs"] == "list[str]" and fields["model"] == "str"
-    assert "Choice(['auto', 'gpu', 'cpu'])" in fields["device"]
-    assert "Choice(['slicer', 'tg263'])" in fields["naming"]
-    assert "Choice(['auto', 'fp32', 'bf16'])" in fields["precision"]
+    import SegMateLib
+
+    # the node's choices are written out in SegMate.py and must be exactly the logic's, in its order
+    assert f"Choice({list(SegMateLib.DEVICE_CHOICES)})" in fields["device"]
+    assert f"Choice({list(SegMateLib.NAMING_CHOICES)})" in fields["naming"]
+    assert f"Choice({list(SegMateLib.PRECISION_CHOICES)})" in fields["precision"]
 
 
 def test_custom_widgets_are_declared_and_connected_to_the_scene():
