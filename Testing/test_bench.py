@@ -121,7 +121,7 @@ def test_plot_is_written(quick):
 def test_markdown_sets_every_end_to_end_row_against_the_peer_of_the_run(quick):
     results, out = quick
     text = (out / "bench.md").read_text()
-    assert text.startswith("#### End to end, against the 3D nnU-Net peer of this run")
+    assert "\n#### End to end, against the 3D nnU-Net peer of this run" in text
     table = [line for line in text.split("#### ")[1].splitlines() if line.startswith("| ")][1:]
     rows = [r for r in results["rows"] if r["scope"] == "end_to_end"]
     peer = next(r for r in rows if r["model"] == PEER_MODEL)
@@ -139,6 +139,23 @@ def test_markdown_sets_every_end_to_end_row_against_the_peer_of_the_run(quick):
             assert cells[10] == f"{peer['peak_rss_mb'] / row['peak_rss_mb']:.1f}x"
     without_peer = {**results, "rows": [r for r in results["rows"] if r["model"] != PEER_MODEL]}
     assert "peer" not in markdown_tables(without_peer)
+
+
+def test_network_rows_are_read_against_the_machines_matrix_multiply_peak_of_the_same_run(quick):
+    results, out = quick
+    peaks = results["machine"]["matmul_gmacs_per_s"]
+    network = [r for r in results["rows"] if r["scope"] == "network"]
+    assert {str(r["threads"]) for r in network} == set(peaks)  # one measurement per thread count used
+    for row in network + [r for r in results["rows"] if r["model"] == PEER_MODEL]:
+        peak = peaks[str(row["threads"])][row["dtype"]]
+        floor = row["gmacs_per_slice"] * results["ct"]["size"][2] / peak
+        assert row["compute_floor_s"] == pytest.approx(floor, rel=1e-6)
+        assert row["pct_of_peak"] == pytest.approx(100 * floor / row["s_network"], abs=0.05)
+    text = (out / "bench.md").read_text()
+    assert text.startswith("Matrix-multiply peak of this machine")
+    line = next(x for x in text.splitlines() if x.startswith(f"| {network[0]['name'].split(': ', 1)[-1]} (network)"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3] == f"{network[0]['compute_floor_s']:.1f}" and cells[4] == f"{network[0]['pct_of_peak']:.0f}"
 
 
 def test_peer_is_nnunet_default_3d_fullres():

@@ -16,6 +16,11 @@ Two kinds of rows:
   back to the grid, post-processing) and ``export.write_outputs``. ``s_network`` is the network
   time inside ``segment``.
 
+After the rows, the machine's own matrix-multiply peak is measured at each thread count the rows
+used (:mod:`segmatecore.compute_peak`), and every row whose network seconds cover the whole volume
+(the network-alone rows and the peer) gets its compute floor (its GMACs at that peak) and the share
+of the peak it reached: how close to the hardware's limit it runs.
+
 The models are random (fixed seed): weights do not change cost. So that the Dice check against
 fp32 means something, their batch-norm statistics are re-estimated on CT slices and their output
 biases centred (:func:`benchmark_model`); an untouched random network predicts the same value at
@@ -583,6 +588,33 @@ def _compare(rows: list[dict[str, Any]], organs: Sequence[str]) -> None:
         row["agrees_with_fp32"] = row["dice_min"] >= DICE_BAR
 
 
+def add_compute_floors(rows: list[dict[str, Any]], depth: int, device: str, quick: bool,
+                       peaks: Callable[[int], dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
+    """Measure this machine's matrix-multiply peak at each thread count the rows ran with, and give
+    every row whose network seconds cover the whole volume (the network-alone rows and the peer) its
+    ``compute_floor_s`` (its GMACs at that peak) and ``pct_of_peak`` (floor / network seconds).
+
+    Returns ``{threads: {dtype: GMAC/s}}`` for the results' machine block. ``peaks(threads)`` stands
+    in for the measurement in tests.
+    """
+    from .compute_peak import compute_floor_s, machine_peaks
+
+    measure = peaks or (lambda threads: machine_peaks(threads, quick=quick, device=device))
+    measured: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if not (row["scope"] == "network" or row["model"] == PEER_MODEL) or not row.get("s_network"):
+            continue
+        threads = int(row.get("threads") or torch.get_num_threads())
+        if str(threads) not in measured:
+            measured[str(threads)] = measure(threads)
+        peak = measured[str(threads)].get(row["dtype"])
+        if not peak:
+            continue
+        row["compute_floor_s"] = compute_floor_s(row["gmacs_per_slice"], depth, peak)
+        row["pct_of_peak"] = round(100.0 * row["compute_floor_s"] / row["s_network"], 1)
+    return measured
+
+
 def machine_description() -> dict[str, Any]:
     import psutil
 
@@ -672,6 +704,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
                         "peak_gpu_mb"):
                 if isinstance(row.get(key), float):
                     row[key] = round(row[key], 3)
+        machine["matmul_gmacs_per_s"] = add_compute_floors(rows, setup.depth, device, quick)
         machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     return {"machine": machine, "ct": {"source": str(source), "size": list(size), "quick": quick},
             "batch_size": batch_size, "rows": rows}
@@ -824,6 +857,13 @@ def markdown_tables(results: dict[str, Any]) -> str:
     """The end-to-end rows against the peer (:func:`peer_table`), then one markdown table per model:
     every row's seconds (wall and CPU), memory, dtype and Dice vs fp32."""
     out = []
+    peaks = results.get("machine", {}).get("matmul_gmacs_per_s") or {}
+    if peaks:
+        out.append("Matrix-multiply peak of this machine (`torch.mm`, best of 5), the ceiling of the "
+                   "\"% of peak\" column: " + "; ".join(
+                       f"{threads} thread{'s' if threads != '1' else ''}: "
+                       + ", ".join(f"{dtype} {rate:.0f} GMAC/s" for dtype, rate in rates.items())
+                       for threads, rates in peaks.items()) + "\n")
     against_peer = peer_table(results)
     if against_peer:
         out += ["#### End to end, against the 3D nnU-Net peer of this run\n", against_peer]
@@ -831,13 +871,14 @@ def markdown_tables(results: dict[str, Any]) -> str:
         rows = [r for r in results["rows"] if r["model"] == model]
         first = rows[0]
         out.append(f"#### {model}: {first['params_m']:.1f} M parameters, {first['gmacs_per_slice']:.2f} GMACs per slice\n")
-        out.append("| configuration | s / volume | network s | CPU s | peak RSS MB | private MB | dtype | Dice vs fp32 (min) "
-                   "| load 1-min | CPU stolen % |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        out.append("| configuration | s / volume | network s | compute floor s | % of peak | CPU s | peak RSS MB "
+                   "| private MB | dtype | Dice vs fp32 (min) | load 1-min | CPU stolen % |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             cpu = r.get("cpu_s_per_volume") if r["scope"] == "end_to_end" else r.get("cpu_s_network")
             out.append(f"| {r['name'].split(': ', 1)[-1]} ({r['scope'].replace('_', ' ')}) | {_num(r.get('s_per_volume'))} "
-                       f"| {_num(r['s_network'])} | {_num(cpu)} | {_num(r['peak_rss_mb'], 0)} "
+                       f"| {_num(r['s_network'])} | {_num(r.get('compute_floor_s'))} | {_num(r.get('pct_of_peak'), 0)} "
+                       f"| {_num(cpu)} | {_num(r['peak_rss_mb'], 0)} "
                        f"| {_num(r.get('peak_private_mb'), 0)} | {r['dtype']} | {_num(r.get('dice_min'), 4)} "
                        f"| {r['load_before_after'][0]} to {r['load_before_after'][1]} | {_num(r.get('cpu_steal_pct'))} |")
         out.append("")
