@@ -1,0 +1,102 @@
+"""On a CUDA GPU: the CPU's labels on the same grid, the GPU's default precision within the Dice bar,
+test-time augmentation and the feature cache, the CLI's report and the benchmark's GPU memory.
+
+Skipped where PyTorch sees no CUDA GPU (CI has none). Where one is:
+``python -m pytest Testing/test_cuda.py`` (docs/inference.md, "GPU").
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from segmatecore import segment
+from segmatecore.bench import DICE_BAR, sample_ct_path
+from segmatecore.cli import main
+from segmatecore.compute_peak import machine_peaks
+from segmatecore.organs import organ
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def dice_per_organ(a: sitk.Image, b: sitk.Image, keys: list[str]) -> dict[str, float]:
+    x, y = sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)
+    scores = {}
+    for key in keys:
+        p, q = x == organ(key).label, y == organ(key).label
+        total = int(p.sum()) + int(q.sum())
+        scores[key] = 1.0 if total == 0 else 2.0 * int((p & q).sum()) / total
+    return scores
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize(), a.GetOrigin(), a.GetSpacing(), a.GetDirection()) == \
+        (b.GetSize(), b.GetOrigin(), b.GetSpacing(), b.GetDirection())
+
+
+@pytest.fixture(scope="module")
+def ct() -> sitk.Image:
+    return sitk.ReadImage(str(sample_ct_path()))
+
+
+@pytest.fixture(scope="module")
+def cpu_fp32(ct):
+    """The bundled model's labels on the CPU in fp32: the reference every GPU run is held to."""
+    return segment(ct, device="cpu", precision="fp32")
+
+
+def test_fp32_on_the_gpu_gives_the_cpus_labels_on_the_input_grid(ct, cpu_fp32):
+    result = segment(ct, device="cuda", precision="fp32")
+    assert result.model_info["device"].startswith("cuda") and result.model_info["runtime"] == "torch"
+    assert same_grid(result.labelmap, ct)
+    scores = dice_per_organ(result.labelmap, cpu_fp32.labelmap, cpu_fp32.organs)
+    assert min(scores.values()) >= DICE_BAR, scores
+    assert result.z_range == cpu_fp32.z_range
+
+
+def test_the_gpus_default_precision_agrees_with_fp32_within_the_dice_bar(ct, cpu_fp32):
+    result = segment(ct, device="cuda")  # precision auto: fp16 autocast on CUDA
+    assert result.model_info["precision"] == "auto"
+    scores = dice_per_organ(result.labelmap, cpu_fp32.labelmap, cpu_fp32.organs)
+    assert min(scores.values()) >= DICE_BAR, scores
+
+
+def test_mirroring_and_the_feature_cache_run_on_the_gpu(ct):
+    cached = segment(ct, device="cuda", precision="fp32", tta=True)
+    again = segment(ct, device="cuda", precision="fp32", tta=True, feature_cache_mb=0)
+    assert cached.model_info["feature_cache"]["slices_reused"] > 0 and again.model_info["feature_cache"] is None
+    scores = dice_per_organ(cached.labelmap, again.labelmap, cached.organs)
+    assert min(scores.values()) >= DICE_BAR, scores
+    cpu = segment(ct, device="cpu", precision="fp32", tta=True)
+    scores = dice_per_organ(cached.labelmap, cpu.labelmap, cpu.organs)
+    assert min(scores.values()) >= DICE_BAR, scores
+
+
+def test_a_gpu_runs_pytorch_whatever_runtime_is_asked_for(ct):
+    result = segment(ct, device="cuda", precision="fp32", runtime="openvino")
+    assert result.model_info["runtime"] == "torch"
+
+
+def test_predict_on_the_gpu_records_the_device_in_its_report(tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", str(sample_ct_path()), "-o", str(out), "--device", "cuda"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["device"].startswith("cuda")
+    labels = sitk.ReadImage(str(out / "labels.nii.gz"))
+    assert same_grid(labels, sitk.ReadImage(str(sample_ct_path())))
+    assert np.asarray(sitk.GetArrayViewFromImage(labels)).any()
+
+
+def test_the_benchmark_reports_gpu_memory_and_the_gpus_own_peak(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGMATE_HOME", str(tmp_path / "home"))
+    assert main(["bench", "--quick", "--device", "cuda", "--backbones", "fastvit_t12", "--no-openvino",
+                 "--no-bundled", "--json", str(tmp_path / "bench.json")]) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())
+    rows = [r for r in results["rows"] if r["model"] == "fastvit_t12"]
+    assert rows and all(r["device"] == "cuda" and r["peak_gpu_mb"] > 0 for r in rows)
+    assert any(r["dtype"] == "float16" for r in rows)  # auto on CUDA
+    peaks = machine_peaks(device="cuda", quick=True)
+    assert set(peaks) == {"float32", "bfloat16", "float16"} and all(v > 0 for v in peaks.values())
