@@ -75,6 +75,23 @@ def test_mirroring_and_the_feature_cache_run_on_the_gpu(ct):
     assert min(scores.values()) >= DICE_BAR, scores
 
 
+def test_every_network_call_on_the_gpu_runs_a_full_batch(ct, cpu_fp32):
+    """New batch shapes cost seconds on a GPU, so short batches are filled up (inference._Pipeline)."""
+    from segmatecore.catalogue import default_model_id, resolve_model
+    from segmatecore.checkpoint import load_model
+
+    model = load_model(resolve_model(default_model_id()))
+    rows = []
+    for part in (model.encoder, model.decoder):
+        part.register_forward_hook(
+            lambda module, args, out: rows.append(args[0].shape[0]) if torch.is_inference_mode_enabled() else None)
+    result = segment(ct, model=model, device="cuda", precision="fp32", batch_size=16)
+    assert set(rows) == {16}
+    assert ct.GetSize()[2] % 16 != 0  # the case has a short last batch
+    scores = dice_per_organ(result.labelmap, cpu_fp32.labelmap, cpu_fp32.organs)
+    assert min(scores.values()) >= DICE_BAR, scores
+
+
 def test_a_gpu_runs_pytorch_whatever_runtime_is_asked_for(ct):
     result = segment(ct, device="cuda", precision="fp32", runtime="openvino")
     assert result.model_info["runtime"] == "torch"
@@ -83,9 +100,10 @@ def test_a_gpu_runs_pytorch_whatever_runtime_is_asked_for(ct):
 def test_predict_on_the_gpu_records_the_device_in_its_report(tmp_path):
     out = tmp_path / "out"
     assert main(["predict", str(sample_ct_path()), "-o", str(out), "--device", "cuda"]) == 0
-    report = json.loads((out / "report.json").read_text())
+    case = out / sample_ct_path().name.replace(".nii.gz", "")  # one folder per case
+    report = json.loads((case / "report.json").read_text())
     assert report["model"]["device"].startswith("cuda")
-    labels = sitk.ReadImage(str(out / "labels.nii.gz"))
+    labels = sitk.ReadImage(str(case / "labels.nii.gz"))
     assert same_grid(labels, sitk.ReadImage(str(sample_ct_path())))
     assert np.asarray(sitk.GetArrayViewFromImage(labels)).any()
 

@@ -33,7 +33,9 @@ def network(ct):
     model.boundary_head.register_forward_hook(
         lambda module, args, out: model.boundary_calls.append(1) if torch.is_inference_mode_enabled() else None)
     model.decoded_slices = []
-    model.decoder.register_forward_hook(lambda module, args, out: model.decoded_slices.append(args[0].shape[0]))
+    model.decoder.register_forward_hook(
+        lambda module, args, out: model.decoded_slices.append(args[0].shape[0]) if torch.is_inference_mode_enabled()
+        else None)
     return model
 
 
@@ -135,3 +137,20 @@ def test_the_cache_keeps_whole_slices_under_its_cap_and_forgets_what_was_used():
     assert list(cache.entries) == [9] and cache.bytes == slice_bytes
     assert cache.summary() == {"slices_stored": 3, "slices_reused": 1, "peak_mb": round(3 * slice_bytes / 2**20, 1),
                                "cap_reached": True}
+
+
+@pytest.mark.parametrize("options", [{}, {"feature_cache_mb": 0}, {"tta": True}])
+def test_on_a_gpu_every_network_call_runs_a_full_batch_and_the_labels_stay_the_same(ct, network, monkeypatch,
+                                                                                 options):
+    """A GPU prepares its kernels once per batch shape, so there segment() repeats the last slice of
+    a short batch up to the batch size and drops the extra outputs (checked here on the CPU with the
+    GPU's policy; Testing/test_cuda.py runs it on a GPU)."""
+    from segmatecore import inference
+
+    plain = run(ct, network, batch_size=4, **options)
+    assert any(n != 4 for n in network.encoded_slices + network.decoded_slices)  # the case has short batches
+    monkeypatch.setattr(inference, "FIXED_BATCH_DEVICES", ("cuda", "cpu"))
+    padded = run(ct, network, batch_size=4, **options)
+    assert set(network.encoded_slices) == set(network.decoded_slices) == {4}
+    assert_same(padded, plain)
+    assert padded[0].model_info["feature_cache"] == plain[0].model_info["feature_cache"]

@@ -45,6 +45,8 @@ TRIM_EVERY_BATCHES = 8
 # On the CPU a larger batch is no faster, and at 512 x 512 FastViT-T12 needs about 430 MB for 4
 # slices against 180 MB for 2 (docs/inference.md), so the CPU default stays small.
 DEFAULT_BATCH = {"cuda": 16, "mps": 8, "cpu": 2}
+# Devices on which every network call runs a full batch (the last slice repeated): see _Pipeline._fixed_rows.
+FIXED_BATCH_DEVICES = ("cuda",)
 ProgressCallback = Callable[[str, int, int], None]
 # Receives (slice indices, [B, C, nx, ny] probabilities on the input's canonical grid, presence-gated)
 # before the z smoothing and the thresholds; segmate calibrate fits both from them.
@@ -258,16 +260,16 @@ class _Pipeline:
             start = time.perf_counter()
             with self.runner.autocast():
                 if self.splits:  # only the heads asked for
-                    out = self._decode([self.runner.model.encode(view) for view in self._views(x)], z, outputs)
+                    out = self._decode([self._encode(view) for view in self._views(x)], z, outputs)
                 else:
-                    out = self._combine([self.runner.model(view, z) for view in self._views(x)])
+                    out = self._combine([self._whole(view, z) for view in self._views(x)])
         else:
             cached = [self.cache.get(i) for i in t]
             missing = np.asarray([i for i, c in zip(t, cached) if c is None], dtype=np.int64)
             x = self._input(missing) if missing.size else None
             start = time.perf_counter()
             with self.runner.autocast():
-                fresh = [self.runner.model.encode(view) for view in self._views(x)] if x is not None else []
+                fresh = [self._encode(view) for view in self._views(x)] if x is not None else []
                 if remember and fresh:
                     self.cache.put(missing, fresh)
                 out = self._decode(self._assemble(cached, fresh), z, outputs)
@@ -281,10 +283,35 @@ class _Pipeline:
         """Decode in batches of the batch size: a main-pass batch may be twice that (see
         _main_pass_scale), so that its slices to encode fill one; the decoder's memory stays one batch's."""
         count, size = encoded[0].context.shape[0], self.runner.batch_size
-        parts = [self._combine([self.runner.model.decode(view.rows(a, a + size), None if z is None else z[a:a + size],
-                                                         outputs) for view in encoded])
-                 for a in range(0, count, size)]
+        parts = []
+        for a in range(0, count, size):
+            rows = min(size, count - a)
+            full = self._fixed_rows(rows)
+            z_part = None if z is None else _pad_rows(z[a:a + size], full)
+            parts.append(_first_rows(self._combine([self.runner.model.decode(view.rows(a, a + size).pad_to(full),
+                                                                             z_part, outputs)
+                                                    for view in encoded]), rows))
         return parts[0] if len(parts) == 1 else _cat_outputs(parts)
+
+    def _fixed_rows(self, rows: int) -> int:
+        """How many slices a network call on ``rows`` slices runs: on a CUDA GPU always the batch size.
+
+        A GPU prepares its convolution kernels once per batch shape in a process: on an H100 each
+        new shape (the z pass's last, shorter batch, its one-slice refinement) cost 1.7-1.8 s of a
+        12 s first run, against 0.1-0.2 s for a batch of 16. Repeating the last slice up to the batch
+        size costs milliseconds there. A CPU has no such cost and would pay for the extra slices.
+        """
+        return max(rows, self.runner.batch_size) if self.runner.device.type in FIXED_BATCH_DEVICES else rows
+
+    def _encode(self, x: torch.Tensor) -> Encoded:
+        rows = x.shape[0]
+        return self.runner.model.encode(_pad_rows(x, self._fixed_rows(rows))).rows(0, rows)
+
+    def _whole(self, x: torch.Tensor, z: torch.Tensor | None) -> SegMateOutput:
+        """A module without encode/decode, run on the whole batch."""
+        rows = x.shape[0]
+        full = self._fixed_rows(rows)
+        return _first_rows(self.runner.model(_pad_rows(x, full), None if z is None else _pad_rows(z, full)), rows)
 
     def _assemble(self, cached: list[tuple[Encoded, ...] | None], fresh: list[Encoded]) -> list[Encoded]:
         """Each view's encodings in slice order, from the cache where kept and from ``fresh`` otherwise."""
@@ -301,6 +328,22 @@ class _Pipeline:
                     parts.append(item[v].to(self.runner.device))
             views.append(Encoded.cat(parts))
         return views
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` with its last row repeated up to ``rows`` rows (itself when it has them)."""
+    extra = rows - x.shape[0]
+    return x if extra <= 0 else torch.cat([x, x[-1:].expand(extra, *x.shape[1:])])
+
+
+def _first_rows(out: SegMateOutput, rows: int) -> SegMateOutput:
+    """The outputs of the first ``rows`` slices of a padded batch."""
+    if out.presence is not None and out.presence.shape[0] == rows:
+        return out
+
+    def first(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[:rows]
+    return SegMateOutput(first(out.seg), first(out.boundary), first(out.presence), tuple(t[:rows] for t in out.deep))
 
 
 def _cat_outputs(parts: list[SegMateOutput]) -> SegMateOutput:
