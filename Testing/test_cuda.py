@@ -16,7 +16,6 @@ import torch
 from segmatecore import segment
 from segmatecore.bench import DICE_BAR, sample_ct_path
 from segmatecore.cli import main
-from segmatecore.compute_peak import machine_peaks
 from segmatecore.organs import organ
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -87,7 +86,7 @@ def test_every_network_call_on_the_gpu_runs_a_full_batch(ct, cpu_fp32):
             lambda module, args, out: rows.append(args[0].shape[0]) if torch.is_inference_mode_enabled() else None)
     result = segment(ct, model=model, device="cuda", precision="fp32", batch_size=16)
     assert set(rows) == {16}
-    assert ct.GetSize()[2] % 16 != 0  # the case has a short last batch
+    assert result.z_range["slices_run"] % 16 != 0  # the first pass has a short batch
     scores = dice_per_organ(result.labelmap, cpu_fp32.labelmap, cpu_fp32.organs)
     assert min(scores.values()) >= DICE_BAR, scores
 
@@ -116,5 +115,5 @@ def test_the_benchmark_reports_gpu_memory_and_the_gpus_own_peak(tmp_path, monkey
     rows = [r for r in results["rows"] if r["model"] == "fastvit_t12"]
     assert rows and all(r["device"] == "cuda" and r["peak_gpu_mb"] > 0 for r in rows)
     assert any(r["dtype"] == "float16" for r in rows)  # auto on CUDA
-    peaks = machine_peaks(device="cuda", quick=True)
-    assert set(peaks) == {"float32", "bfloat16", "float16"} and all(v > 0 for v in peaks.values())
+    # a GPU network of a few milliseconds per slice is bound by kernel launches, not by arithmetic
+    assert results["machine"]["matmul_gmacs_per_s"] == {} and not any("compute_floor_s" in r for r in rows)

@@ -54,12 +54,10 @@ def matmul_gmacs_per_s(dtype: torch.dtype = torch.float32, size: int = SIZE, rou
 
 def machine_peaks(threads: int | None = None, quick: bool = False,
                   device: str | torch.device = "cpu") -> dict[str, float]:
-    """``{"float32": GMAC/s, "bfloat16": GMAC/s}`` of this machine at ``threads`` (and ``float16``
-    on a GPU, where ``precision="auto"`` runs fp16)."""
+    """``{"float32": GMAC/s, "bfloat16": GMAC/s}`` of this machine at ``threads``."""
     size = QUICK_SIZE if quick else SIZE
-    dtypes = dict(DTYPES, float16=torch.float16) if torch.device(device).type == "cuda" else DTYPES
     return {name: round(matmul_gmacs_per_s(dtype, size, threads=threads, device=device), 1)
-            for name, dtype in dtypes.items()}
+            for name, dtype in DTYPES.items()}
 
 
 def compute_floor_s(gmacs_per_slice: float, slices: int, peak_gmacs_per_s: float) -> float:
