@@ -115,5 +115,7 @@ def test_the_benchmark_reports_gpu_memory_and_the_gpus_own_peak(tmp_path, monkey
     rows = [r for r in results["rows"] if r["model"] == "fastvit_t12"]
     assert rows and all(r["device"] == "cuda" and r["peak_gpu_mb"] > 0 for r in rows)
     assert any(r["dtype"] == "float16" for r in rows)  # auto on CUDA
+    peer = next(r for r in results["rows"] if r["model"] == "nnunet_3d_fullres")
+    assert peer["dtype"] == "float16" and peer["peak_gpu_mb"] > 0  # on the GPU, as nnU-Net runs there
     # a GPU network of a few milliseconds per slice is bound by kernel launches, not by arithmetic
     assert results["machine"]["matmul_gmacs_per_s"] == {} and not any("compute_floor_s" in r for r in rows)

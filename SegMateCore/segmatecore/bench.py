@@ -165,7 +165,11 @@ def bundled_configs(model_id: str, backbone: str, precision: str = "auto", threa
                               openvino=openvino)
 
 
-def peer_config() -> Config:
+def peer_config(device: str = "cpu") -> Config:
+    """The peer as nnU-Net runs it on ``device``: on the GPU with fp16 autocast, on a CPU in fp32."""
+    if torch.device(device).type == "cuda":
+        return Config("nnunet_3d_fullres end_to_end: fp16 autocast (as nnU-Net runs on a GPU)", "nnunet",
+                      "end_to_end", precision="auto", optimizations={})
     return Config("nnunet_3d_fullres end_to_end: fp32 (as nnU-Net runs on a CPU)", "nnunet", "end_to_end",
                   precision="fp32", optimizations={})
 
@@ -396,8 +400,9 @@ def _nnunet_worker(job: dict[str, Any], config: Config, device: torch.device) ->
         t0, cpu0 = time.perf_counter(), time.process_time()
         image = sitk.ReadImage(job["ct"])
         read = time.perf_counter() - t0
-        network = build_nnunet_3d_fullres()
-        result = run_nnunet_peer(image, network, patch=tuple(job["peer_patch"]), spacing_mm=job["peer_spacing_mm"])
+        network = build_nnunet_3d_fullres().to(device)
+        result = run_nnunet_peer(image, network, patch=tuple(job["peer_patch"]), spacing_mm=job["peer_spacing_mm"],
+                                 autocast=_peer_autocast(device))
         t1 = time.perf_counter()
         write_labels_nifti(result.labelmap, Path(job["outdir"]) / "labels.nii.gz")
         total, cpu_total = time.perf_counter() - t0, time.process_time() - cpu0
@@ -405,8 +410,13 @@ def _nnunet_worker(job: dict[str, Any], config: Config, device: torch.device) ->
     return {"s_per_volume": total, "s_network": result.timings["network"], "patches": result.patches,
             "cpu_s_per_volume": cpu_total,
             "peer_grid": list(result.grid), "timings": {k: round(v, 3) for k, v in timings.items()},
-            "peak_rss_mb": memory.peak_mb, "peak_private_mb": memory.peak_private_mb, "dtype": "float32",
-            "runtime": "PlainConvUNet"}
+            "peak_rss_mb": memory.peak_mb, "peak_private_mb": memory.peak_private_mb,
+            "dtype": str(_peer_autocast(device) or torch.float32).split(".")[-1], "runtime": "PlainConvUNet"}
+
+
+def _peer_autocast(device: torch.device) -> torch.dtype | None:
+    """nnU-Net's own precision: fp16 autocast on a CUDA GPU, fp32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else None
 
 
 def _sync(device: torch.device) -> None:
@@ -680,7 +690,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
             bundled_name = f"{model_id} (input {setup.costs[BUNDLED]['input_size']})"
             configs += bundled_configs(model_id, bundled_backbone, precision, threads, openvino)
         if peer and "end_to_end" in scopes:
-            configs.append(peer_config())
+            configs.append(peer_config(device))
         rows = []
         for config in configs:
             measured = _run_config(config, setup, device, batch_size, network_slices, (peer_patch, peer_spacing),

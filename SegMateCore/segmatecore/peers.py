@@ -96,21 +96,26 @@ def resample_to_spacing(image: sitk.Image, spacing_mm: float) -> sitk.Image:
 def sliding_window_logits(network: nn.Module, volume: torch.Tensor, patch: tuple[int, int, int],
                           num_classes: int, step: float = NNUNET_STEP, autocast: torch.dtype | None = None
                           ) -> tuple[torch.Tensor, int]:
-    """Gaussian-weighted sum of patch logits over a [D, H, W] volume (padded to the patch if smaller)."""
+    """Gaussian-weighted sum of patch logits over a [D, H, W] volume (padded to the patch if smaller).
+
+    Everything runs on the network's device, as nnU-Net's predictor does on a GPU with room for the
+    volume's logits; the result is on that device."""
+    device = next(network.parameters()).device
+    volume = volume.to(device)
     shape = volume.shape
     padded = tuple(max(s, p) for s, p in zip(shape, patch))
     if padded != tuple(shape):
         pad = [v for s, p in zip(reversed(shape), reversed(padded)) for v in (0, p - s)]
         volume = torch.nn.functional.pad(volume, pad)
-    weight = gaussian_importance(patch)
-    logits = torch.zeros((num_classes, *padded), dtype=torch.float32)
-    counts = torch.zeros(padded, dtype=torch.float32)
+    weight = gaussian_importance(patch).to(device)
+    logits = torch.zeros((num_classes, *padded), dtype=torch.float32, device=device)
+    counts = torch.zeros(padded, dtype=torch.float32, device=device)
     starts = sliding_window_starts(padded, patch, step)
     count = 0
     for z, y, x in itertools.product(*starts):
         window = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
         tile = volume[window][None, None]
-        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             out = network(tile)[0].float()
         logits[(slice(None), *window)] += out * weight
         counts[window] += weight
@@ -135,7 +140,7 @@ def run_nnunet_peer(image: sitk.Image, network: nn.Module | None = None, patch: 
     timings["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     logits, patches = sliding_window_logits(network, volume.float(), patch, PEER_CLASSES, autocast=autocast)
-    labels = logits.argmax(0).to(torch.uint8).numpy()
+    labels = logits.argmax(0).to(torch.uint8).cpu().numpy()
     del logits
     timings["network"] = time.perf_counter() - t0
     t0 = time.perf_counter()
