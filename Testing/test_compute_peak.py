@@ -69,3 +69,10 @@ def test_each_network_row_and_the_peer_get_their_floor_at_their_own_thread_count
 def test_a_clock_that_never_advances_does_not_divide_by_zero():
     rate = matmul_gmacs_per_s(torch.float32, size=8, rounds=2, clock=lambda: 1.0)
     assert rate > 0
+
+
+def test_the_peaks_read_as_one_line_per_run():
+    from segmatecore.compute_peak import peaks_text
+
+    assert peaks_text({"2": {"float32": 165.3, "bfloat16": 83.2}, "1": {"float32": 83.0, "bfloat16": 41.3}}) == \
+        "2 threads: float32 165 GMAC/s, bfloat16 83 GMAC/s; 1 thread: float32 83 GMAC/s, bfloat16 41 GMAC/s"

@@ -613,7 +613,7 @@ def add_compute_floors(rows: list[dict[str, Any]], depth: int, device: str, quic
 
     if torch.device(device).type != "cpu":
         return {}
-    measure = peaks or (lambda threads: machine_peaks(threads, quick=quick, device=device))
+    measure = peaks or (lambda threads: machine_peaks(threads, quick=quick))
     measured: dict[str, dict[str, float]] = {}
     for row in rows:
         if not (row["scope"] == "network" or row["model"] == PEER_MODEL) or not row.get("s_network"):
@@ -870,14 +870,13 @@ def peer_table(results: dict[str, Any]) -> str:
 def markdown_tables(results: dict[str, Any]) -> str:
     """The end-to-end rows against the peer (:func:`peer_table`), then one markdown table per model:
     every row's seconds (wall and CPU), memory, dtype and Dice vs fp32."""
+    from .compute_peak import peaks_text
+
     out = []
     peaks = results.get("machine", {}).get("matmul_gmacs_per_s") or {}
     if peaks:
         out.append("Matrix-multiply peak of this machine (`torch.mm`, best of 5), the ceiling of the "
-                   "\"% of peak\" column: " + "; ".join(
-                       f"{threads} thread{'s' if threads != '1' else ''}: "
-                       + ", ".join(f"{dtype} {rate:.0f} GMAC/s" for dtype, rate in rates.items())
-                       for threads, rates in peaks.items()) + "\n")
+                   f"\"% of peak\" column: {peaks_text(peaks)}\n")
     against_peer = peer_table(results)
     if against_peer:
         out += ["#### End to end, against the 3D nnU-Net peer of this run\n", against_peer]

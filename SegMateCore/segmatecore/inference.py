@@ -288,7 +288,7 @@ class _Pipeline:
             rows = min(size, count - a)
             full = self._fixed_rows(rows)
             z_part = None if z is None else _pad_rows(z[a:a + size], full)
-            parts.append(_first_rows(self._combine([self.runner.model.decode(view.rows(a, a + size).pad_to(full),
+            parts.append(_first_rows(self._combine([self.runner.model.decode(_pad_encoded(view.rows(a, a + size), full),
                                                                              z_part, outputs)
                                                     for view in encoded]), rows))
         return parts[0] if len(parts) == 1 else _cat_outputs(parts)
@@ -336,11 +336,13 @@ def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return x if extra <= 0 else torch.cat([x, x[-1:].expand(extra, *x.shape[1:])])
 
 
-def _first_rows(out: SegMateOutput, rows: int) -> SegMateOutput:
-    """The outputs of the first ``rows`` slices of a padded batch."""
-    if out.presence is not None and out.presence.shape[0] == rows:
-        return out
+def _pad_encoded(encoded: Encoded, rows: int) -> Encoded:
+    """:func:`_pad_rows` for every tensor of an encoded batch."""
+    return Encoded(tuple(_pad_rows(s, rows) for s in encoded.skips), _pad_rows(encoded.context, rows), encoded.size)
 
+
+def _first_rows(out: SegMateOutput, rows: int) -> SegMateOutput:
+    """The outputs of the first ``rows`` slices of a (possibly padded) batch, as views."""
     def first(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t[:rows]
     return SegMateOutput(first(out.seg), first(out.boundary), first(out.presence), tuple(t[:rows] for t in out.deep))

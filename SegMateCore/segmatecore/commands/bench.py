@@ -67,9 +67,11 @@ def run(args) -> int:
         if "dice_min" in row:
             verdict = "agrees" if row["agrees_with_fp32"] else "DIFFERS"
             print(f"{row['name']}: Dice vs fp32 min {row['dice_min']:.4f} ({verdict})")
-    for threads, rates in (results["machine"].get("matmul_gmacs_per_s") or {}).items():
-        print(f"matrix-multiply peak, {threads} thread(s): "
-              + ", ".join(f"{dtype} {rate:.0f} GMAC/s" for dtype, rate in rates.items()))
+    peaks = results["machine"].get("matmul_gmacs_per_s")
+    if peaks:
+        from ..compute_peak import peaks_text
+
+        print(f"matrix-multiply peak: {peaks_text(peaks)}")
     for row in results["rows"]:
         if "pct_of_peak" in row:
             print(f"{row['name']}: compute floor {row['compute_floor_s']:.1f} s, "

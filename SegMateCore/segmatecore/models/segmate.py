@@ -56,16 +56,6 @@ class Encoded(NamedTuple):
         """Slices ``start:stop`` of the batch, as views."""
         return Encoded(tuple(s[start:stop] for s in self.skips), self.context[start:stop], self.size)
 
-    def pad_to(self, rows: int) -> "Encoded":
-        """The batch with its last slice repeated up to ``rows`` slices (no copy when it has them)."""
-        extra = rows - self.context.shape[0]
-        if extra <= 0:
-            return self
-
-        def pad(t: torch.Tensor) -> torch.Tensor:
-            return torch.cat([t, t[-1:].expand(extra, *t.shape[1:])])
-        return Encoded(tuple(pad(s) for s in self.skips), pad(self.context), self.size)
-
     def to(self, device: torch.device) -> "Encoded":
         return Encoded(tuple(s.to(device) for s in self.skips), self.context.to(device), self.size)
 
