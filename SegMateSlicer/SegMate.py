@@ -211,6 +211,9 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceComboBox.currentIndex = self.DEVICES.index(node.device)
             self.ui.namingComboBox.currentIndex = self.NAMINGS.index(node.naming)
             self.ui.precisionComboBox.currentIndex = self.PRECISIONS.index(node.precision)
+            choice = self._currentModelChoice()
+            if choice is not None and self._listedOrgans() != tuple(choice.organs):
+                self._fillOrganList(choice.organs)  # the checklist follows the model's own organs
             selected = set(node.organs)
             for row in range(self.ui.organListWidget.count):
                 item = self.ui.organListWidget.item(row)
@@ -267,22 +270,29 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.modelComboBox.addItem(_("(model catalogue unreadable: {error})").format(error=exc), "")
             for choice in self._modelChoices:
                 self.ui.modelComboBox.addItem(choice.label, choice.id)
-            self.ui.organListWidget.clear()
-            for organ in self.logic.organTable():
-                item = qt.QListWidgetItem(organ.display_name)
-                item.setData(qt.Qt.UserRole, organ.key)
-                item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
-                item.setCheckState(qt.Qt.Unchecked)
-                pixmap = qt.QPixmap(14, 14)
-                pixmap.fill(qt.QColor(*organ.color))
-                item.setIcon(qt.QIcon(pixmap))
-                item.setToolTip(f"{organ.display_name} (TG-263: {organ.tg263})")
-                self.ui.organListWidget.addItem(item)
             self._choicesLoaded = True
         finally:
             self._updatingGui = False
         self.ui.statusLabel.text = _("Ready.")
         self.updateGuiFromParameterNode()
+
+    def _fillOrganList(self, organKeys) -> None:
+        """One checkable row per organ of the chosen model, in its channel order, with its colour."""
+        self.ui.organListWidget.clear()
+        for organ in self.logic.organTable(organKeys):
+            item = qt.QListWidgetItem(organ.display_name)
+            item.setData(qt.Qt.UserRole, organ.key)
+            item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
+            item.setCheckState(qt.Qt.Unchecked)
+            pixmap = qt.QPixmap(14, 14)
+            pixmap.fill(qt.QColor(*organ.color))
+            item.setIcon(qt.QIcon(pixmap))
+            item.setToolTip(f"{organ.display_name} (TG-263: {organ.tg263})")
+            self.ui.organListWidget.addItem(item)
+
+    def _listedOrgans(self) -> tuple:
+        return tuple(self.ui.organListWidget.item(row).data(qt.Qt.UserRole)
+                     for row in range(self.ui.organListWidget.count))
 
     def _currentModelChoice(self):
         if self._parameterNode is None:
@@ -352,7 +362,7 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is None or not self._choicesLoaded:
             return
         choice = self._currentModelChoice()
-        keys = list(choice.organs) if choice is not None else [o.key for o in self.logic.organTable()]
+        keys = list(choice.organs) if choice is not None else [k for k in self._listedOrgans() if k]
         if checked and choice is not None and choice.untrainedOrgans():
             if not slicer.util.confirmYesNoDisplay(
                     _("The model {model} was not trained on: {organs}. Their segments will not be meaningful. "
@@ -608,13 +618,11 @@ class SegMateTest(ScriptedLoadableModuleTest):
         segmentation = run.segmentationNode.GetSegmentation()
         self.assertEqual(segmentation.GetNumberOfSegments(), len(run.result.organs))
         labels = sitk.GetArrayFromImage(run.result.labelmap)
-        for organ in logic.organTable():
-            if organ.key not in run.result.organs:
-                continue
+        for organ in logic.organTable(run.result.organs):
             segmentId = run.segmentIds[organ.key]
             segment = segmentation.GetSegment(segmentId)
             self.assertEqual(segment.GetName(), organ.display_name)
             self.assertEqual(SegMateLib.terminology.organKeyForTerminology(segment.GetTerminology()), organ.key)
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(run.segmentationNode, segmentId, inputVolume)
-            np.testing.assert_array_equal(mask > 0, labels == organ.label)
+            np.testing.assert_array_equal(mask > 0, labels == run.result.labels[organ.key])
         self.delayDisplay("Test passed")

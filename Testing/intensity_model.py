@@ -7,20 +7,26 @@ and a ``.metadata`` dict like a loaded SegMate model.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from segmatecore.checkpoint import default_metadata
 from segmatecore.models import SegMateOutput
-from segmatecore.organs import organ_keys
+from segmatecore.organs import PAPER_ORGANS
 
-# 100 HU wide bands 20 HU apart, inside the default window [-1000, 400]; the centre is the value
-# to paint for a voxel that must come back as that organ.
-DEFAULT_BANDS: dict[str, tuple[float, float]] = {
-    key: (-900.0 + 120.0 * i, -800.0 + 120.0 * i) for i, key in enumerate(organ_keys())
-}
+HEAD_NECK_ORGANS = ("spinal_cord", "esophagus", "brainstem", "left_parotid", "right_parotid", "larynx", "mandible")
+
+
+def bands_for(keys: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Channel i's band: 100 HU wide, 20 HU apart, inside the default window [-1000, 400]; the
+    centre is the value to paint for a voxel that must come back as that organ."""
+    return {key: (-900.0 + 120.0 * i, -800.0 + 120.0 * i) for i, key in enumerate(keys)}
+
+
+DEFAULT_BANDS = bands_for(PAPER_ORGANS)
+HEAD_NECK_BANDS = bands_for(HEAD_NECK_ORGANS)
 
 
 def band_centre(key: str, bands: Mapping[str, tuple[float, float]] = DEFAULT_BANDS) -> float:
@@ -32,14 +38,17 @@ class IntensityModel(nn.Module):
     """logit_k = sharpness * (half width - |HU - band centre|) on the centre slice; presence = sigmoid(max)."""
 
     def __init__(self, organs: Mapping[str, tuple[float, float]] | list[str] | None = None,
-                 input_size: tuple[int, int] | int = (64, 64), sharpness: float = 0.2):
+                 input_size: tuple[int, int] | int = (64, 64), sharpness: float = 0.2,
+                 organ_set: Sequence[str] = PAPER_ORGANS):
+        """``organ_set``: the model's organs in channel order; ``organs``: those it was trained on
+        (with their bands; default all, each in its channel's band)."""
         super().__init__()
+        keys = list(organ_set)
         if organs is None:
-            organs = DEFAULT_BANDS
+            organs = bands_for(keys)
         if not isinstance(organs, Mapping):
-            organs = {k: DEFAULT_BANDS[k] for k in organs}
+            organs = {k: bands_for(keys)[k] for k in organs}
         size = [int(input_size), int(input_size)] if isinstance(input_size, int) else [int(s) for s in input_size]
-        keys = organ_keys()
         centre = torch.full((len(keys),), 1e6)
         half = torch.zeros(len(keys))
         for key, (lo, hi) in organs.items():
@@ -48,7 +57,7 @@ class IntensityModel(nn.Module):
         self.register_buffer("centre", centre)
         self.register_buffer("half_width", half)
         self.sharpness = sharpness
-        self.metadata = default_metadata("fastvit_t12", trained_organs=[k for k in keys if k in organs],
+        self.metadata = default_metadata("fastvit_t12", organs=keys, trained_organs=[k for k in keys if k in organs],
                                          provenance={"source": "Testing/intensity_model.py", "id": "intensity-test"})
         self.metadata["backbone"] = "intensity-test"
         self.metadata["preprocessing"]["input_size"] = size

@@ -210,7 +210,7 @@ def test_no_openvino_leaves_out_every_openvino_row(tmp_path, monkeypatch):
     measured: list = []
     fake_row = {"s_network": 1.0, "peak_rss_mb": 1.0, "dtype": "float32", "load_before_after": [0, 0]}
     monkeypatch.setattr(bench, "_run_config", lambda config, *args, **kwargs: measured.append(config) or dict(fake_row))
-    monkeypatch.setattr(bench, "_compare", lambda rows, organs: None)
+    monkeypatch.setattr(bench, "_compare", lambda rows: None)
     assert main(["bench", "--quick", "--backbones", "fastvit_t12", "--no-peer", "--no-openvino",
                  "--workdir", str(tmp_path)]) == 0
     assert measured and not any(c.optimizations["runtime"] == "openvino" for c in measured)

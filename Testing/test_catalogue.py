@@ -131,7 +131,8 @@ def entry(model_id: str, url: str, payload: bytes, **overrides) -> dict:
 
 
 def read_organ_keys() -> list[str]:
-    return [o["key"] for o in json.loads((RESOURCES / "organs.json").read_text())["organs"]]
+    """The first nine structures of the organ table: the paper's organs, as the test models predict."""
+    return [o["key"] for o in json.loads((RESOURCES / "organs.json").read_text())["organs"]][:9]
 
 
 @pytest.fixture

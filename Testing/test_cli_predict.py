@@ -23,7 +23,9 @@ from intensity_model import IntensityModel, band_centre
 
 from segmatecore import cli, create_model, save_model
 from segmatecore.checkpoint import default_metadata
-from segmatecore.organs import organ, organs
+from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
+
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 SEGMATE = [sys.executable, "-m", "segmatecore.cli"]
 CASE_FILES = {"labels.nii.gz", "segmentation.seg.nrrd", "report.json", "preview.png"}
@@ -95,13 +97,13 @@ def test_predict_real_ct_and_dicom_with_a_model_file(shared_data, random_model_f
         assert np.allclose(labels.GetSpacing(), source.GetSpacing()) and np.allclose(labels.GetOrigin(), source.GetOrigin(), atol=1e-3)
         segmentation = slicerio.read_segmentation(str(folder / "segmentation.seg.nrrd"))
         segments = {s["name"]: s for s in segmentation["segments"]}
-        for o in organs():
-            assert segments[o.display_name]["labelValue"] == o.label
+        for o in PAPER.organs:
+            assert segments[o.display_name]["labelValue"] == PAPER.label(o.key)
             assert np.allclose(segments[o.display_name]["color"], o.color_float, atol=1e-3)
             assert segments[o.display_name]["terminology"]["type"][1] == o.type["code"]
         report = json.loads((folder / "report.json").read_text())
         assert report["model"]["backbone"] == "fastvit_t12"
-        assert set(report["volumes_ml"]) == {o.key for o in organs()}
+        assert set(report["volumes_ml"]) == {o.key for o in PAPER.organs}
         assert report["z_range"]["mode"] == "auto" and report["z_range"]["num_slices"] == source.GetSize()[2]
         cache = report["model"]["feature_cache"]  # the first pass's encodings served the main pass
         assert cache["slices_stored"] == cache["slices_reused"] == report["z_range"]["slices_run"]
@@ -126,7 +128,7 @@ def test_organs_option_and_rtstruct_for_a_file_input(tmp_path, intensity_network
     printed = capsys.readouterr().out
     assert "rtstruct needs a DICOM series as input" in printed
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case" / "labels.nii.gz")))
-    assert set(np.unique(labels)) == {0, organ("liver").label}
+    assert set(np.unique(labels)) == {0, PAPER.label("liver")}
     report = json.loads((out / "case" / "report.json").read_text())
     assert report["volumes_ml"]["liver"] == pytest.approx(4 * 10 * 10 * 1.5 * 1.5 * 3.0 / 1000)
     assert set(report["volumes_ml"]) == {"liver", "aorta"}

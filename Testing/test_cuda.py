@@ -16,7 +16,9 @@ import torch
 from segmatecore import segment
 from segmatecore.bench import DICE_BAR, sample_ct_path
 from segmatecore.cli import main
-from segmatecore.organs import organ
+from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
+
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -25,7 +27,7 @@ def dice_per_organ(a: sitk.Image, b: sitk.Image, keys: list[str]) -> dict[str, f
     x, y = sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)
     scores = {}
     for key in keys:
-        p, q = x == organ(key).label, y == organ(key).label
+        p, q = x == PAPER.label(key), y == PAPER.label(key)
         total = int(p.sum()) + int(q.sum())
         scores[key] = 1.0 if total == 0 else 2.0 * int((p & q).sum()) / total
     return scores

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from segmatecore.organs import organ_keys
+from segmatecore.organs import PAPER_ORGANS, lateral_swap
 from segmatecore.preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
-from segmatecore.train.dataset import (Augmenter, BalancedSampler, SliceDataset, balanced_weights, lateral_swap,
-                                       load_cases, z_norm_for)
+from segmatecore.train.dataset import (Augmenter, BalancedSampler, SliceDataset, balanced_weights, load_cases,
+                                       z_norm_for)
 from segmatecore.train.prepare import prepare
 from test_prepare import make_nifti_pairs
 
-KEYS = organ_keys()
+KEYS = list(PAPER_ORGANS)
 PRE = Preprocessing(input_size=(64, 64))
 
 
@@ -28,7 +28,7 @@ def prepared(tmp_path_factory):
 
 def test_sample_uses_the_inference_preprocessing(prepared):
     cases = load_cases([prepared], "train")
-    ds = SliceDataset(cases, PRE)
+    ds = SliceDataset(cases, PRE, KEYS)
     c, t = 1, 7
     index = int(np.flatnonzero((ds.items[:, 0] == c) & (ds.items[:, 1] == t))[0])
     sample = ds[index]
@@ -56,7 +56,7 @@ def test_flip_keeps_left_organs_on_the_patients_left():
     image[:, 8:20, 24:40] = 0.6     # bright: it is the kidney on the left
     target[right, 44:56, 24:40] = 1
     image[:, 44:56, 24:40] = 0.2
-    augment = Augmenter("light")
+    augment = Augmenter(KEYS, "light")
     for seed in range(8):
         torch.manual_seed(seed)
         out_image, out_target = augment(image, target, flip=True)
@@ -67,14 +67,14 @@ def test_flip_keeps_left_organs_on_the_patients_left():
         # the mirrored patient: the brighter kidney (formerly left) is now on the patient's right
         bright = (out_image[1] > 0.45).float()
         assert (bright * rows).sum() / bright.sum() > size / 2
-    assert lateral_swap()[left] == right and lateral_swap()[KEYS.index("left_lung")] == KEYS.index("right_lung")
-    assert lateral_swap()[KEYS.index("spinal_cord")] == KEYS.index("spinal_cord")
+    assert lateral_swap(PAPER_ORGANS)[left] == right and lateral_swap(PAPER_ORGANS)[KEYS.index("left_lung")] == KEYS.index("right_lung")
+    assert lateral_swap(PAPER_ORGANS)[KEYS.index("spinal_cord")] == KEYS.index("spinal_cord")
 
 
 def test_augmentation_is_deterministic_per_seed_and_epoch(prepared):
     cases = load_cases([prepared], "train")
-    a = SliceDataset(cases, PRE, augment="light", seed=5)
-    b = SliceDataset(cases, PRE, augment="light", seed=5)
+    a = SliceDataset(cases, PRE, KEYS, augment="light", seed=5)
+    b = SliceDataset(cases, PRE, KEYS, augment="light", seed=5)
     for i in (3, 20):
         assert torch.equal(a[i]["image"], b[i]["image"]) and torch.equal(a[i]["target"], b[i]["target"])
     b.set_epoch(1)
@@ -83,7 +83,7 @@ def test_augmentation_is_deterministic_per_seed_and_epoch(prepared):
 
 def test_worker_processes_give_the_same_batches(prepared):
     cases = load_cases([prepared], "train")
-    ds = SliceDataset(cases, PRE, augment="light", seed=2)
+    ds = SliceDataset(cases, PRE, KEYS, augment="light", seed=2)
     sampler = BalancedSampler(np.full(len(ds), 1.0 / len(ds)), 8, seed=2)
     batches = [next(iter(DataLoader(ds, batch_size=4, sampler=sampler, num_workers=n,
                                     multiprocessing_context="spawn" if n else None))) for n in (0, 1)]
@@ -112,3 +112,60 @@ def test_sampler_is_reproducible_and_splits_across_ranks():
     resumed = BalancedSampler(weights, 40, seed=1)
     resumed.start = 10
     assert list(resumed) == one[10:]
+
+
+# ---------------------------------------------------------------------------------------- organ sets
+HEAD_NECK = ["spinal_cord", "brainstem", "left_parotid", "right_parotid", "mandible"]
+
+
+def test_targets_follow_the_models_organ_order_not_the_datasets(prepared):
+    """The same case read for two models with other organ sets and orders: each target channel is
+    the organ the model names there, and organs the dataset lacks are unannotated."""
+    cases = load_cases([prepared], "train")
+    paper = SliceDataset(cases, PRE, KEYS)
+    other_order = ["left_kidney", "brainstem", "spinal_cord"]
+    other = SliceDataset(cases, PRE, other_order, extent_organs=["spinal_cord"])
+    index = int(np.flatnonzero((paper.items[:, 0] == 1) & (paper.items[:, 1] == 7))[0])
+    a, b = paper[index], other[index]
+    for channel, key in enumerate(other_order):
+        if key in KEYS:
+            assert torch.equal(b["target"][channel], a["target"][KEYS.index(key)]), key
+    assert b["annotated"].tolist() == [1.0, 0.0, 1.0]  # the prepared cases have no brainstem contours
+    assert b["target"][1].sum() == 0 and b["presence"][1] == 0
+
+
+def test_flip_swaps_parotids_in_a_head_and_neck_set():
+    size = 32
+    target = torch.zeros(len(HEAD_NECK), size, size)
+    left, right = HEAD_NECK.index("left_parotid"), HEAD_NECK.index("right_parotid")
+    target[left, 4:10, 10:20] = 1
+    target[right, 22:28, 10:20] = 1
+    _, flipped = Augmenter(HEAD_NECK, "light")(torch.zeros(3, size, size), target, flip=True)
+    rows = torch.arange(size, dtype=torch.float32)[:, None]
+    assert (flipped[left] * rows).sum() / flipped[left].sum() < size / 2 < (flipped[right] * rows).sum() / flipped[right].sum()
+    assert lateral_swap(HEAD_NECK) == [0, 1, 3, 2, 4]
+
+
+def test_an_organ_set_with_half_a_pair_is_never_flipped():
+    size = 32
+    target = torch.zeros(2, size, size)
+    target[0, 4:10, 10:20] = 1  # a left parotid without its right counterpart
+    image = torch.rand(3, size, size)
+    out_image, out_target = Augmenter(["left_parotid", "mandible"], "none")(image, target, flip=True)
+    assert torch.equal(out_target, target) and torch.equal(out_image, image)
+    augmenter = Augmenter(["left_parotid", "mandible"], "light")
+    assert augmenter.swap is None
+
+
+def test_z_norm_is_unknown_for_a_case_without_an_extent_organ(prepared):
+    """A case that does not annotate an extent organ would get a shorter, wrong extent: its slices
+    get z_norm NaN (FiLM off for them), while cases that annotate every extent organ get the extent
+    of those organs alone."""
+    cases = load_cases([prepared], "train")
+    ds = SliceDataset(cases, PRE, KEYS, extent_organs=["spinal_cord", "liver"])  # nobody annotates the liver
+    assert all(np.isnan(ds[i]["z_norm"].item()) for i in (0, 5, 40))
+    ds = SliceDataset(cases, PRE, KEYS, extent_organs=["spinal_cord"])
+    record = cases[1].record
+    first, last = record["organ_slices"]["spinal_cord"]
+    index = int(np.flatnonzero((ds.items[:, 0] == 1) & (ds.items[:, 1] == 7))[0])
+    assert ds[index]["z_norm"].item() == pytest.approx(np.clip((7 - first) / max(last - first, 1), 0, 1))

@@ -64,10 +64,12 @@ def test_evaluate_writes_csv_summary_and_boxplot(prepared, tmp_path):
     assert float(short["dice"]) == pytest.approx(2 * 7 / 15, abs=1e-6)  # 8 predicted slices, 7 labelled
     assert float(short["precision"]) == pytest.approx(7 / 8, abs=1e-6) and float(short["recall"]) == 1.0
     assert float(short["truth_ml"]) == pytest.approx(7 * 36 * 1.5 * 1.5 * 4.0 / 1000, abs=1e-6)
+    assert float(short["volume_error_pct"]) == pytest.approx(100 / 7, abs=1e-4)  # one slice too many
+    assert float(exact["volume_error_pct"]) == 0.0
     cord = summary["modes"]["label_free"]["spinal_cord"]["dice"]
     assert cord["n"] == 3 and cord["mean"] == pytest.approx((2 + 14 / 15) / 3)
     text = (tmp_path / "summary.md").read_text()
-    assert "spinal_cord" in text and "HD95" in text
+    assert "spinal_cord" in text and "HD95" in text and "volume error" in text
     assert (tmp_path / "boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -20,8 +20,10 @@ import segmatecore
 from segmatecore.export import (OUTPUT_FILES, ijk_to_lps, oriented_views, write_labels_nifti, write_outputs,
                                 write_preview, write_report, write_rtstruct, write_seg_nrrd)
 from segmatecore.geometry import canonical_frame, from_canonical
-from segmatecore.organs import organ, organ_keys, organs
+from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
 from segmatecore.result import SegmentationResult
+
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 LEFT, RIGHT = "7771000", "24028007"
 
@@ -61,7 +63,7 @@ def _phantom_canonical() -> tuple[np.ndarray, np.ndarray]:
         "aorta": (slice(8, 11), slice(5, 7), slice(2, 12)),
     }
     for key, box in boxes.items():
-        labels[box] = organ(key).label
+        labels[box] = PAPER.label(key)
     ct[labels > 0] = 60
     return ct, labels
 
@@ -84,12 +86,12 @@ def _images(direction: np.ndarray) -> tuple[sitk.Image, sitk.Image]:
 
 
 def _result(labelmap: sitk.Image, keys: list[str] | None = None) -> SegmentationResult:
-    keys = keys or organ_keys()
+    keys = keys or list(PAPER_ORGANS)
     volume_per_voxel = float(np.prod(labelmap.GetSpacing())) / 1000.0
     array = sitk.GetArrayViewFromImage(labelmap)
     return SegmentationResult(
         labelmap=labelmap, organs=keys,
-        volumes_ml={k: float((array == organ(k).label).sum()) * volume_per_voxel for k in keys},
+        volumes_ml={k: float((array == PAPER.label(k)).sum()) * volume_per_voxel for k in keys},
         timings={"read": 0.5, "network": 2.25, "total": 3.0},
         z_range={"mode": "auto", "first": 1, "last": 11, "num_slices": 12},
         warnings=["intensity looks unusual"],
@@ -121,18 +123,18 @@ def _assert_same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 0.0) -> Non
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_seg_nrrd_reads_back_in_slicerio_with_codes_colours_and_exact_voxels(tmp_path, geometry):
     _, labelmap = _images(GEOMETRIES[geometry])
-    path = write_seg_nrrd(labelmap, organ_keys(), tmp_path / "segmentation.seg.nrrd")
+    path = write_seg_nrrd(labelmap, list(PAPER_ORGANS), tmp_path / "segmentation.seg.nrrd")
 
     segmentation = slicerio.read_segmentation(str(path))
     np.testing.assert_allclose(segmentation["ijkToLPS"], ijk_to_lps(labelmap), rtol=0, atol=1e-12)
     labels_ijk = np.transpose(sitk.GetArrayFromImage(labelmap), (2, 1, 0))
-    assert [s["name"] for s in segmentation["segments"]] == [o.display_name for o in organs()]
-    for o, segment in zip(organs(), segmentation["segments"]):
-        assert segment["id"] == o.key and segment["labelValue"] == o.label
+    assert [s["name"] for s in segmentation["segments"]] == [o.display_name for o in PAPER.organs]
+    for o, segment in zip(PAPER.organs, segmentation["segments"]):
+        assert segment["id"] == o.key and segment["labelValue"] == PAPER.label(o.key)
         assert segment["color"] == pytest.approx(o.color_float, abs=1e-6)
         assert segment["terminology"] == _expected_terminology(o.key)
         mask = slicerio.segment_mask(segmentation, segment)
-        assert np.array_equal(mask, labels_ijk == o.label), o.key
+        assert np.array_equal(mask, labels_ijk == PAPER.label(o.key)), o.key
 
     as_image = sitk.ReadImage(str(path))  # also what any ITK-based tool sees
     _assert_same_geometry(as_image, labelmap, tol=1e-12)
@@ -145,16 +147,16 @@ def test_seg_nrrd_loads_in_slicer_with_names_colours_terminology_and_geometry(tm
     from vtk.util.numpy_support import vtk_to_numpy
 
     _, labelmap = _images(GEOMETRIES["oblique_flipped"])
-    path = write_seg_nrrd(labelmap, organ_keys(), tmp_path / "segmentation.seg.nrrd")
+    path = write_seg_nrrd(labelmap, list(PAPER_ORGANS), tmp_path / "segmentation.seg.nrrd")
     scene = slicer.vtkMRMLScene()
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     storage.SetFileName(str(path))
     assert storage.ReadData(node) == 1
     segmentation = node.GetSegmentation()
-    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == organ_keys()
+    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == list(PAPER_ORGANS)
     labels = sitk.GetArrayFromImage(labelmap)
-    for o in organs():
+    for o in PAPER.organs:
         segment = segmentation.GetSegment(o.key)
         assert segment.GetName() == o.display_name
         assert segment.GetColor() == pytest.approx(o.color_float, abs=1e-6)
@@ -173,7 +175,7 @@ def test_seg_nrrd_loads_in_slicer_with_names_colours_terminology_and_geometry(tm
         np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras, ijk_to_lps(labelmap), rtol=0, atol=1e-9)
         assert image.GetExtent() == (0, labels.shape[2] - 1, 0, labels.shape[1] - 1, 0, labels.shape[0] - 1)
         voxels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(labels.shape)
-        assert np.array_equal(voxels == segment.GetLabelValue(), labels == o.label), o.key
+        assert np.array_equal(voxels == segment.GetLabelValue(), labels == PAPER.label(o.key)), o.key
 
 
 def test_seg_nrrd_stores_slicer_terminology_entries(tmp_path):
@@ -194,7 +196,7 @@ def test_seg_nrrd_tg263_names_and_only_the_organs_asked_for(tmp_path):
     segmentation = slicerio.read_segmentation(str(path))
     assert slicerio.segment_names(segmentation) == ["Liver", "Kidney_L"]
     assert segmentation["segments"][1]["terminology"]["typeModifier"][1] == LEFT
-    assert set(np.unique(segmentation["voxels"])) == {0, organ("liver").label, organ("left_kidney").label}
+    assert set(np.unique(segmentation["voxels"])) == {0, PAPER.label("liver"), PAPER.label("left_kidney")}
 
 
 def test_seg_nrrd_refuses_unknown_naming_and_non_label_images(tmp_path):
@@ -248,18 +250,18 @@ def test_report_has_volumes_timings_model_z_range_and_geometry(tmp_path):
 # ----------------------------------------------------------------------------------------------- preview
 
 def test_preview_views_are_upright_and_radiological_whatever_the_input_grid():
-    reference = oriented_views(*_images(GEOMETRIES["lps"]), organ_keys())
+    reference = oriented_views(*_images(GEOMETRIES["lps"]), list(PAPER_ORGANS))
     for name in ("ras_flipped", "permuted", "oblique_flipped"):
-        views = oriented_views(*_images(GEOMETRIES[name]), organ_keys())
+        views = oriented_views(*_images(GEOMETRIES[name]), list(PAPER_ORGANS))
         for view in ("axial", "coronal", "sagittal"):
             assert np.array_equal(views[view]["labels"], reference[view]["labels"]), (name, view)
             assert np.array_equal(views[view]["ct"], reference[view]["ct"]), (name, view)
 
     def columns(view, key):
-        return np.nonzero((reference[view]["labels"] == organ(key).label).any(axis=0))[0]
+        return np.nonzero((reference[view]["labels"] == PAPER.label(key)).any(axis=0))[0]
 
     def rows(view, key):
-        return np.nonzero((reference[view]["labels"] == organ(key).label).any(axis=1))[0]
+        return np.nonzero((reference[view]["labels"] == PAPER.label(key)).any(axis=1))[0]
 
     axial, coronal, sagittal = reference["axial"], reference["coronal"], reference["sagittal"]
     width = axial["labels"].shape[1]
@@ -281,22 +283,22 @@ def test_preview_views_are_upright_and_radiological_whatever_the_input_grid():
 
 def test_preview_png_shows_the_organs_in_their_colours(tmp_path):
     ct, labelmap = _images(GEOMETRIES["oblique_flipped"])
-    path = write_preview(ct, labelmap, organ_keys(), tmp_path / "preview.png")
+    path = write_preview(ct, labelmap, list(PAPER_ORGANS), tmp_path / "preview.png")
     pixels = matplotlib.image.imread(str(path))
     height, width = pixels.shape[:2]
     assert 1000 <= width <= 2000 and 400 <= height <= 1000
-    empty = write_preview(ct, sitk.Image(labelmap) * 0, organ_keys(), tmp_path / "empty.png")
+    empty = write_preview(ct, sitk.Image(labelmap) * 0, list(PAPER_ORGANS), tmp_path / "empty.png")
     changed = np.abs(pixels[..., :3] - matplotlib.image.imread(str(empty))[..., :3]).sum(axis=-1) > 0.05
     assert changed.sum() > 2000  # overlays (and legend text) differ from a picture without organs
     with pytest.raises(ValueError, match="window"):
-        write_preview(ct, labelmap, organ_keys(), tmp_path / "x.png", window="bone")
+        write_preview(ct, labelmap, list(PAPER_ORGANS), tmp_path / "x.png", window="bone")
 
 
 def test_preview_refuses_a_ct_that_is_not_the_segmented_one(tmp_path):
     ct, _ = _images(GEOMETRIES["lps"])
     _, other = _images(GEOMETRIES["permuted"])
     with pytest.raises(ValueError, match="segmented"):
-        write_preview(ct, other, organ_keys(), tmp_path / "preview.png")
+        write_preview(ct, other, list(PAPER_ORGANS), tmp_path / "preview.png")
     assert not (tmp_path / "preview.png").exists()
 
 
@@ -334,8 +336,8 @@ def dicom_labelmap(shared_data, dicom_with_uids) -> sitk.Image:
     index = {name: int(i) for i, name in class_map.items()}
     source = sitk.GetArrayFromImage(totalseg)
     labels = np.zeros_like(source)
-    for o in organs():
-        labels[np.isin(source, [index[n] for n in o.totalsegmentator])] = o.label
+    for o in PAPER.organs:
+        labels[np.isin(source, [index[n] for n in o.totalsegmentator])] = PAPER.label(o.key)
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(ct)
     return labelmap
@@ -357,16 +359,16 @@ def test_rtstruct_round_trip_on_real_dicom_is_voxel_exact(tmp_path, dicom_with_u
     # The same labels stored on a permuted and flipped grid (as a NIfTI export may have them) must
     # give the same contours.
     labelmap = dicom_labelmap if orientation is None else sitk.DICOMOrient(dicom_labelmap, orientation)
-    path = write_rtstruct(labelmap, organ_keys(), dicom_with_uids, tmp_path / "rtstruct.dcm")
+    path = write_rtstruct(labelmap, list(PAPER_ORGANS), dicom_with_uids, tmp_path / "rtstruct.dcm")
 
     rtstruct = RTStructBuilder.create_from(str(dicom_with_uids), str(path))
     expected = _expected_rtutils_masks(dicom_labelmap, rtstruct.series_data)
-    present = [o for o in organs() if (expected == o.label).any()]
+    present = [o for o in PAPER.organs if (expected == PAPER.label(o.key)).any()]
     assert [o.key for o in present] == ["spinal_cord", "liver", "aorta"]  # what this field of view holds
     assert rtstruct.get_roi_names() == [o.tg263 for o in present]
     for o in present:
         mask = rtstruct.get_roi_mask_by_name(o.tg263)
-        assert np.array_equal(mask, expected == o.label), o.key
+        assert np.array_equal(mask, expected == PAPER.label(o.key)), o.key
     ds = pydicom.dcmread(path)
     assert [list(map(int, r.ROIDisplayColor)) for r in ds.ROIContourSequence] == [list(o.color) for o in present]
     assert {o.RTROIInterpretedType for o in ds.RTROIObservationsSequence} == {"ORGAN"}
@@ -382,7 +384,7 @@ def test_rtstruct_round_trip_on_real_dicom_is_voxel_exact(tmp_path, dicom_with_u
 
 def test_rtstruct_refuses_a_series_without_image_uids(tmp_path, shared_data, dicom_labelmap):
     with pytest.raises(ValueError, match="SOP Instance UID"):
-        write_rtstruct(dicom_labelmap, organ_keys(), shared_data / DICOM_SERIES, tmp_path / "rtstruct.dcm")
+        write_rtstruct(dicom_labelmap, list(PAPER_ORGANS), shared_data / DICOM_SERIES, tmp_path / "rtstruct.dcm")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -391,7 +393,7 @@ def test_rtstruct_refuses_a_labelmap_off_the_series_grid(tmp_path, dicom_with_ui
     origin = np.array(shifted.GetOrigin())
     shifted.SetOrigin((origin + [0.5 * shifted.GetSpacing()[0], 0, 0]).tolist())
     with pytest.raises(ValueError, match="not on the voxel grid"):
-        write_rtstruct(shifted, organ_keys(), dicom_with_uids, tmp_path / "rtstruct.dcm")
+        write_rtstruct(shifted, list(PAPER_ORGANS), dicom_with_uids, tmp_path / "rtstruct.dcm")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -404,7 +406,7 @@ def test_rtstruct_takes_the_series_out_of_a_mixed_folder(tmp_path, dicom_with_ui
     path = write_rtstruct(dicom_labelmap, ["liver"], mixed, tmp_path / "rtstruct.dcm")
     rtstruct = RTStructBuilder.create_from(str(dicom_with_uids), str(path))
     expected = _expected_rtutils_masks(dicom_labelmap, rtstruct.series_data)
-    assert np.array_equal(rtstruct.get_roi_mask_by_name("Liver"), expected == organ("liver").label)
+    assert np.array_equal(rtstruct.get_roi_mask_by_name("Liver"), expected == PAPER.label("liver"))
 
 
 # ----------------------------------------------------------------------------------------------- write_outputs
@@ -491,6 +493,6 @@ def test_an_interrupted_write_keeps_the_previous_file_and_leaves_no_partial_one(
 
     monkeypatch.setattr(slicerio, "write_segmentation", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_seg_nrrd(labelmap, organ_keys(), target)
+        write_seg_nrrd(labelmap, list(PAPER_ORGANS), target)
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ["segmentation.seg.nrrd"]

@@ -20,7 +20,9 @@ from intensity_model import IntensityModel
 
 from segmatecore import segment
 from segmatecore.geometry import closest_canonical_axes, from_canonical, to_canonical
-from segmatecore.organs import organ
+from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
+
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 BANDS = {"left_kidney": (150.0, 250.0), "right_kidney": (300.0, 380.0)}
 LEFT_HU, RIGHT_HU, BODY_HU = 200, 340, 50
@@ -107,9 +109,9 @@ def test_labelmap_has_the_exact_input_geometry_and_the_painted_organs(name, dire
     result = segment(image, model(), device="cpu", z_norm="volume")
     assert_exact_geometry(result.labelmap, image)
     labels = sitk.GetArrayFromImage(result.labelmap)
-    assert np.array_equal(labels == organ("left_kidney").label, left)
-    assert np.array_equal(labels == organ("right_kidney").label, right)
-    assert set(np.unique(labels)) == {0, organ("left_kidney").label, organ("right_kidney").label}
+    assert np.array_equal(labels == PAPER.label("left_kidney"), left)
+    assert np.array_equal(labels == PAPER.label("right_kidney"), right)
+    assert set(np.unique(labels)) == {0, PAPER.label("left_kidney"), PAPER.label("right_kidney")}
     voxel_ml = float(np.prod(spacing)) / 1000
     assert result.volumes_ml["left_kidney"] == pytest.approx(left.sum() * voxel_ml)
     # The organ painted on the patient's left comes back on the patient's left (LPS +x).
@@ -128,7 +130,7 @@ def test_resizing_to_the_model_input_and_back_keeps_organs_in_place(direction):
     assert_exact_geometry(result.labelmap, image)
     labels = sitk.GetArrayFromImage(result.labelmap)
     for key, painted in (("left_kidney", left), ("right_kidney", right)):
-        found = labels == organ(key).label
+        found = labels == PAPER.label(key)
         dice = 2 * np.sum(found & painted) / (found.sum() + painted.sum())
         assert dice > 0.85, (key, dice)
     assert centroid_x(result.organ_mask("left_kidney")) > centroid_x(result.organ_mask("right_kidney"))
@@ -181,3 +183,32 @@ def test_the_canonical_view_keeps_a_temporary_image_alive():
     gc.collect()
     clutter = [sitk.GetImageFromArray(np.full((7, 64, 48), 5, np.int16)) for _ in range(20)]
     assert np.array_equal(canonical, np.transpose(expected, (2, 1, 0))[::-1, ::-1]) and clutter
+
+
+# ------------------------------------------------------------------ a head-and-neck organ set
+PAROTID_BANDS = {"left_parotid": BANDS["left_kidney"], "right_parotid": BANDS["right_kidney"]}
+
+
+@pytest.mark.parametrize("name", ["RAS (nibabel-style NIfTI)", "slices head to feet", "oblique (20 deg about z, 12 deg about x)"])
+def test_parotids_of_a_head_and_neck_model_stay_on_their_side(name):
+    """A seven-organ model (another organ set and channel order than the paper's): the parotid
+    painted on the patient's left comes back as the left parotid, with the model's own label values,
+    on flipped and oblique volumes."""
+    organs = ("spinal_cord", "esophagus", "brainstem", "left_parotid", "right_parotid", "larynx", "mandible")
+    net = IntensityModel(PAROTID_BANDS, input_size=IN_PLANE, organ_set=organs)
+    image, left, right = paint_patient(DIRECTIONS[name])
+    result = segment(image, net, device="cpu", z_norm="volume")
+    assert_exact_geometry(result.labelmap, image)
+    assert result.labels == {"left_parotid": 4, "right_parotid": 5}
+    labels = sitk.GetArrayFromImage(result.labelmap)
+    assert np.array_equal(labels == 4, left) and np.array_equal(labels == 5, right)
+    assert centroid_x(result.organ_mask("left_parotid")) > centroid_x(result.organ_mask("right_parotid"))
+    assert not any(w.startswith("laterality") for w in result.warnings)
+
+
+def test_swapped_parotids_are_warned():
+    organs = ("left_parotid", "right_parotid", "mandible")
+    net = IntensityModel(PAROTID_BANDS, input_size=IN_PLANE, organ_set=organs)
+    image, _, _ = paint_patient(np.diag([-1.0, -1.0, 1.0]), left_hu=RIGHT_HU, right_hu=LEFT_HU)
+    warnings = segment(image, net, device="cpu", z_norm="volume").warnings
+    assert any("left parotid gland lies on the patient's right" in w for w in warnings), warnings

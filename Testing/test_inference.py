@@ -24,9 +24,11 @@ from segmatecore.checkpoint import default_metadata
 from segmatecore.geometry import to_canonical
 from segmatecore.inference import _gate_mask, autocast_dtype, resolve_device
 from segmatecore.io import load_volume
-from segmatecore.organs import organ, organ_keys, organs
+from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
 from segmatecore.validation import InputError
 from segmatecore.zpass import ZPassConfig, estimate_extent, robust_extent
+
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 NO_POSTPROCESS = {"largest_component": False, "fill_holes": False}
 TIMING_KEYS = {"read", "preprocess", "z_pass", "network", "resample", "postprocess", "total"}
@@ -41,7 +43,7 @@ def totalseg_presence(shared_data, name: str) -> tuple[np.ndarray, float]:
     image = sitk.ReadImage(str(folder / name))  # kept alive: the canonical array is a view of its buffer
     canonical, frame = to_canonical(image)
     slices = np.stack([np.isin(canonical, [class_map[s] for s in o.totalsegmentator]).any(axis=(0, 1))
-                       for o in organs()], axis=1)
+                       for o in PAPER.organs], axis=1)
     return slices, frame.spacing[2]
 
 
@@ -197,7 +199,7 @@ class BlindToOneOrgan(IntensityModel):
 
     def __init__(self, blind: str, **kwargs):
         super().__init__(**kwargs)
-        self.blind = organ_keys().index(blind)
+        self.blind = list(PAPER_ORGANS).index(blind)
 
     def forward(self, x, z_norm=None):
         out = super().forward(x, z_norm)
@@ -228,7 +230,7 @@ class PresenceFromAnotherOrgan(IntensityModel):
     def forward(self, x, z_norm=None):
         out = super().forward(x, z_norm)
         presence = out.presence.clone()
-        presence[:, organ_keys().index("liver")] = presence[:, organ_keys().index("aorta")]
+        presence[:, list(PAPER_ORGANS).index("liver")] = presence[:, list(PAPER_ORGANS).index("aorta")]
         return out._replace(presence=presence)
 
 
@@ -239,11 +241,11 @@ def test_segment_keeps_a_mask_only_on_the_slices_where_the_first_pass_found_its_
     image.SetSpacing((2.0, 2.0, 2.5))
     gated = sitk.GetArrayFromImage(segment(image, PresenceFromAnotherOrgan(input_size=32), device="cpu",
                                            organs=["liver"]).labelmap)
-    liver_slices = np.flatnonzero((gated == organ("liver").label).any(axis=(1, 2)))
+    liver_slices = np.flatnonzero((gated == PAPER.label("liver")).any(axis=(1, 2)))
     assert liver_slices[0] == 5 and 9 <= liver_slices[-1] <= 10  # up to the next "absent" sample (every 2nd slice)
     full = sitk.GetArrayFromImage(segment(image, PresenceFromAnotherOrgan(input_size=32), device="cpu",
                                           organs=["liver"], postprocess={"presence_gate": False}).labelmap)
-    assert np.flatnonzero((full == organ("liver").label).any(axis=(1, 2))).tolist() == list(range(5, 15))
+    assert np.flatnonzero((full == PAPER.label("liver")).any(axis=(1, 2))).tolist() == list(range(5, 15))
 
 
 def test_the_presence_gate_keeps_an_organ_only_near_where_the_first_pass_found_it():
@@ -263,7 +265,7 @@ def test_organ_subset_labels_and_volumes():
     image = organ_in_slices()
     result = segment(image, IntensityModel(input_size=32), organs=["liver", "aorta"], device="cpu")
     assert result.organs == ["liver", "aorta"]
-    assert set(np.unique(sitk.GetArrayFromImage(result.labelmap))) == {0, organ("liver").label}
+    assert set(np.unique(sitk.GetArrayFromImage(result.labelmap))) == {0, PAPER.label("liver")}
     assert result.volumes_ml["liver"] == pytest.approx(10 * 12 * 12 * 2.0 * 2.0 * 2.5 / 1000)
     assert result.volumes_ml["aorta"] == 0.0
     with pytest.raises(ValueError, match="Unknown organ"):
@@ -432,12 +434,12 @@ def check_result(result, image: sitk.Image) -> np.ndarray:
     assert result.labelmap.GetDirection() == image.GetDirection()
     assert result.labelmap.GetPixelID() == sitk.sitkUInt8
     labels = sitk.GetArrayFromImage(result.labelmap)
-    assert set(np.unique(labels)) <= {0} | {organ(k).label for k in result.organs}
+    assert set(np.unique(labels)) <= {0} | {PAPER.label(k) for k in result.organs}
     assert set(result.timings) == TIMING_KEYS and result.timings["total"] > 0
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000
     counts = np.bincount(labels.ravel(), minlength=10)
     for key in result.organs:
-        assert result.volumes_ml[key] == pytest.approx(counts[organ(key).label] * voxel_ml)
+        assert result.volumes_ml[key] == pytest.approx(counts[PAPER.label(key)] * voxel_ml)
     return labels
 
 
@@ -445,7 +447,7 @@ def test_real_nifti_with_a_random_fastvit(shared_data, random_fastvit):
     path = shared_data / "totalseg_example" / "example_ct_sm.nii.gz"
     result = segment(path, random_fastvit, device="cpu", batch_size=8)
     check_result(result, sitk.ReadImage(str(path)))
-    assert result.organs == organ_keys() and result.source == str(path)
+    assert result.organs == list(PAPER_ORGANS) and result.source == str(path)
     assert result.z_range["num_slices"] == 30 and result.model_info["backbone"] == "fastvit_t12"
 
 
@@ -459,7 +461,7 @@ def test_real_dicom_series_with_the_intensity_network(shared_data):
     # follow it there, after the trip to 64 x 64 and back.
     hu = sitk.GetArrayViewFromImage(loaded.image)
     lo, hi = DEFAULT_BANDS["trachea"]
-    assert np.mean(labels[(hu > lo + 30) & (hu < hi - 30)] == organ("trachea").label) > 0.5
+    assert np.mean(labels[(hu > lo + 30) & (hu < hi - 30)] == PAPER.label("trachea")) > 0.5
 
 
 def test_real_openkbp_case_end_to_end(shared_data):

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from segmatecore.models import SegMateOutput
-from segmatecore.organs import organ_keys
-from segmatecore.train.losses import SegMateLoss, bce_loss, CLASS_WEIGHTS
+from segmatecore.organs import OrganSet, PAPER_ORGANS
+from segmatecore.train.losses import SegMateLoss, bce_loss, class_weights_for
 
-KEYS = organ_keys()
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
+
+KEYS = list(PAPER_ORGANS)
 C = len(KEYS)
 
 
@@ -34,12 +36,12 @@ def test_perfect_prediction_gives_near_zero_loss():
     logits = (target * 2 - 1) * 30.0
     presence = target.amax(dim=(2, 3))
     annotated = torch.ones(2, C)
-    total, terms = SegMateLoss()(outputs(logits, presence=presence.clamp(1e-7, 1 - 1e-7), deep=(logits,) * 3),
+    total, terms = SegMateLoss(KEYS)(outputs(logits, presence=presence.clamp(1e-7, 1 - 1e-7), deep=(logits,) * 3),
                                  target, annotated, presence)
     assert total.item() < 0.02, terms
     assert terms["dice"] < 1e-3 and terms["ce"] < 1e-6 and terms["focal"] < 1e-6
     # and a wrong prediction costs a lot
-    wrong, _ = SegMateLoss()(outputs(-logits, presence=1 - presence, deep=(-logits,) * 3), target, annotated, presence)
+    wrong, _ = SegMateLoss(KEYS)(outputs(-logits, presence=1 - presence, deep=(-logits,) * 3), target, annotated, presence)
     assert wrong.item() > 10
 
 
@@ -48,7 +50,7 @@ def test_background_pixels_push_every_organ_down():
     target = masks()
     seg = torch.randn(2, C, 32, 32, requires_grad=True)
     deep = [torch.randn(2, C, 32, 32, requires_grad=True) for _ in range(3)]
-    total, _ = SegMateLoss()(outputs(seg, boundary=torch.randn(2, C, 32, 32), deep=deep), target,
+    total, _ = SegMateLoss(KEYS)(outputs(seg, boundary=torch.randn(2, C, 32, 32), deep=deep), target,
                              torch.ones(2, C), target.amax(dim=(2, 3)))
     total.backward()
     background = (target.sum(dim=1, keepdim=True) == 0).expand_as(seg)
@@ -66,9 +68,9 @@ def test_background_is_not_trained_as_left_lung():
     target = torch.zeros(1, C, 8, 8)
     seg = torch.full((1, C, 8, 8), -10.0)
     seg[:, 0] = 10.0  # confident "left lung" everywhere
-    high = bce_loss(seg, target, torch.ones(1, C), torch.tensor(CLASS_WEIGHTS))
+    high = bce_loss(seg, target, torch.ones(1, C), torch.tensor(class_weights_for(KEYS)))
     seg[:, 0] = -10.0
-    low = bce_loss(seg, target, torch.ones(1, C), torch.tensor(CLASS_WEIGHTS))
+    low = bce_loss(seg, target, torch.ones(1, C), torch.tensor(class_weights_for(KEYS)))
     assert high > 1.0 > 0.01 > low
 
 
@@ -83,7 +85,7 @@ def test_unannotated_organ_gets_no_gradient():
     boundary = torch.randn(2, C, 32, 32, requires_grad=True)
     presence = torch.rand(2, C, requires_grad=True)
     deep = [torch.randn(2, C, 32, 32, requires_grad=True) for _ in range(3)]
-    total, _ = SegMateLoss()(outputs(seg, boundary, presence, deep), target, annotated, target.amax(dim=(2, 3)))
+    total, _ = SegMateLoss(KEYS)(outputs(seg, boundary, presence, deep), target, annotated, target.amax(dim=(2, 3)))
     total.backward()
     for tensor in [seg, boundary] + deep:
         assert torch.count_nonzero(tensor.grad[:, unknown]) == 0
@@ -94,9 +96,9 @@ def test_unannotated_organ_gets_no_gradient():
     # the loss does not depend on what the network says about an unannotated organ
     seg2 = seg.detach().clone()
     seg2[:, unknown] = 50.0
-    a, _ = SegMateLoss()(outputs(seg.detach(), boundary.detach(), presence.detach(), [d.detach() for d in deep]),
+    a, _ = SegMateLoss(KEYS)(outputs(seg.detach(), boundary.detach(), presence.detach(), [d.detach() for d in deep]),
                          target, annotated, target.amax(dim=(2, 3)))
-    b, _ = SegMateLoss()(outputs(seg2, boundary.detach(), presence.detach(), [d.detach() for d in deep]),
+    b, _ = SegMateLoss(KEYS)(outputs(seg2, boundary.detach(), presence.detach(), [d.detach() for d in deep]),
                          target, annotated, target.amax(dim=(2, 3)))
     assert torch.allclose(a, b)
 
@@ -110,8 +112,8 @@ def test_class_weights_raise_the_cost_of_small_organs_voxels():
     for key in ("left_lung", "aorta"):
         annotated = torch.zeros(1, C)
         annotated[0, KEYS.index(key)] = 1
-        costs[key] = bce_loss(seg, target, annotated, torch.tensor(CLASS_WEIGHTS)).item()
+        costs[key] = bce_loss(seg, target, annotated, torch.tensor(class_weights_for(KEYS))).item()
     assert costs["aorta"] / costs["left_lung"] == pytest.approx((6 + 1) / (1 + 1))
     annotated = torch.ones(1, C)
     empty = torch.zeros(1, C, 8, 8)
-    assert bce_loss(seg, empty, annotated, torch.tensor(CLASS_WEIGHTS)).item() == pytest.approx(math.log(2))
+    assert bce_loss(seg, empty, annotated, torch.tensor(class_weights_for(KEYS))).item() == pytest.approx(math.log(2))

@@ -33,14 +33,14 @@ SAMPLE_SECONDS = 0.01
 def synthetic_ct(shape=SHAPE) -> np.ndarray:
     """[k, j, i] int16: air, an elliptic 40 HU body, and a block at each organ's test-network intensity."""
     from intensity_model import band_centre
-    from segmatecore.organs import organ_keys
+    from segmatecore.organs import PAPER_ORGANS
 
     slices, rows, cols = shape
     ct = np.full(shape, -1000, dtype=np.int16)
     y, x = np.ogrid[:rows, :cols]
     body = ((y - rows / 2) / (0.4 * rows)) ** 2 + ((x - cols / 2) / (0.45 * cols)) ** 2 <= 1
     ct[:, body] = 50  # between two test-network bands: no organ
-    for n, key in enumerate(organ_keys()):  # 9 blocks in a 3 x 3 grid, each over a different stretch of slices
+    for n, key in enumerate(PAPER_ORGANS):  # 9 blocks in a 3 x 3 grid, each over a different stretch of slices
         r, c = divmod(n, 3)
         z0 = int(slices * 0.05 * (n + 1))
         ct[z0:z0 + slices // 3, rows // 4 + r * rows // 6: rows // 4 + r * rows // 6 + rows // 8,

@@ -78,7 +78,7 @@ def test_clean_organs_fills_a_liver_hole_but_never_over_another_organ():
     labels[10:13, 10:13, 8:11] = 0        # an enclosed hole: filled
     labels[15:18, 15:18, 8:11] = 7        # a right kidney inside it: kept
     labels[0:3, 0:3, 0:3] = 5             # a stray piece of liver: removed
-    clean_organs(labels, {"liver": (True, True), "right_kidney": (True, True)})
+    clean_organs(labels, {"liver": (True, True), "right_kidney": (True, True)}, {"liver": 5, "right_kidney": 7})
     assert (labels[10:13, 10:13, 8:11] == 5).all()
     assert (labels[15:18, 15:18, 8:11] == 7).all()
     assert (labels[0:3, 0:3, 0:3] == 0).all()

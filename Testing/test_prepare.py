@@ -10,10 +10,12 @@ import SimpleITK as sitk
 
 from segmatecore.cli import main
 from segmatecore.geometry import to_canonical
-from segmatecore.organs import organ_keys
+from segmatecore.organs import OrganSet, PAPER_ORGANS
 from segmatecore.train.prepare import assign_splits, decode_labels, load_index, prepare
 
-KEYS = organ_keys()
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
+
+KEYS = list(PAPER_ORGANS)
 
 
 def canonical_array(path: Path) -> np.ndarray:
@@ -27,12 +29,15 @@ def canonical_mask(path: Path, values=None) -> np.ndarray:
 
 
 def check_case(root: Path, record: dict, truth: dict[str, np.ndarray]) -> None:
-    """labels, presence and extent of a prepared case against independently read masks."""
-    labels = decode_labels(np.load(root / "cases" / record["id"] / "labels.npy"))
+    """labels, presence and extent of a prepared case against independently read masks; bit k of the
+    labels is the dataset's organ k (dataset.json's ``organs``)."""
+    keys = load_index(root)["organs"]
+    labels = decode_labels(np.load(root / "cases" / record["id"] / "labels.npy"), len(keys))
     presence = np.load(root / "cases" / record["id"] / "presence.npy")
+    assert presence.shape[1] == len(keys)
     assert sorted(record["annotated"]) == sorted(truth)
     union = np.zeros(labels.shape[3], dtype=bool)
-    for k, key in enumerate(KEYS):
+    for k, key in enumerate(keys):
         if key in truth:
             np.testing.assert_array_equal(labels[k], truth[key])
             slices = truth[key].any(axis=(0, 1))
@@ -80,13 +85,32 @@ def openkbp_subset(shared_data, tmp_path_factory):
     return src, out, load_index(out)
 
 
+OPENKBP_MASKS = {"spinal_cord": "SpinalCord", "esophagus": "Esophagus", "brainstem": "Brainstem",
+                 "left_parotid": "LeftParotid", "right_parotid": "RightParotid", "larynx": "Larynx",
+                 "mandible": "Mandible"}
+
+
+def openkbp_truth(case_dir: Path, leave_out=()) -> dict[str, np.ndarray]:
+    return {key: canonical_mask(case_dir / "masks" / f"{name}.nii.gz") for key, name in OPENKBP_MASKS.items()
+            if (case_dir / "masks" / f"{name}.nii.gz").is_file() and key not in leave_out}
+
+
+def test_openkbp_reads_all_seven_structures(openkbp_subset):
+    """The dataset's organs are the seven clinical structures, in the organ table's order; a case
+    annotates exactly the structures it has a mask for (train_pt_2 has no larynx contour)."""
+    _, _, index = openkbp_subset
+    assert index["organs"] == ["spinal_cord", "esophagus", "brainstem", "left_parotid", "right_parotid", "larynx",
+                               "mandible"]
+    records = {r["id"]: r for r in index["cases"]}
+    assert "larynx" not in records["train_pt_2"]["annotated"] and "larynx" in records["train_pt_4"]["annotated"]
+    assert not any(Path(r["image"]).is_absolute() for r in index["cases"]) and not Path(index["source"]).is_absolute()
+
+
 def test_openkbp_extents_and_presence_match_the_masks(openkbp_subset):
     src, out, index = openkbp_subset
     records = {r["id"]: r for r in index["cases"]}
     for case in ("train_pt_2", "train_pt_4"):
-        truth = {"spinal_cord": canonical_mask(src / case / "masks" / "SpinalCord.nii.gz"),
-                 "esophagus": canonical_mask(src / case / "masks" / "Esophagus.nii.gz")}
-        check_case(out, records[case], truth)
+        check_case(out, records[case], openkbp_truth(src / case))
         image = np.load(out / "cases" / case / "image.npy", mmap_mode="r")
         assert image.dtype == np.int16
         np.testing.assert_array_equal(image, canonical_array(src / case / "ct.nii.gz"))
@@ -95,17 +119,16 @@ def test_openkbp_extents_and_presence_match_the_masks(openkbp_subset):
 def test_openkbp_quality_flags_leave_contours_unannotated(openkbp_subset):
     src, out, index = openkbp_subset
     records = {r["id"]: r for r in index["cases"]}
-    assert records["validation_pt_215"]["annotated"] == ["esophagus"]  # broken cord contour
-    check_case(out, records["validation_pt_215"],
-               {"esophagus": canonical_mask(src / "validation_pt_215" / "masks" / "Esophagus.nii.gz")})
-    assert records["train_pt_89"]["annotated"] == []
-    assert "train_pt_89" not in sum(index["splits"].values(), [])
+    assert "spinal_cord" not in records["validation_pt_215"]["annotated"]  # broken cord contour
+    check_case(out, records["validation_pt_215"], openkbp_truth(src / "validation_pt_215", leave_out=["spinal_cord"]))
+    assert records["train_pt_89"]["annotated"] == ["brainstem"]  # cord and esophagus mostly outside the body
+    check_case(out, records["train_pt_89"], openkbp_truth(src / "train_pt_89", leave_out=["spinal_cord", "esophagus"]))
 
 
 def test_openkbp_keeps_the_challenge_split(openkbp_subset):
     _, _, index = openkbp_subset
     assert index["splits"]["test"] == ["validation_pt_215"]
-    assert sorted(index["splits"]["train"] + index["splits"]["val"]) == ["train_pt_2", "train_pt_4"]
+    assert sorted(index["splits"]["train"] + index["splits"]["val"]) == ["train_pt_2", "train_pt_4", "train_pt_89"]
 
 
 def test_totalseg_example_labels_are_the_merged_masks(shared_data, tmp_path):

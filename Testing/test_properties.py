@@ -25,15 +25,17 @@ from vtk.util import numpy_support
 import segmatecore
 from intensity_model import IntensityModel
 from segmatecore.geometry import closest_canonical_axes
-from segmatecore.organs import organ
+from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegMateSlicer"))
 from SegMateLib.logic import SegMateLogic  # noqa: E402
 from SegMateLib.segments import binaryLabelmapName, ensureConverterRules  # noqa: E402
 
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
+
 INPUT_SIZE = 32
 MARKER = "trachea"
-LABEL = organ(MARKER).label
+LABEL = PAPER.label(MARKER)
 # The marker's band is centred on the painted value and half-way to air, so the network's decision
 # boundary falls mid-way between a marker voxel and an air voxel: resizing moves edges by rounding only.
 MARKER_HU = 0.0

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "SegMateSlicer"))
 
 import segmatecore  # noqa: E402
 from intensity_model import IntensityModel, band_centre  # noqa: E402
-from segmatecore.organs import category, organ, organ_keys, organs  # noqa: E402
+from segmatecore.organs import OrganSet, PAPER_ORGANS, category, organ  # noqa: E402
 from segmatecore.result import SegmentationCancelled  # noqa: E402
 
 import SegMateLib  # noqa: E402
@@ -41,6 +41,8 @@ from SegMateLib.model_choices import modelChoices  # noqa: E402
 from SegMateLib.segments import SOURCE_TAG, THRESHOLD_TAG, Z_SMOOTHING_TAG, binaryLabelmapName  # noqa: E402
 from SegMateLib.terminology import organKeyForTerminology, terminologyEntry  # noqa: E402
 from SegMateLib.volume_image import imageFromVolumeNode  # noqa: E402
+
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 SegLogic = slicer.vtkSlicerSegmentationsModuleLogic
 PAINTED = ["left_lung", "liver", "aorta", "trachea"]
@@ -204,7 +206,7 @@ def test_terminology_string_is_slicers_format():
     assert terminologyEntry(organ("spinal_cord")) == (
         "Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure~SCT^2748008^Spinal cord"
         "~^^~Anatomic codes - DICOM master list~^^~^^")
-    for o in organs():
+    for o in PAPER.organs:
         assert organKeyForTerminology(terminologyEntry(o)) == o.key
     # the same codes from another context list are still that organ; other codes are not SegMate's
     assert organKeyForTerminology(terminologyEntry(organ("liver")).replace(
@@ -220,7 +222,7 @@ def test_terminology_string_is_slicers_format():
 def test_process_writes_each_organ_voxel_for_voxel(scene, tmp_path, model, oblique):
     volume = add_ct(scene, oblique)
     expected = reference_labels(volume, tmp_path, model)
-    assert {organ(k).label for k in ("left_lung", "liver", "aorta", "trachea")} <= set(np.unique(expected))
+    assert {PAPER.label(k) for k in ("left_lung", "liver", "aorta", "trachea")} <= set(np.unique(expected))
 
     run = SegMateLogic().process(volume, None, organs=ORGANS, model=model, device="cpu")
 
@@ -231,7 +233,7 @@ def test_process_writes_each_organ_voxel_for_voxel(scene, tmp_path, model, obliq
     for key in ORGANS:
         o = organ(key)
         segment = segmentation.GetSegment(run.segmentIds[key])
-        np.testing.assert_array_equal(export_segment(node, run.segmentIds[key], volume) > 0, expected == o.label,
+        np.testing.assert_array_equal(export_segment(node, run.segmentIds[key], volume) > 0, expected == PAPER.label(o.key),
                                       err_msg=key)
         assert segment.GetName() == o.display_name
         assert np.allclose(segment.GetColor(), o.color_float)
@@ -342,7 +344,7 @@ def test_user_segment_survives_and_a_second_run_replaces_segmates_segments(scene
     assert segmentation.GetSegment(liver_id).GetName() == "Liver"
     for key in ("liver", "aorta"):
         np.testing.assert_array_equal(export_segment(node, second.segmentIds[key], volume) > 0,
-                                      expected == organ(key).label)
+                                      expected == PAPER.label(key))
     user = segmentation.GetSegment(user_id)
     assert user.GetName() == "My structure" and np.allclose(user.GetColor(), (0.1, 0.9, 0.2))
     np.testing.assert_array_equal(export_segment(node, user_id, volume), user_mask)
@@ -425,7 +427,7 @@ def test_background_job_reports_progress_and_writes_only_in_finish(scene, tmp_pa
     assert scene.GetNumberOfNodes() > nodes
     for key in ORGANS:
         np.testing.assert_array_equal(export_segment(run.segmentationNode, run.segmentIds[key], volume) > 0,
-                                      expected == organ(key).label)
+                                      expected == PAPER.label(key))
     with pytest.raises(RuntimeError, match="already called"):
         job.finish()
 
@@ -485,7 +487,7 @@ def test_saved_seg_nrrd_reads_back_with_slicerio(scene, tmp_path, model):
         assert segment["terminology"]["type"] == [organ(key).type["scheme"], organ(key).type["code"],
                                                    organ(key).type["meaning"]]
         assert segment["terminology"]["category"] == ["SCT", "123037004", "Anatomical Structure"]
-        np.testing.assert_array_equal(voxels.transpose(2, 1, 0) == segment["labelValue"], expected == organ(key).label)
+        np.testing.assert_array_equal(voxels.transpose(2, 1, 0) == segment["labelValue"], expected == PAPER.label(key))
 
 
 # ----------------------------------------------------------------------------------------------- models, packages
@@ -509,7 +511,7 @@ def test_imported_model_is_offered_with_its_trained_organs(tmp_path, monkeypatch
     choice = next(c for c in choices if c.id == "my_cord_model")
     assert choice.installed and choice.source == "imported" and not choice.downloadable
     assert choice.trainedOrgans == ("spinal_cord", "esophagus")
-    assert choice.untrainedOrgans() == [k for k in organ_keys() if k not in choice.trainedOrgans]
+    assert choice.untrainedOrgans() == [k for k in list(PAPER_ORGANS) if k not in choice.trainedOrgans]
     assert "not trained on: left lung, right lung, liver" in choice.infoText()
     assert logic.clearModelCache() == [installed]
     assert not installed.exists()

@@ -124,12 +124,12 @@ def test_fit_presence_changes_only_the_presence_head_and_records_why(trained, da
 
 
 def test_presence_features_count_out_of_field_organs_as_absent(trained, data):
-    from segmatecore.organs import organ_keys
+    from segmatecore.organs import PAPER_ORGANS
     from segmatecore.train.presence_fit import collect_features
 
     net = load_model(trained / "model.safetensors").eval()
     plain = collect_features(net, [data], "train", every=4)
-    liver = organ_keys().index("liver")
+    liver = PAPER_ORGANS.index("liver")
     assert not plain.annotated[:, liver].any()
     with_field = collect_features(net, [data], "train", every=4, out_of_field={"nifti-pairs": ("liver",)})
     assert with_field.annotated[:, liver].all() and not with_field.targets[:, liver].any()

@@ -11,7 +11,9 @@ from intensity_model import IntensityModel, band_centre
 from segmatecore import segment
 from segmatecore.inference import _average_with_mirror
 from segmatecore.models import SegMateOutput
-from segmatecore.organs import lateral_swap, organ_keys
+from segmatecore.organs import OrganSet, PAPER_ORGANS, lateral_swap
+
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 
 class SidedModel(nn.Module):
@@ -22,15 +24,15 @@ class SidedModel(nn.Module):
     def __init__(self):
         super().__init__()
         self.inner = IntensityModel(organs=["left_kidney", "right_kidney", "liver"], input_size=64)
-        self.inner.centre[organ_keys().index("right_kidney")] = self.inner.centre[organ_keys().index("left_kidney")]
-        self.inner.half_width[organ_keys().index("right_kidney")] = self.inner.half_width[organ_keys().index("left_kidney")]
+        self.inner.centre[list(PAPER_ORGANS).index("right_kidney")] = self.inner.centre[list(PAPER_ORGANS).index("left_kidney")]
+        self.inner.half_width[list(PAPER_ORGANS).index("right_kidney")] = self.inner.half_width[list(PAPER_ORGANS).index("left_kidney")]
         self.metadata = self.inner.metadata
 
     def forward(self, x: torch.Tensor, z_norm: torch.Tensor | None = None) -> SegMateOutput:
         out = self.inner(x, z_norm)
         seg = out.seg.clone()
         rows = seg.shape[-2]
-        left, right = organ_keys().index("left_kidney"), organ_keys().index("right_kidney")
+        left, right = list(PAPER_ORGANS).index("left_kidney"), list(PAPER_ORGANS).index("right_kidney")
         seg[:, left, rows // 2:] = -20.0
         seg[:, right, :rows // 2] = -20.0
         return out._replace(seg=seg)
@@ -62,10 +64,10 @@ def test_tta_brings_the_mirrored_pass_back_to_the_same_place_and_side():
 
 def test_average_with_mirror_averages_probabilities_of_the_unflipped_swapped_pass():
     torch.manual_seed(0)
-    keys = organ_keys()
+    keys = list(PAPER_ORGANS)
     seg = torch.randn(2, len(keys), 8, 6)
     presence = torch.rand(2, len(keys))
-    swap = lateral_swap()
+    swap = lateral_swap(PAPER_ORGANS)
     out = SegMateOutput(seg, torch.zeros(2, len(keys), 8, 6), presence, ())
     exact_mirror = SegMateOutput(seg.flip(-2)[:, swap], out.boundary, presence[:, swap], ())
     same = _average_with_mirror(out, exact_mirror, swap)
@@ -78,8 +80,8 @@ def test_average_with_mirror_averages_probabilities_of_the_unflipped_swapped_pas
 
 
 def test_lateral_swap_pairs_left_and_right_and_refuses_half_a_pair():
-    keys = organ_keys()
-    swap = lateral_swap()
+    keys = list(PAPER_ORGANS)
+    swap = lateral_swap(PAPER_ORGANS)
     assert [keys[i] for i in swap][:2] == ["right_lung", "left_lung"]
     assert keys[swap[keys.index("spinal_cord")]] == "spinal_cord"
     assert lateral_swap(["liver", "right_kidney", "left_kidney"]) == [0, 2, 1]

@@ -15,11 +15,13 @@ from segmatecore.cli import main
 from segmatecore.evaluate import canonical_image
 from segmatecore.geometry import to_canonical
 from segmatecore.postprocess import z_smoothing_mm
-from segmatecore.organs import organ_keys
+from segmatecore.organs import OrganSet, PAPER_ORGANS
 from segmatecore.train.calibrate import CaseSweep, calibrate_masks
 from segmatecore.train.dataset import load_cases
 from segmatecore.train.prepare import decode_labels
 from segmatecore.zsmoothing import ZSmoother, gaussian_weights
+
+PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 SPACING_Z = 4.0
 # A cord on slices 2-8 whose slice 5 the network all but misses (p = sigmoid(0.2 * (50 - 70)) = 0.018):
@@ -218,7 +220,7 @@ def test_calibration_scores_what_segment_draws_when_the_network_grid_differs(fli
     model = IntensityModel(organs=["spinal_cord"], input_size=32)
     case = load_cases([flicker_cases], "val")[0]
     image = canonical_image(case.image, case.record["spacing"])
-    truth = decode_labels(np.asarray(case.labels))[[organ_keys().index("spinal_cord")]]  # canonical
+    truth = decode_labels(np.asarray(case.labels))[[list(PAPER_ORGANS).index("spinal_cord")]]  # canonical
     sweep = CaseSweep(truth, ["spinal_cord"], [0.3, 0.5], [0.0, 4.0], SPACING_Z)
     segment(image, model=model, device="cpu", probability_sink=sweep)
     counted = sweep.dice()[0]  # [smoothing, threshold]

@@ -577,13 +577,18 @@ def _run_config(config: Config, setup: BenchSetup, device: str, batch_size: int,
     return row
 
 
-def _compare(rows: list[dict[str, Any]], organs: Sequence[str]) -> None:
-    """Per-organ Dice of each row's output against its fp32 reference row (network masks or labelmaps)."""
+def _compare(rows: list[dict[str, Any]]) -> None:
+    """Per-organ Dice of each row's output against its fp32 reference row (network masks or labelmaps),
+    for the organs of the row's model in its channel order."""
+    from .checkpoint import read_metadata
+
     by_name = {r["name"]: r for r in rows}
     for row in rows:
         ref = by_name.get(row.get("reference") or "")
         if ref is None:
             continue
+        job = json.loads((Path(row["outdir"]) / "job.json").read_text(encoding="utf-8"))
+        organs = read_metadata(job["model"])["organs"]
         if row["scope"] == "network":
             a = np.unpackbits(np.load(Path(row["outdir"]) / "masks.npy"), axis=-1).astype(bool)
             b = np.unpackbits(np.load(Path(ref["outdir"]) / "masks.npy"), axis=-1).astype(bool)
@@ -663,7 +668,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
     from . import openvino_runtime
     from .inference import DEFAULT_BATCH, resolve_device
     from .models.encoder import backbone_spec
-    from .organs import organ_keys
+    from .optimize import cpu_runs_bf16
 
     backbones = [backbone_spec(b).key for b in backbones]
     batch_size = batch_size or DEFAULT_BATCH.get(resolve_device(device).type, 4)
@@ -691,6 +696,8 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
             configs += bundled_configs(model_id, bundled_backbone, precision, threads, openvino)
         if peer and "end_to_end" in scopes:
             configs.append(peer_config(device))
+        if resolve_device(device).type == "cpu" and not cpu_runs_bf16():  # PyTorch refuses bf16 there
+            configs = [c for c in configs if c.precision != "bf16"]
         rows = []
         for config in configs:
             measured = _run_config(config, setup, device, batch_size, network_slices, (peer_patch, peer_spacing),
@@ -710,7 +717,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
             rows.append(row)
             if report:
                 report(row)
-        _compare(rows, organ_keys())
+        _compare(rows)
         for row in rows:
             row.pop("outdir", None)
             for key in ("params_m", "gmacs_per_slice", "s_per_volume", "s_network", "s_per_slice", "s_prepare",

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .models import SegMateNet, backbone_spec, create_model
+from .organs import PAPER_ORGANS, known_keys
 from .postprocess import MAX_Z_SMOOTHING_MM
 
 FORMAT_VERSION = 1
@@ -34,17 +35,17 @@ class CheckpointError(ValueError):
 
 
 def default_metadata(backbone: str, **overrides: Any) -> dict[str, Any]:
-    """Metadata for a model trained with the paper's defaults; override what differs."""
-    from .organs import organ_keys
+    """Metadata for a model trained with the paper's defaults (its nine organs); override what differs.
 
+    ``trained_organs`` follows ``organs`` unless it is given too.
+    """
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "architecture": ARCHITECTURE,
         "backbone": backbone_spec(backbone).timm_name,
         "deep_supervision": False,
         "reparameterized": False,
-        "organs": organ_keys(),
-        "trained_organs": organ_keys(),
+        "organs": list(PAPER_ORGANS),
         "preprocessing": {
             "hu_window": [-1000.0, 400.0],
             "normalize": {"mean": 0.5, "std": 0.5},
@@ -55,6 +56,7 @@ def default_metadata(backbone: str, **overrides: Any) -> dict[str, Any]:
         "provenance": {"source": "untrained"},
     }
     meta.update(overrides)
+    meta.setdefault("trained_organs", list(meta["organs"]))
     return meta
 
 
@@ -81,10 +83,12 @@ def validate_metadata(meta: Any, where: str = "metadata") -> dict[str, Any]:
             raise CheckpointError(f"{where}: '{name}' must be a list of distinct organ keys.")
     if not organs:
         raise CheckpointError(f"{where}: 'organs' must be a non-empty list of organ keys.")
-    from .organs import organ_keys
-    unknown = [o for o in organs + trained if o not in organ_keys()]
+    unknown = [o for o in organs + trained if o not in known_keys()]
     if unknown:
-        raise CheckpointError(f"{where}: unknown organ keys {unknown}; known: {organ_keys()}.")
+        raise CheckpointError(f"{where}: unknown organ keys {unknown}; known: {known_keys()}.")
+    untrained = [o for o in trained if o not in organs]
+    if untrained:
+        raise CheckpointError(f"{where}: trained_organs {untrained} are not among the model's organs {organs}.")
     pre = meta["preprocessing"]
     if not isinstance(pre, dict) or any(k not in pre for k in PREPROCESSING_KEYS):
         raise CheckpointError(f"{where}: 'preprocessing' must give {', '.join(PREPROCESSING_KEYS)}.")
@@ -101,6 +105,9 @@ def validate_metadata(meta: Any, where: str = "metadata") -> dict[str, Any]:
         raise CheckpointError(f"{where}: normalize {norm!r} must be {{\"mean\": number, \"std\": number > 0}}.")
     if not isinstance(meta["z_norm"], dict) or meta["z_norm"].get("mode") not in ("organ_extent", "volume", "none"):
         raise CheckpointError(f"{where}: z_norm mode must be organ_extent, volume or none.")
+    extent = meta["z_norm"].get("extent_organs", organs)
+    if not (isinstance(extent, list) and extent and all(k in organs for k in extent)):
+        raise CheckpointError(f"{where}: z_norm extent_organs {extent!r} must be a non-empty list of the model's organs.")
     thresholds = meta.get("mask_thresholds", {})
     if not (isinstance(thresholds, dict) and all(k in organs and _is_number(v) and 0 < v < 1
                                                  for k, v in thresholds.items())):

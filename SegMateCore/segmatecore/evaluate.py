@@ -20,9 +20,9 @@ import torch
 
 from .geometry import to_canonical
 from .metrics import organ_metrics
-from .organs import organ_keys
+from .organs import OrganSet
 
-METRICS = ("dice", "hd95_mm", "iou", "precision", "recall")
+METRICS = ("dice", "hd95_mm", "iou", "precision", "recall", "volume_error_pct")
 MODES = {"label_free": "z_norm estimated without labels (as segmate predict)",
          "ground_truth_z": "z_norm from the ground-truth organ extent (research evaluation)"}
 
@@ -72,7 +72,6 @@ def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path
     from . import segment
     from .checkpoint import load_model
     from .train.dataset import load_cases
-    from .train.prepare import decode_labels
 
     from .inference import ready_for_inference, resolve_device
 
@@ -81,7 +80,10 @@ def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path
     meta = net.metadata
     net = ready_for_inference(net, resolve_device(device), "auto", owned=owned)  # once, not per case
     trained = list(meta.get("trained_organs") or meta["organs"])
-    wanted = [k for k in organ_keys() if k in trained and (organs is None or k in organs)]
+    if organs is not None:
+        OrganSet.of(meta).check_subset(list(organs))
+    wanted = [k for k in meta["organs"] if k in trained and (organs is None or k in organs)]
+    extent_organs = [k for k in meta["z_norm"].get("extent_organs", meta["organs"]) if k in trained]
     cases = load_cases(data_dirs, split)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,18 +97,18 @@ def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path
             continue
         spacing = case.record["spacing"]
         image = canonical_image(case.image, spacing)
-        truth = decode_labels(np.asarray(case.labels))
+        truth = dict(zip(scored, case.masks(scored)))
         runs = [("label_free", net, "auto")]
-        if ground_truth_z and case.record["extent"]:
-            runs.append(("ground_truth_z", GroundTruthZNorm(net, case.record["extent"], case.depth), "volume"))
+        extent = case.extent(extent_organs)
+        if ground_truth_z and extent:
+            runs.append(("ground_truth_z", GroundTruthZNorm(net, extent, case.depth), "volume"))
         for mode, runner, z_mode in runs:
             tick = time.perf_counter()
             result = segment(image, model=runner, organs=scored, device=device, z_norm=z_mode, tta=tta)
             seconds.append(time.perf_counter() - tick)
             labels = np.array(to_canonical(result.labelmap)[0])  # a copy: the view dies with the image
             for key in scored:
-                channel = organ_keys().index(key)
-                metrics = organ_metrics(labels == channel + 1, truth[channel], spacing)
+                metrics = organ_metrics(labels == result.labels[key], truth[key], spacing)
                 rows.append({"case": case.id, "organ": key, "mode": mode, **metrics,
                              "z_first": result.z_range.get("first"), "z_last": result.z_range.get("last"),
                              "truth_first": case.record["organ_slices"].get(key, [None, None])[0],
@@ -178,8 +180,9 @@ def markdown_summary(summary: dict[str, Any]) -> str:
              + (", with mirror test-time augmentation." if summary.get("tta") else "."), ""]
     for mode, organs in summary["modes"].items():
         lines += [f"## {MODES[mode]}", "",
-                  "| organ | n | Dice mean ± sd | Dice median | HD95 mm mean ± sd | HD95 median | IoU | precision | recall |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| organ | n | Dice mean ± sd | Dice median | HD95 mm mean ± sd | HD95 median | IoU | precision "
+                  "| recall | volume error % |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for key, m in organs.items():
             def f(name: str, digits: int = 3) -> str:
                 s = m[name]
@@ -187,10 +190,12 @@ def markdown_summary(summary: dict[str, Any]) -> str:
             def med(name: str, digits: int = 3) -> str:
                 return f"{m[name]['median']:.{digits}f}" if m[name]["n"] else "–"
             lines.append(f"| {key} | {m['dice']['n']} | {f('dice')} | {med('dice')} | {f('hd95_mm', 1)} | "
-                         f"{med('hd95_mm', 1)} | {med('iou')} | {med('precision')} | {med('recall')} |")
+                         f"{med('hd95_mm', 1)} | {med('iou')} | {med('precision')} | {med('recall')} | "
+                         f"{med('volume_error_pct', 1)} |")
         lines.append("")
     lines.append("Dice, IoU, precision and recall are 3D, on the CT grid; HD95 is the 95th percentile of the "
-                 "symmetric surface distances in mm with the voxel spacing. Medians for IoU, precision, recall.")
+                 "symmetric surface distances in mm with the voxel spacing; volume error is "
+                 "(predicted - contoured volume) / contoured volume. Medians for IoU, precision, recall, volume error.")
     return "\n".join(lines) + "\n"
 
 

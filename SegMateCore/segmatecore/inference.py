@@ -27,7 +27,7 @@ from .io import LoadedVolume, load_volume
 from .feature_cache import DEFAULT_MAX_MB, FeatureCache
 from .models import Encoded, SegMateOutput
 from .optimize import DEFAULT, RUNTIMES, bf16_warning, prepare_for_inference
-from .organs import lateral_swap, organ, organ_keys
+from .organs import OrganSet, organ
 from .postprocess import (clean_organs, labels_on_grid, labels_on_grid_from_logits, laterality_warnings, mask_thresholds,
                           postprocess_options, presence_gate_enabled, volumes_ml, z_smoothing_mm)
 from .preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
@@ -369,23 +369,18 @@ def _average_with_mirror(out: SegMateOutput, flipped: SegMateOutput, mirror: lis
 
 
 def choose_organs(organs: list[str] | None, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The organ keys to segment in organ-table order (default: the model's trained organs), and warnings."""
-    model_organs = list(meta["organs"])
+    """The organ keys to segment in the model's channel order (default: its trained organs), and warnings."""
+    model_organs = OrganSet.of(meta)
     trained = list(meta.get("trained_organs") or model_organs)
     if organs is None:
-        return [k for k in organ_keys() if k in trained], []
+        return [k for k in model_organs if k in trained], []
     organs = [organs] if isinstance(organs, str) else list(organs)
     if not organs:
-        raise ValueError("No organs asked for; give at least one organ key, e.g. liver.")
-    unknown = [k for k in organs if k not in organ_keys()]
-    if unknown:
-        raise ValueError(f"Unknown organ(s) {', '.join(unknown)}; known organs: {', '.join(organ_keys())}.")
-    missing = [k for k in organs if k not in model_organs]
-    if missing:
-        raise ValueError(f"The model does not predict {', '.join(missing)}; it predicts {', '.join(model_organs)}.")
+        raise ValueError(f"No organs asked for; give at least one of the model's organs: {', '.join(model_organs)}.")
+    model_organs.check_subset(organs)
     warnings = [f"the model was not trained on {k}; its {organ(k).name} output is not meaningful."
                 for k in organs if k not in trained]
-    return [k for k in organ_keys() if k in organs], warnings
+    return [k for k in model_organs if k in organs], warnings
 
 
 def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model: str | os.PathLike | nn.Module | None = None,
@@ -450,17 +445,21 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     canonical, frame = to_canonical(image)
     nx, ny, nz = canonical.shape
     sigmas = sigmas_in_slices(smoothing, frame.spacing[2])
-    model_channels = list(meta["organs"])
+    model_organs = OrganSet.of(meta)
+    model_channels = list(model_organs)
     cache = FeatureCache(int(feature_cache_mb * 2**20)) if z_norm == "auto" and feature_cache_mb > 0 else None
-    pipeline = _Pipeline(canonical, pre, runner, lateral_swap(model_channels) if tta else None, cache)
+    pipeline = _Pipeline(canonical, pre, runner, model_organs.lateral_swap() if tta else None, cache)
 
     with torch.inference_mode():
         t0 = time.perf_counter()
         extent = None
         gate: dict[int, tuple[int, int] | None] = {}  # output column -> slices its organ may occupy
         if z_norm == "auto":
-            trained = [model_channels.index(k) for k in (meta.get("trained_organs") or model_channels)]
-            extent = _estimate_extent(pipeline, runner, trained, nz, frame.spacing[2], z_pass or ZPassConfig())
+            trained_keys = list(meta.get("trained_organs") or model_channels)
+            trained = [model_channels.index(k) for k in trained_keys]
+            extent_keys = [k for k in meta["z_norm"].get("extent_organs", trained_keys) if k in trained_keys]
+            extent = _estimate_extent(pipeline, runner, trained, nz, frame.spacing[2], z_pass or ZPassConfig(),
+                                      [trained_keys.index(k) for k in extent_keys] or None)
             if not extent.found:
                 warnings.append("z_norm: the first pass found no organ; z runs over the whole volume instead.")
             elif presence_gate_enabled(postprocess):
@@ -477,7 +476,8 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
 
         labels_zxy = np.zeros((nz, nx, ny), dtype=np.uint8)
         channels = torch.tensor([model_channels.index(k) for k in keys], dtype=torch.long)
-        label_values = torch.tensor([organ(k).label for k in keys], dtype=torch.uint8)
+        labels = {k: model_organs.label(k) for k in keys}
+        label_values = torch.tensor(list(labels.values()), dtype=torch.uint8)
         threshold_values = torch.tensor(thresholds, dtype=torch.float32)
         t_run = np.arange(nz)
         if skip_outside_extent and extent is not None and extent.found:
@@ -546,15 +546,15 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
     if progress:
         progress("postprocess", 0, 1)
     canonical_labels = labels_zxy.transpose(1, 2, 0)
-    clean_organs(canonical_labels, options)
-    volumes = volumes_ml(labels_zxy, keys, frame.spacing)
+    clean_organs(canonical_labels, options, labels)
+    volumes = volumes_ml(labels_zxy, labels, frame.spacing)
     timings["postprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     labelmap = from_canonical(canonical_labels, frame, image)
     del labels_zxy, canonical_labels
     timings["resample"] += time.perf_counter() - t0
     t0 = time.perf_counter()
-    warnings += laterality_warnings(labelmap, image, keys)
+    warnings += laterality_warnings(labelmap, image, labels)
     timings["postprocess"] += time.perf_counter() - t0
     if progress:
         progress("postprocess", 1, 1)
@@ -572,7 +572,7 @@ def _segment(image_or_path: sitk.Image | str | os.PathLike | LoadedVolume, model
             "feature_cache": pipeline.cache.summary() if pipeline.cache is not None else None,
             "mask_thresholds": dict(zip(keys, thresholds)), "z_smoothing_mm": dict(zip(keys, smoothing))}
     timings["total"] = time.perf_counter() - t_start + (loaded.read_seconds if loaded is image_or_path else 0.0)
-    return SegmentationResult(labelmap=labelmap, organs=keys, volumes_ml=volumes, timings=timings, z_range=z_range,
+    return SegmentationResult(labelmap=labelmap, organs=keys, labels=labels, volumes_ml=volumes, timings=timings, z_range=z_range,
                               warnings=warnings, model_info=info, source=loaded.source,
                               dicom_dir=str(loaded.dicom_dir) if loaded.dicom_dir else None)
 
@@ -616,8 +616,10 @@ def _gate_mask(gate: dict[int, tuple[int, int] | None], t: np.ndarray, columns: 
 
 
 def _estimate_extent(pipeline: _Pipeline, runner: BatchRunner, trained_channels: list[int], num_slices: int,
-                     slice_mm: float, config: ZPassConfig) -> ZExtent:
-    """The label-free organ extent: a first pass with FiLM off, read from the presence head."""
+                     slice_mm: float, config: ZPassConfig, extent_columns: list[int] | None = None) -> ZExtent:
+    """The label-free organ extent: a first pass with FiLM off, read from the presence head.
+
+    ``extent_columns`` index ``trained_channels``: the organs whose extent z_norm spans."""
     channels = torch.tensor(trained_channels, dtype=torch.long)
 
     def presence(t: np.ndarray) -> np.ndarray:
@@ -632,4 +634,4 @@ def _estimate_extent(pipeline: _Pipeline, runner: BatchRunner, trained_channels:
         runner.run("z_pass", np.asarray(t), step)
         return out
 
-    return estimate_extent(presence, num_slices, slice_mm, config)
+    return estimate_extent(presence, num_slices, slice_mm, config, extent_columns)

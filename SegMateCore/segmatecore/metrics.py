@@ -54,4 +54,6 @@ def organ_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float])
     voxel_ml = float(np.prod(spacing)) / 1000.0
     out["pred_ml"] = float(pred.sum()) * voxel_ml
     out["truth_ml"] = float(truth.sum()) * voxel_ml
+    out["volume_error_pct"] = (100.0 * (out["pred_ml"] - out["truth_ml"]) / out["truth_ml"]
+                               if out["truth_ml"] else math.nan)
     return out

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .organs import organ
+from .organs import mirror_key, organ
 from .preprocess import resize_slices
 
 THRESHOLD = 0.5
@@ -36,6 +36,8 @@ DEFAULT_POSTPROCESS: dict[str, tuple[bool, bool]] = {
     "left_lung": (True, True), "right_lung": (True, True), "liver": (True, True),
     "left_kidney": (True, True), "right_kidney": (True, True),
     "spinal_cord": (False, False), "esophagus": (False, False), "aorta": (False, False), "trachea": (False, False),
+    "brainstem": (True, True), "left_parotid": (True, True), "right_parotid": (True, True), "larynx": (True, True),
+    "mandible": (True, False),  # a U of bone: its hollow is not a hole, and filling is skipped
 }
 
 
@@ -43,7 +45,7 @@ def labels_from_probabilities(probabilities: torch.Tensor, labels: torch.Tensor,
                               threshold: float | torch.Tensor = THRESHOLD) -> torch.Tensor:
     """[B, C, H, W] probabilities -> [B, H, W] uint8 labels: the most probable organ above its threshold.
 
-    ``labels[c]`` is the label value of channel c (its organ-table channel + 1); ``threshold`` is one
+    ``labels[c]`` is the label value of channel c (its model channel + 1); ``threshold`` is one
     value for all channels or a [C] tensor, one per channel.
     """
     if isinstance(threshold, torch.Tensor):
@@ -196,15 +198,16 @@ def _bounding_box(mask_any_axis: np.ndarray) -> tuple[int, int] | None:
     return (int(idx[0]), int(idx[-1]) + 1) if idx.size else None
 
 
-def clean_organs(labels: np.ndarray, options: dict[str, tuple[bool, bool]]) -> None:
-    """Apply largest-component and hole filling per organ, in place, on a [X, Y, Z] uint8 labelmap.
+def clean_organs(labels: np.ndarray, options: dict[str, tuple[bool, bool]], legend: Mapping[str, int]) -> None:
+    """Apply largest-component and hole filling per organ, in place, on a [X, Y, Z] uint8 labelmap
+    whose ``legend`` maps organ keys to label values.
 
     Hole filling only claims background voxels, never another organ's.
     """
     for key, (largest, fill) in options.items():
         if not (largest or fill):
             continue
-        value = organ(key).label
+        value = legend[key]
         present = labels == value
         boxes = [_bounding_box(present.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
         if boxes[0] is None:
@@ -264,8 +267,8 @@ def fill_holes(mask: sitk.Image) -> sitk.Image:
     return out
 
 
-def volumes_ml(labels: np.ndarray, organ_keys: list[str], spacing: tuple[float, float, float]) -> dict[str, float]:
-    """Volume of each organ in millilitres (voxel count x voxel volume).
+def volumes_ml(labels: np.ndarray, legend: Mapping[str, int], spacing: tuple[float, float, float]) -> dict[str, float]:
+    """Volume of each organ of ``legend`` (key -> label value) in millilitres (voxel count x voxel volume).
 
     Counted slab by slab: np.bincount works on int64 copies, 8 bytes per voxel of the slab.
     """
@@ -274,7 +277,7 @@ def volumes_ml(labels: np.ndarray, organ_keys: list[str], spacing: tuple[float, 
     for start in range(0, labels.shape[0], slab):
         counts += np.bincount(labels[start:start + slab].ravel(), minlength=256)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    return {key: float(counts[organ(key).label]) * voxel_ml for key in organ_keys}
+    return {key: float(counts[value]) * voxel_ml for key, value in legend.items()}
 
 
 def _body_midline_x(image: sitk.Image) -> float | None:
@@ -287,12 +290,14 @@ def _body_midline_x(image: sitk.Image) -> float | None:
     return stats.GetCentroid(1)[0] if stats.HasLabel(1) else None
 
 
-def laterality_warnings(labelmap: sitk.Image, image: sitk.Image, organ_keys: list[str]) -> list[str]:
-    """Warn when a left organ's centroid lies on the patient's right, or the reverse.
+def laterality_warnings(labelmap: sitk.Image, image: sitk.Image, legend: Mapping[str, int]) -> list[str]:
+    """Warn when a left organ's centroid lies on the patient's right, or the reverse (``legend``: the
+    labelmap's organ key -> label value).
 
     Works in physical (LPS) coordinates, where +x is the patient's left: a sided organ is compared
     with its counterpart when both were found, else with the spinal cord, else with the body's centroid.
     """
+    organ_keys = list(legend)
     sided = [k for k in organ_keys if organ(k).side in ("left", "right")]
     if not sided:
         return []
@@ -302,7 +307,7 @@ def laterality_warnings(labelmap: sitk.Image, image: sitk.Image, organ_keys: lis
     stats.Execute(labelmap)
 
     def centroid_x(key: str) -> float | None:
-        label = organ(key).label
+        label = legend[key]
         return stats.GetCentroid(label)[0] if stats.HasLabel(label) else None
 
     cord = centroid_x("spinal_cord") if "spinal_cord" in organ_keys else None
@@ -313,7 +318,7 @@ def laterality_warnings(labelmap: sitk.Image, image: sitk.Image, organ_keys: lis
         if x is None:
             continue
         side = organ(key).side
-        other = key.replace(side, "right" if side == "left" else "left", 1)
+        other = mirror_key(key)
         other_x = centroid_x(other) if other in organ_keys else None
         if other_x is not None:
             reference, what = other_x, f"the {organ(other).name}"

@@ -6,8 +6,6 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from .organs import organ
-
 # Segment tags written into every .seg.nrrd (the CLI's and Slicer's), so a reviewer can tell what
 # made a contour and how tight it was cut from the probabilities.
 SOURCE_TAG = "SegMate.Source"  # SegMate version and model
@@ -21,14 +19,16 @@ class SegmentationCancelled(Exception):
 
 @dataclass
 class SegmentationResult:
-    """A labelmap on exactly the input's grid (value k+1 = organ channel k, 0 = background) and its facts.
+    """A labelmap on exactly the input's grid (0 = background) and its facts.
 
-    ``timings`` are seconds for read, preprocess, z_pass, network, resample, postprocess, total;
+    ``labels`` is the labelmap's legend: organ key -> label value, which is the organ's channel in
+    the model that made it plus one. ``timings`` are seconds for read, preprocess, z_pass, network, resample, postprocess, total;
     ``z_range`` holds the z_norm mode and the canonical slice indices first/last it used.
     """
 
     labelmap: sitk.Image
     organs: list[str]
+    labels: dict[str, int]
     volumes_ml: dict[str, float]
     timings: dict[str, float]
     z_range: dict[str, Any]
@@ -41,7 +41,7 @@ class SegmentationResult:
         """A uint8 0/1 mask of one organ, with the labelmap's geometry."""
         if key not in self.organs:
             raise KeyError(f"{key!r} was not segmented; segmented organs: {', '.join(self.organs)}")
-        label = organ(key).label
+        label = self.labels[key]
         return sitk.BinaryThreshold(self.labelmap, label, label, 1, 0)
 
     def summary(self) -> str:
@@ -78,7 +78,7 @@ class SegmentationResult:
     def to_dict(self) -> dict[str, Any]:
         """Everything but the labelmap, as JSON-ready values (the basis of report.json)."""
         image = self.labelmap
-        return {"source": self.source, "organs": list(self.organs),
+        return {"source": self.source, "organs": list(self.organs), "labels": dict(self.labels),
                 "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}, "z_range": dict(self.z_range),
                 "warnings": list(self.warnings), "model": dict(self.model_info),

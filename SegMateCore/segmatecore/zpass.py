@@ -91,8 +91,11 @@ def robust_extent(positive: np.ndarray, min_run: int, max_gap: int = 0) -> tuple
 
 
 def estimate_extent(presence: Callable[[np.ndarray], np.ndarray], num_slices: int, slice_mm: float,
-                    config: ZPassConfig = ZPassConfig()) -> ZExtent:
+                    config: ZPassConfig = ZPassConfig(), extent_columns: list[int] | None = None) -> ZExtent:
     """Estimate the organ extent from ``presence(t_indices) -> [len(t), organs]`` probabilities.
+
+    The extent spans the columns ``extent_columns`` (default: all), the model's extent organs, as
+    in its training; every column still gets its own range (``organ_ranges``, the presence gate).
 
     ``presence`` is the network's first pass (FiLM off) in :mod:`segmatecore.inference`; tests
     pass presence sequences derived from reference masks to check this logic on real anatomy.
@@ -101,7 +104,8 @@ def estimate_extent(presence: Callable[[np.ndarray], np.ndarray], num_slices: in
     step = max(1, int(round(config.step_mm / slice_mm)))
     coarse_t = np.unique(np.append(np.arange(0, num_slices, step), num_slices - 1))
     coarse = np.asarray(presence(coarse_t), dtype=np.float32).reshape(len(coarse_t), -1)
-    positive = _any_organ(coarse, config.threshold)
+    extent_columns = list(range(coarse.shape[1])) if extent_columns is None else list(extent_columns)
+    positive = _any_organ(coarse[:, extent_columns], config.threshold)
     run_count = len(coarse_t)
     min_run = min(max(1, math.ceil(config.min_run_mm / (step * slice_mm))), len(coarse_t))
     max_gap = int(config.max_gap_mm // (step * slice_mm))
@@ -115,7 +119,8 @@ def estimate_extent(presence: Callable[[np.ndarray], np.ndarray], num_slices: in
     above = np.arange(last + 1, int(coarse_t[extent[1] + 1]) if extent[1] + 1 < len(coarse_t) else num_slices)
     window = np.concatenate([below, above])
     if window.size:
-        dense = dict(zip(window.tolist(), _any_organ(presence(window), config.threshold).tolist()))
+        dense_presence = np.asarray(presence(window), dtype=np.float32).reshape(len(window), -1)
+        dense = dict(zip(window.tolist(), _any_organ(dense_presence[:, extent_columns], config.threshold).tolist()))
         run_count += window.size
         while first - 1 in dense and dense[first - 1]:
             first -= 1

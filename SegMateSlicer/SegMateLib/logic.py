@@ -123,7 +123,7 @@ class SegMateLogic:
             name = scene.GenerateUniqueName(f"{inputVolume.GetName()} segmentation")
             outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         try:
-            segmentIds = writeOrganSegments(outputSegmentation, inputVolume, result.labelmap, result.organs,
+            segmentIds = writeOrganSegments(outputSegmentation, inputVolume, result.labelmap, result.labels,
                                             naming=naming, tags=result.segment_tags())
         except Exception:
             if created:
@@ -167,7 +167,9 @@ class SegMateLogic:
 
     # -- organs ----------------------------------------------------------------------------------
     @staticmethod
-    def organTable():
-        from segmatecore.organs import organs
+    def organTable(organKeys=None):
+        """The organs ``organKeys`` (a model's, in its channel order) with their names and colours;
+        every structure SegMate knows when None."""
+        from segmatecore.organs import known_organs, organ
 
-        return organs()
+        return known_organs() if organKeys is None else tuple(organ(key) for key in organKeys)

@@ -62,7 +62,7 @@ def segMateSegmentIds(segmentationNode) -> dict[str, list[str]]:
     return found
 
 
-def _newSegment(organ, naming: str, layer, tags: dict[str, str] | None = None):
+def _newSegment(organ, labelValue: int, naming: str, layer, tags: dict[str, str] | None = None):
     segment = slicer.vtkSegment()
     segment.SetName(segmentName(organ, naming))
     segment.SetColor(*organ.color_float)
@@ -70,7 +70,7 @@ def _newSegment(organ, naming: str, layer, tags: dict[str, str] | None = None):
     for tag, value in (tags or {}).items():
         segment.SetTag(tag, value)
     segment.AddRepresentation(binaryLabelmapName(), layer)
-    segment.SetLabelValue(organ.label)
+    segment.SetLabelValue(labelValue)
     return segment
 
 
@@ -89,9 +89,12 @@ def _checkTransforms(segmentationNode, volumeNode) -> None:
                          "choose 'Create new segmentation' or put both under the same transform first.")
 
 
-def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organKeys, naming: str = "slicer",
+def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, legend, naming: str = "slicer",
                        tags: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
-    """Write ``organKeys`` of a SegMate labelmap (value = organ label) as segments; return key -> segment ID.
+    """Write the organs of a SegMate labelmap as segments; return organ key -> segment ID.
+
+    ``legend`` maps organ keys to their label values in ``labelmap`` (``SegmentationResult.labels``:
+    the value of an organ depends on the model that made the labelmap).
 
     ``tags`` (organ key -> {tag: value}, from ``SegmentationResult.segment_tags()``: source, threshold,
     z smoothing) are set on each organ's segment.
@@ -104,9 +107,9 @@ def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organ
     checkSameGrid(labelmap, volumeNode)
     _checkTransforms(segmentationNode, volumeNode)  # every refusal comes before the first change
     ensureConverterRules()
-    organList = [organ(key) for key in organKeys]
+    organList = [(organ(key), int(value)) for key, value in legend.items()]
     labels = sitk.GetArrayViewFromImage(labelmap)
-    layer = orientedLabelImage(np.asarray(labels), ijkToRasMatrix(volumeNode), [o.label for o in organList])
+    layer = orientedLabelImage(np.asarray(labels), ijkToRasMatrix(volumeNode), [value for _, value in organList])
     segmentation = segmentationNode.GetSegmentation()
     existing = segMateSegmentIds(segmentationNode)
     written: dict[str, str] = {}
@@ -118,8 +121,8 @@ def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, organ
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(),
                                             volumeNode.GetID())
-        for item in organList:
-            segment = _newSegment(item, naming, layer, (tags or {}).get(item.key))
+        for item, value in organList:
+            segment = _newSegment(item, value, naming, layer, (tags or {}).get(item.key))
             previous = existing.get(item.key)
             if previous:
                 segmentId = previous[0]

@@ -67,9 +67,9 @@ def organKeyForTerminology(serializedEntry: str) -> Optional[str]:
 
 @lru_cache(maxsize=1)
 def _organKeysByCodes() -> dict:
-    from segmatecore.organs import organs
+    from segmatecore.organs import known_organs
 
-    return {codesOf(terminologyEntry(organ)): organ.key for organ in organs()}
+    return {codesOf(terminologyEntry(organ)): organ.key for organ in known_organs()}
 
 
 def segmentName(organ, naming: str = "slicer") -> str:

@@ -1,6 +1,8 @@
 """``segmate evaluate --model M --data OUT [--split test] -o DIR``: Dice, HD95, IoU, precision, recall."""
 from __future__ import annotations
 
+from . import organ_list
+
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model on a prepared split (CSV, Markdown summary, box plot)")
@@ -8,7 +10,8 @@ def register(sub) -> None:
     p.add_argument("--data", nargs="+", required=True, help="prepared dataset folder(s) (segmate prepare)")
     p.add_argument("--split", default="test", help="train, val or test (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="folder for metrics.csv, summary.md, summary.json, boxplot.png")
-    p.add_argument("--organs", nargs="+", default=None, help="score only these organ keys")
+    p.add_argument("--organs", type=organ_list, default=None, metavar="a,b,...",
+                   help="score only these organs of the model (default: every organ it was trained on)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
     p.add_argument("--ground-truth-z", action="store_true",
                    help="also run with z_norm from the ground-truth organ extent, for comparison")

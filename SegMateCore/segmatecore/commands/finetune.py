@@ -11,7 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune a SegMate model (encoder frozen for the first epochs)")
     p.add_argument("--model", required=True, help="the .safetensors model to start from")
     p.add_argument("--freeze-encoder-epochs", type=int, default=5, help="(default %(default)s)")
-    add_common(p, defaults={"run_dir": "runs/finetune", "epochs": 25, "lr": 5e-6})
+    add_common(p, defaults={"run_dir": "runs/finetune", "epochs": 25, "lr": 5e-6,
+                            "organs": "those of --model; other organs start from scratch, shared ones keep "
+                                      "what --model learnt"})
     p.set_defaults(func=run)
 
 

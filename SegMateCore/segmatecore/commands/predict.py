@@ -14,6 +14,8 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+from . import organ_list
+
 FORMATS = ("nifti", "seg.nrrd", "report", "preview", "rtstruct")
 DEFAULT_FORMATS = "nifti,seg.nrrd,report,preview"
 
@@ -29,7 +31,9 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the per-case output folders")
     p.add_argument("--model", metavar="PATH_OR_ID", help="a .safetensors model or a catalogue id (default: the "
                                                           "default model of the catalogue)")
-    p.add_argument("--organs", metavar="a,b,...", help="organ keys to segment (default: all the model was trained on)")
+    p.add_argument("--organs", type=organ_list, metavar="a,b,...",
+                   help="organ keys of the model to segment (default: all it was trained on; "
+                        "'segmate info MODEL' lists a model's organs)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--batch-size", type=int, metavar="N", help="slices per batch (default 16 on CUDA, 8 on MPS, 2 on CPU)")
     p.add_argument("--shard", metavar="i/n", help="process only the i-th of n interleaved parts of the inputs "
@@ -189,7 +193,7 @@ def run(args) -> int:
 
     formats = parse_formats(args.format)
     shard, shards = parse_shard(args.shard)
-    organs = [o.strip() for o in args.organs.split(",") if o.strip()] if args.organs else None
+    organs = args.organs or None
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1.")
     if args.feature_cache_mb < 0:

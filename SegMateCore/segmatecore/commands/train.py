@@ -7,10 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import organ_list
+
 
 def add_common(p, *, defaults: dict) -> None:
     """Options shared by ``train`` and ``finetune``; ``defaults`` holds the values that differ."""
     p.add_argument("--data", nargs="+", required=True, help="prepared dataset folder(s) (segmate prepare)")
+    p.add_argument("--organs", type=organ_list, default=None, metavar="KEY,KEY,...",
+                   help="the model's organs in channel order (default: " + defaults["organs"] + ")")
+    p.add_argument("--extent-organs", type=organ_list, default=None, metavar="KEY,KEY,...",
+                   help="organs whose extent defines z_norm (default: the organs annotated in at least 90%% "
+                        "of the training cases)")
     p.add_argument("--run-dir", default=defaults["run_dir"], help="checkpoints, logs and TensorBoard (default %(default)s)")
     p.add_argument("-o", "--output", default=None, help="final model file (.safetensors), the best validation weights")
     p.add_argument("--input-size", type=int, default=512, help="in-plane size, a multiple of 32 (paper: 512)")
@@ -46,7 +53,8 @@ def register(sub) -> None:
     p.add_argument("--backbone", required=True, help="fastvit_t12, mambaout_tiny or efficientnetv2_m")
     p.add_argument("--pretrained", action="store_true",
                    help="start from timm's ImageNet encoder weights, as the paper (downloads them once)")
-    add_common(p, defaults={"run_dir": "runs/segmate", "epochs": 100, "lr": 2e-4})
+    add_common(p, defaults={"run_dir": "runs/segmate", "epochs": 100, "lr": 2e-4,
+                            "organs": "the organs the prepared data hold"})
     p.set_defaults(func=run)
 
 
@@ -55,7 +63,7 @@ def config_from_args(args, **extra):
 
     provenance = json.loads(Path(args.provenance).read_text(encoding="utf-8")) if args.provenance else {}
     return TrainConfig(
-        data=args.data, run_dir=args.run_dir, output=args.output, input_size=args.input_size,
+        data=args.data, organs=args.organs, extent_organs=args.extent_organs, run_dir=args.run_dir, output=args.output, input_size=args.input_size,
         batch_size=args.batch_size, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
         max_steps=args.max_steps, max_minutes=args.max_minutes, lr=args.lr, weight_decay=args.weight_decay,
         augment=args.augment, balance_power=args.balance_power, deep_supervision=not args.no_deep_supervision,

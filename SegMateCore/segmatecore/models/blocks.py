@@ -110,7 +110,9 @@ class FiLM(nn.Module):
     """Feature-wise modulation by the normalised slice position z: y = gamma(z) * x + beta(z).
 
     Heads start near the identity (weights N(0, 0.01), gamma bias 1, beta bias 0). With no z the
-    module is the identity, which is how a label-free first pass runs the network.
+    module is the identity, which is how a label-free first pass runs the network. A NaN entry of
+    ``z_norm`` makes the module the identity for that sample alone: training uses it for slices
+    whose organ extent is unknown (a case that lacks a contour defining the extent).
     """
 
     def __init__(self, channels: int = 256, hidden: int = 128, dropout: float = 0.1):
@@ -126,8 +128,12 @@ class FiLM(nn.Module):
     def forward(self, x: torch.Tensor, z_norm: torch.Tensor | None = None) -> torch.Tensor:
         if z_norm is None:
             return x
-        h = self.mlp(z_norm.reshape(-1, 1).to(x.dtype))
-        return self.gamma(h)[:, :, None, None] * x + self.beta(h)[:, :, None, None]
+        z = z_norm.reshape(-1, 1).to(x.dtype)
+        known = ~torch.isnan(z)
+        h = self.mlp(torch.where(known, z, torch.zeros_like(z)))
+        gamma = torch.where(known, self.gamma(h), torch.ones_like(z))
+        beta = torch.where(known, self.beta(h), torch.zeros_like(z))
+        return gamma[:, :, None, None] * x + beta[:, :, None, None]
 
 
 class DecoderBlock(nn.Module):

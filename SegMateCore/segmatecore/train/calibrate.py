@@ -23,7 +23,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..organs import organ_keys
 from ..postprocess import THRESHOLD
 from ..zsmoothing import ZSmoother
 
@@ -105,7 +104,6 @@ def calibrate_masks(model: torch.nn.Module, data_dirs: Sequence[str | Path], spl
     from ..evaluate import canonical_image
     from ..inference import ready_for_inference, resolve_device
     from .dataset import load_cases
-    from .prepare import decode_labels
 
     if THRESHOLD not in grid:
         grid = sorted({*grid, THRESHOLD})
@@ -115,10 +113,10 @@ def calibrate_masks(model: torch.nn.Module, data_dirs: Sequence[str | Path], spl
     trained = list(meta.get("trained_organs") or meta["organs"])
     per_organ: dict[str, list[np.ndarray]] = {}
     for case in load_cases(data_dirs, split):
-        keys = [k for k in organ_keys() if k in trained and k in case.record["annotated"]]
+        keys = [k for k in meta["organs"] if k in trained and k in case.record["annotated"]]
         if not keys:
             continue
-        truth = decode_labels(np.asarray(case.labels))[[organ_keys().index(k) for k in keys]]
+        truth = case.masks(keys)
         # The sink sees the probabilities before the model's own smoothing and thresholds.
         sweep = CaseSweep(truth, keys, grid, smoothing_mm, float(case.record["spacing"][2]))
         segment(canonical_image(case.image, case.record["spacing"]), model=model, organs=keys, device=device,
@@ -131,7 +129,7 @@ def calibrate_masks(model: torch.nn.Module, data_dirs: Sequence[str | Path], spl
     grid_array = np.asarray(grid)
     default = list(grid).index(THRESHOLD)
     result = {}
-    for key in organ_keys():
+    for key in meta["organs"]:
         if key not in per_organ:
             continue
         mean = np.mean(per_organ[key], axis=0)  # [smoothing, grid]

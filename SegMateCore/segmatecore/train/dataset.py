@@ -1,9 +1,15 @@
 """2.5D training samples from prepared folders, with organ-relative z_norm and class balancing.
 
 A sample is slice t of a case: the (t-1, t, t+1) stack through the same ``normalize_hu``,
-``stack_25d`` and ``resize_slices`` that inference uses, the 9 organ masks of slice t, which of
-the 9 organs the case annotates, the per-slice presence and z_norm = (t - first) / (last - first)
-clipped to [0, 1], where first/last are the case's first and last slice with any organ.
+``stack_25d`` and ``resize_slices`` that inference uses, the masks of the model's organs in slice
+t (in the model's channel order, whatever the dataset's bit order), which of them the case
+annotates, the per-slice presence and z_norm = (t - first) / (last - first) clipped to [0, 1],
+where first/last are the case's first and last slice with any of the model's *extent organs*.
+
+Partial labels and z_norm: a case that lacks the contour of an extent organ has a shorter
+extent than the same anatomy with that contour, so its z_norm would be wrong. Such a case's
+slices get z_norm NaN, which switches FiLM off for them alone (see ``models.blocks.FiLM``); they
+still train every other part of the network.
 
 Augmentation (kornia) is deterministic per (seed, epoch, index), whatever the worker count.
 """
@@ -18,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..organs import lateral_swap, organ_keys
+from ..organs import OrganSet
 from ..preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
 from .prepare import load_index
 
@@ -33,10 +39,14 @@ def z_norm_for(t: np.ndarray | int, extent: Sequence[int] | None, depth: int) ->
 
 @dataclass
 class PreparedCase:
-    """One prepared case; arrays are opened memory-mapped on first use (also in each worker)."""
+    """One prepared case; arrays are opened memory-mapped on first use (also in each worker).
+
+    ``organs`` are its dataset's organs: bit k of ``labels`` is ``organs[k]``.
+    """
 
     root: Path
     record: dict[str, Any]
+    organs: tuple[str, ...]
 
     @property
     def id(self) -> str:
@@ -46,8 +56,33 @@ class PreparedCase:
     def depth(self) -> int:
         return int(self.record["shape"][2])
 
-    def annotated_mask(self) -> np.ndarray:
-        return np.array([k in self.record["annotated"] for k in organ_keys()], dtype=np.float32)
+    def annotated_mask(self, keys: Sequence[str]) -> np.ndarray:
+        """float [len(keys)]: 1 where the case annotates the organ."""
+        return np.array([k in self.record["annotated"] for k in keys], dtype=np.float32)
+
+    def masks(self, keys: Sequence[str], bits: np.ndarray | None = None) -> np.ndarray:
+        """bool [len(keys), ...] from the bit mask (default: the whole case); organs the dataset
+        does not have are all False."""
+        bits = np.asarray(self.labels if bits is None else bits)
+        return np.stack([(bits >> self.organs.index(k)) & 1 if k in self.organs else np.zeros(bits.shape, np.uint16)
+                         for k in keys]).astype(bool)
+
+    def presence_of(self, keys: Sequence[str]) -> np.ndarray:
+        """bool [slices, len(keys)]: the organ has a voxel in the slice."""
+        presence = np.asarray(self.presence)
+        return np.stack([presence[:, self.organs.index(k)] if k in self.organs else np.zeros(self.depth, bool)
+                         for k in keys], axis=1)
+
+    def extent(self, extent_organs: Sequence[str]) -> tuple[int, int] | None:
+        """First and last slice with any of ``extent_organs``; None when the case does not annotate
+        all of them (its extent is unknown), the whole volume when none of them is in the scan."""
+        if not all(k in self.record["annotated"] for k in extent_organs):
+            return None
+        spans = [self.record.get("organ_slices", {}).get(k) for k in extent_organs]
+        spans = [s for s in spans if s]
+        if not spans:
+            return 0, self.depth - 1
+        return min(s[0] for s in spans), max(s[1] for s in spans)
 
     def _open(self, name: str) -> np.ndarray:
         cache = self.__dict__.setdefault("_arrays", {})
@@ -68,7 +103,7 @@ class PreparedCase:
         return self._open("presence")
 
     def __getstate__(self):  # memory maps are reopened in worker processes
-        return {"root": self.root, "record": self.record}
+        return {"root": self.root, "record": self.record, "organs": self.organs}
 
 
 def load_cases(data_dirs: Sequence[str | Path], split: str) -> list[PreparedCase]:
@@ -83,7 +118,7 @@ def load_cases(data_dirs: Sequence[str | Path], split: str) -> list[PreparedCase
             if case_id in seen:
                 raise ValueError(f"case id {case_id} appears in more than one prepared folder.")
             seen.add(case_id)
-            cases.append(PreparedCase(Path(index["root"]), records[case_id]))
+            cases.append(PreparedCase(Path(index["root"]), records[case_id], tuple(index["organs"])))
     return cases
 
 
@@ -94,7 +129,7 @@ class Augmenter:
     dim -2. Padding is air (-1 after normalisation), not mid-grey.
     """
 
-    def __init__(self, level: str = "paper"):
+    def __init__(self, organs: Sequence[str], level: str = "paper"):
         import warnings
 
         import kornia.augmentation as K
@@ -104,7 +139,10 @@ class Augmenter:
         if level not in AUGMENT_LEVELS:
             raise ValueError(f"augmentation level {level!r}; use one of {', '.join(AUGMENT_LEVELS)}.")
         self.level = level
-        self.swap = lateral_swap()
+        try:
+            self.swap: list[int] | None = OrganSet(organs).lateral_swap()
+        except ValueError:  # a paired organ without its other side: a flip would mislabel it, so never flip
+            self.swap = None
         geometric = [K.RandomAffine(degrees=15.0, translate=(0.1, 0.1), scale=(0.85, 1.15), shear=10.0, p=0.7)]
         if level == "paper":
             geometric += [K.RandomElasticTransform(kernel_size=(31, 31), sigma=(8.0, 8.0), alpha=(0.5, 0.5), p=0.2)]  # kornia's grid distortion has no mask support
@@ -116,7 +154,7 @@ class Augmenter:
     def __call__(self, image: torch.Tensor, target: torch.Tensor, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if self.level == "none":
             return image, target
-        if flip:
+        if flip and self.swap is not None:
             image, target = image.flip(-2), target.flip(-2)[self.swap]
         shifted, mask = self.geometric(image[None] + 1.0, target[None])  # zero padding == air
         image = shifted[0] - 1.0
@@ -125,13 +163,25 @@ class Augmenter:
 
 
 class SliceDataset(Dataset):
-    """Every axial slice of the given cases as a 2.5D sample."""
+    """Every axial slice of the given cases as a 2.5D sample, for a model predicting ``organs``.
 
-    def __init__(self, cases: Sequence[PreparedCase], pre: Preprocessing, augment: str = "none", seed: int = 0,
-                 flip_probability: float = 0.5):
+    ``extent_organs`` define each case's organ extent for z_norm; None: every organ of ``organs``
+    that the case annotates (so no case's extent is unknown).
+    """
+
+    def __init__(self, cases: Sequence[PreparedCase], pre: Preprocessing, organs: Sequence[str],
+                 augment: str = "none", seed: int = 0, flip_probability: float = 0.5,
+                 extent_organs: Sequence[str] | None = None):
         if not cases:
             raise ValueError("no cases for this split; check the prepared dataset's splits.")
+        self.organs = tuple(OrganSet(organs))
         self.cases = list(cases)
+        if extent_organs is None:
+            self.extents = [case.extent([k for k in self.organs if k in case.record["annotated"]])
+                            for case in self.cases]
+        else:
+            OrganSet(self.organs).check_subset(list(extent_organs), "extent organ")
+            self.extents = [case.extent(list(extent_organs)) for case in self.cases]
         self.pre = pre
         self.augment_level = augment
         self.augmenter: Augmenter | None = None  # built lazily, in the worker that uses it
@@ -147,8 +197,13 @@ class SliceDataset(Dataset):
         self.epoch = epoch
 
     def presence_matrix(self) -> np.ndarray:
-        """bool [items, 9]: organ present in the slice (only ever true for annotated organs)."""
-        return np.concatenate([np.asarray(case.presence) for case in self.cases])
+        """bool [items, organs]: organ present in the slice (only ever true for annotated organs)."""
+        return np.concatenate([case.presence_of(self.organs) for case in self.cases])
+
+    def z_norm(self, c: int, t: int) -> float:
+        """The sample's z_norm, NaN where the case's organ extent is unknown."""
+        extent = self.extents[c]
+        return float("nan") if extent is None else float(z_norm_for(t, extent, self.cases[c].depth))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         c, t = (int(v) for v in self.items[index])
@@ -156,20 +211,19 @@ class SliceDataset(Dataset):
         stack = stack_25d(case.image, [t])  # [1, 3, X, Y] int16
         image = torch.from_numpy(normalize_hu(stack, self.pre))
         image = resize_slices(image, self.pre.input_size, mode="bilinear")[0]
-        bits = np.asarray(case.labels[:, :, t])
-        target = torch.from_numpy(np.stack([(bits >> k) & 1 for k in range(len(organ_keys()))]).astype(np.float32))
+        target = torch.from_numpy(case.masks(self.organs, case.labels[:, :, t]).astype(np.float32))
         target = resize_slices(target[None], self.pre.input_size, mode="nearest")[0]
         if self.augment_level != "none":
             rng = np.random.default_rng([self.seed, self.epoch, index])
             if self.augmenter is None:
-                self.augmenter = Augmenter(self.augment_level)
+                self.augmenter = Augmenter(self.organs, self.augment_level)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(rng.integers(2**62)))
                 image, target = self.augmenter(image, target, flip=bool(rng.random() < self.flip_probability))
-        annotated = torch.from_numpy(case.annotated_mask())
+        annotated = torch.from_numpy(case.annotated_mask(self.organs))
         return {"image": image.float(), "target": target, "annotated": annotated,
                 "presence": (target.amax(dim=(1, 2)) > 0).float() * annotated,
-                "z_norm": torch.tensor(float(z_norm_for(t, case.record["extent"], case.depth))),
+                "z_norm": torch.tensor(self.z_norm(c, t)),
                 "case": torch.tensor(c), "slice": torch.tensor(t)}
 
 
@@ -179,7 +233,7 @@ def balanced_weights(presence: np.ndarray, annotated: np.ndarray, power: float =
 
     Organ k's slices share ``N_k ** (1 - power)`` of the mass (power 1: equal per organ, 0: by
     frequency); slices without any annotated organ get ``empty_share`` of all samples.
-    ``presence`` is bool [items, 9], ``annotated`` bool [items, 9].
+    ``presence`` is bool [items, organs], ``annotated`` bool [items, organs].
     """
     counts = presence.sum(axis=0).astype(np.float64)
     organ_mass = np.where(counts > 0, counts ** (1.0 - power), 0.0)

@@ -4,8 +4,8 @@
            + 0.2 * mean over deep-supervision heads of (Dice + BCE)
 
 Fixes:
-- The research code's cross-entropy took an argmax over the 9 organ channels, so every background
-  pixel was trained as "left lung". Outputs are 9 independent sigmoids, so the matching
+- The research code's cross-entropy took an argmax over the organ channels, so every background
+  pixel was trained as "left lung". Outputs are independent sigmoids, one per organ, so the matching
   cross-entropy is per organ channel against its own background: -log p_k inside organ k and
   -log(1 - p_k) outside it. A background pixel (no organ) is a negative for every annotated organ
   and pulls every organ logit down, none up. Per-organ class weights as in the spec.
@@ -16,11 +16,23 @@ Fixes:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-CLASS_WEIGHTS = (1.0, 1.0, 5.0, 5.0, 1.0, 3.0, 3.0, 6.0, 4.0)  # spec, organ-table order
+#: Per-organ weight of an organ's own voxels in focal and cross-entropy. The paper's nine come from
+#: the spec; the head-and-neck structures follow the same rule (the smaller and thinner the
+#: structure, the higher its weight): larynx as the trachea, brainstem and parotids as the kidneys,
+#: the mandible (large but thin bone) between. Organs not listed weigh 1.
+CLASS_WEIGHTS = {"left_lung": 1.0, "right_lung": 1.0, "spinal_cord": 5.0, "esophagus": 5.0, "liver": 1.0,
+                 "left_kidney": 3.0, "right_kidney": 3.0, "aorta": 6.0, "trachea": 4.0,
+                 "brainstem": 3.0, "left_parotid": 3.0, "right_parotid": 3.0, "larynx": 4.0, "mandible": 2.0}
+
+
+def class_weights_for(organs: Sequence[str]) -> tuple[float, ...]:
+    """The class weights of a model's organs, in its channel order."""
+    return tuple(CLASS_WEIGHTS.get(k, 1.0) for k in organs)
 
 
 @dataclass(frozen=True)
@@ -33,8 +45,9 @@ class LossWeights:
     presence: float = 0.2
     deep: float = 0.2
 
-    def to_metadata(self) -> dict:
-        return {**asdict(self), "class_weights": list(CLASS_WEIGHTS), "class_weights_apply_to": "the organ's own voxels (background weight 1)",
+    def to_metadata(self, organs: Sequence[str]) -> dict:
+        return {**asdict(self), "class_weights": dict(zip(organs, class_weights_for(organs))),
+                "class_weights_apply_to": "the organ's own voxels (background weight 1)",
                 "ce": "per-organ binary cross-entropy (background = negative of every annotated organ)",
                 "boundary_dice": "squared form on Sobel magnitudes",
                 "partial_labels": "organs a case does not annotate are masked out of every term"}
@@ -120,8 +133,9 @@ def presence_loss(prob: torch.Tensor, target: torch.Tensor, annotated: torch.Ten
 class SegMateLoss(torch.nn.Module):
     """The full loss; returns the total and its terms (floats, for logging)."""
 
-    def __init__(self, weights: LossWeights = LossWeights(), class_weights=CLASS_WEIGHTS):
+    def __init__(self, organs: Sequence[str], weights: LossWeights = LossWeights()):
         super().__init__()
+        class_weights = class_weights_for(organs)
         self.w = weights
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
 

@@ -2,13 +2,15 @@
 
 Layout of the output folder::
 
-    dataset.json              cases, organs each annotates, extents, splits, seed, source
+    dataset.json              the dataset's organs, cases, organs each annotates, extents, splits, seed
     cases/<id>/image.npy      int16 HU, canonical [R, A, S] (axial slice = [:, :, k])
-    cases/<id>/labels.npy     uint16 bit mask, same shape: bit k set = organ channel k (organs overlap)
-    cases/<id>/presence.npy   bool [slices, 9]: organ k has a voxel in slice t
+    cases/<id>/labels.npy     uint16 bit mask, same shape: bit k set = the dataset's organ k (organs overlap)
+    cases/<id>/presence.npy   bool [slices, organs]: the dataset's organ k has a voxel in slice t
 
-Organs a case does not annotate have no bits and no presence; ``dataset.json`` says which organs
-each case annotates so that training treats the others as unknown.
+The dataset's organs (``dataset.json["organs"]``) are those its source can annotate, in the organ
+table's order; a model trained on it maps them onto its own channels by key. Organs a case does not
+annotate have no bits and no presence; ``dataset.json`` says which organs each case annotates so
+that training treats the others as unknown.
 """
 from __future__ import annotations
 
@@ -26,16 +28,25 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..geometry import to_canonical
-from ..organs import organ_keys
+from ..organs import known_keys
 from .sources import CaseSource, find_cases
 
 log = logging.getLogger(__name__)
 
 FORMAT = "segmate-prepared-v1"
 LABEL_DTYPE = np.uint16
+MAX_ORGANS = 16  # bits of LABEL_DTYPE
 
 
-def decode_labels(bits: np.ndarray, channels: int = 9) -> np.ndarray:
+def dataset_organs(cases: list[CaseSource]) -> list[str]:
+    """The organs any of the cases annotates, in the organ table's order: the dataset's bit order."""
+    keys = [k for k in known_keys() if any(k in c.labels for c in cases)]
+    if len(keys) > MAX_ORGANS:
+        raise ValueError(f"a prepared dataset holds at most {MAX_ORGANS} organs; these cases annotate {len(keys)}.")
+    return keys
+
+
+def decode_labels(bits: np.ndarray, channels: int) -> np.ndarray:
     """uint16 bit mask [...] -> bool [channels, ...]."""
     bits = np.asarray(bits)
     return np.stack([(bits >> k) & 1 for k in range(channels)]).astype(bool)
@@ -54,13 +65,16 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-2))
 
 
-def convert_case(case: CaseSource, out_dir: Path) -> dict[str, Any]:
-    """Write one case's arrays (atomically, via a temporary folder) and return its record."""
+def convert_case(case: CaseSource, out_dir: Path, keys: list[str], dataset_dir: Path | None = None) -> dict[str, Any]:
+    """Write one case's arrays (atomically, via a temporary folder) and return its record.
+
+    ``keys`` are the dataset's organs: bit k of the labels is organ ``keys[k]``. The record names
+    the image relative to ``dataset_dir`` (never an absolute path of this machine).
+    """
     image = _read(case.image)
     canonical, frame = to_canonical(image)
     hu = np.clip(canonical, np.iinfo(np.int16).min, np.iinfo(np.int16).max).astype(np.int16)
     bits = np.zeros(hu.shape, dtype=LABEL_DTYPE)
-    keys = organ_keys()
     cache: dict[str, np.ndarray] = {}
     for key in case.annotated:
         channel = keys.index(key)
@@ -78,7 +92,7 @@ def convert_case(case: CaseSource, out_dir: Path) -> dict[str, Any]:
             mask = values != 0 if src.values is None else np.isin(values, src.values)
             bits |= (mask.astype(LABEL_DTYPE) << channel)
     presence = np.zeros((hu.shape[2], len(keys)), dtype=bool)
-    per_slice = decode_labels(bits, len(keys)).any(axis=(1, 2))  # [9, Z]
+    per_slice = decode_labels(bits, len(keys)).any(axis=(1, 2))  # [organs, Z]
     presence[:] = per_slice.T
     any_slice = np.flatnonzero(presence.any(axis=1))
     extent = [int(any_slice[0]), int(any_slice[-1])] if any_slice.size else None
@@ -92,7 +106,8 @@ def convert_case(case: CaseSource, out_dir: Path) -> dict[str, Any]:
     shutil.rmtree(case_dir, ignore_errors=True)
     os.replace(tmp, case_dir)
     return {
-        "id": case.case_id, "patient": case.patient_id, "image": case.image,
+        "id": case.case_id, "patient": case.patient_id,
+        "image": os.path.relpath(case.image, dataset_dir) if dataset_dir is not None else Path(case.image).name,
         "shape": [int(s) for s in hu.shape], "spacing": [float(s) for s in frame.spacing],
         "annotated": case.annotated, "extent": extent,
         "organ_slices": {k: [int(np.flatnonzero(presence[:, c])[0]), int(np.flatnonzero(presence[:, c])[-1])]
@@ -102,13 +117,13 @@ def convert_case(case: CaseSource, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def _convert_worker(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
-    case_dict, out_dir = job
+def _convert_worker(job: tuple[dict[str, Any], str, list[str], str]) -> dict[str, Any]:
+    case_dict, out_dir, keys, src = job
     from .sources import LabelSource
     labels = {k: [LabelSource(**s) for s in v] for k, v in case_dict["labels"].items()}
     case = CaseSource(**{**case_dict, "labels": labels})
     try:
-        return convert_case(case, Path(out_dir))
+        return convert_case(case, Path(out_dir), keys, Path(src))
     except Exception as exc:  # reported per case; the run goes on with the others
         return {"id": case.case_id, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -168,14 +183,17 @@ def prepare(kind: str, src: str | Path, out: str | Path, *, workers: int | None 
         cases = [c for c in cases if c.case_id in only]
     (out / "cases").mkdir(parents=True, exist_ok=True)
     index_path = out / "dataset.json"
+    keys = dataset_organs(cases)
     previous = {}
     if index_path.is_file():
         old = json.loads(index_path.read_text(encoding="utf-8"))
-        previous = {r["id"]: r for r in old.get("cases", []) if (out / "cases" / r["id"] / "presence.npy").is_file()}
+        if old.get("organs") == keys:  # cases written for another organ list are written again
+            previous = {r["id"]: r for r in old.get("cases", [])
+                        if (out / "cases" / r["id"] / "presence.npy").is_file()}
     todo = [c for c in cases if c.case_id not in previous]
     records = [previous[c.case_id] for c in cases if c.case_id in previous]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    jobs = [({**asdict(c)}, str(out)) for c in todo]
+    jobs = [({**asdict(c)}, str(out), keys, str(src)) for c in todo]
     from tqdm import tqdm
     started = time.time()
     failures = []
@@ -193,7 +211,7 @@ def prepare(kind: str, src: str | Path, out: str | Path, *, workers: int | None 
         if not r["annotated"]:
             log.warning("case %s annotates none of the SegMate organs; left out of the splits", r["id"])
     index = {
-        "format": FORMAT, "kind": kind, "source": str(Path(src).resolve()), "organs": organ_keys(),
+        "format": FORMAT, "kind": kind, "source": Path(src).name, "organs": keys,
         "seed": seed, "fractions": list(fractions), "all_train": all_train,
         "splits": assign_splits(usable, seed, fractions, all_train),
         "cases": records, "failures": failures,

@@ -19,7 +19,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..organs import organ_keys
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +31,13 @@ OUT_OF_FIELD: dict[str, tuple[str, ...]] = {"openkbp": ("liver", "left_kidney", 
 
 @dataclass
 class PresenceFeatures:
-    """Pooled head inputs [n, C], presence targets [n, 9] and which organs each row annotates [n, 9]."""
+    """Pooled head inputs [n, C], presence targets [n, organs] and which organs each row annotates
+    [n, organs], for the model's ``organs`` in channel order."""
 
     features: torch.Tensor
     targets: torch.Tensor
     annotated: torch.Tensor
+    organs: list[str]
 
 
 def collect_features(net: torch.nn.Module, data_dirs: Sequence[str | Path], split: str, every: int = 1,
@@ -56,13 +57,15 @@ def collect_features(net: torch.nn.Module, data_dirs: Sequence[str | Path], spli
     captured: list[torch.Tensor] = []
     hook = net.presence_head[-1].register_forward_hook(lambda module, args, out: captured.append(args[0].float()))
     features, targets, annotated = [], [], []
+    keys = list(net.metadata["organs"])
     try:
         out_of_field = OUT_OF_FIELD if out_of_field is None else out_of_field
         kinds = {index["root"]: index["kind"] for index in map(load_index, data_dirs)}
         for case in load_cases(data_dirs, split):
-            absent = [k for k in out_of_field.get(kinds[str(case.root)], ()) if k not in case.record["annotated"]]
-            mask = torch.from_numpy(case.annotated_mask()).bool()
-            mask[[organ_keys().index(k) for k in absent]] = True  # their presence targets are all zero
+            absent = [k for k in out_of_field.get(kinds[str(case.root)], ())
+                      if k in keys and k not in case.record["annotated"]]
+            mask = torch.from_numpy(case.annotated_mask(keys)).bool()
+            mask[[keys.index(k) for k in absent]] = True  # their presence targets are all zero
             if not mask.any():
                 continue
             canonical, _ = to_canonical(canonical_image(case.image, case.record["spacing"]))
@@ -73,12 +76,12 @@ def collect_features(net: torch.nn.Module, data_dirs: Sequence[str | Path], spli
             with torch.inference_mode():
                 runner.run("presence", t_all, lambda t: pipeline.forward(t, None))
             features.append(torch.cat(captured))
-            targets.append(torch.from_numpy(np.asarray(case.presence)[t_all]).float())
+            targets.append(torch.from_numpy(case.presence_of(keys)[t_all]).float())
             annotated.append(mask.expand(len(t_all), -1))
             log.info("presence features: %s, %d slices", case.id, len(t_all))
     finally:
         hook.remove()
-    return PresenceFeatures(torch.cat(features), torch.cat(targets), torch.cat(annotated))
+    return PresenceFeatures(torch.cat(features), torch.cat(targets), torch.cat(annotated), keys)
 
 
 def fit_presence_head(linear: torch.nn.Linear, data: PresenceFeatures, l2: float = 1e-3,
@@ -91,7 +94,7 @@ def fit_presence_head(linear: torch.nn.Linear, data: PresenceFeatures, l2: float
     """
     report = {}
     x = data.features
-    for k, key in enumerate(organ_keys()):
+    for k, key in enumerate(data.organs):
         rows = data.annotated[:, k]
         y = data.targets[rows, k]
         positives, negatives = int(y.sum()), int((1 - y).sum())
@@ -124,7 +127,7 @@ def presence_accuracy(linear: torch.nn.Linear, data: PresenceFeatures) -> dict[s
     with torch.no_grad():
         predicted = torch.sigmoid(linear(data.features)) > 0.5
     out = {}
-    for k, key in enumerate(organ_keys()):
+    for k, key in enumerate(data.organs):
         rows = data.annotated[:, k]
         if rows.any():
             out[key] = round(float((predicted[rows, k] == (data.targets[rows, k] > 0.5)).float().mean()), 4)

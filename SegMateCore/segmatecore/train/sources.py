@@ -1,4 +1,4 @@
-"""Where the cases of each public dataset are, and how their labels map onto SegMate's 9 organs.
+"""Where the cases of each public dataset are, and how their labels map onto SegMate's known structures.
 
 Each reader returns :class:`CaseSource` records; nothing is loaded here. A reader lists, per
 case, the organs the case *annotates*: an organ absent from that list is unknown for the case
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..organs import organ_keys, organs
+from ..organs import known_keys, known_organs
 
 KINDS = ("totalsegmentator", "segthor", "amos22", "openkbp", "nifti-pairs")
 
@@ -35,7 +35,7 @@ class CaseSource:
 
     @property
     def annotated(self) -> list[str]:
-        return [k for k in organ_keys() if k in self.labels]
+        return [k for k in known_keys() if k in self.labels]
 
 
 def _nii(folder: Path, stem: str) -> Path | None:
@@ -55,7 +55,7 @@ def totalsegmentator_cases(src: Path) -> list[CaseSource]:
     """TotalSegmentator v2: ``<case>/ct.nii.gz`` and ``<case>/segmentations/<structure>.nii.gz``.
 
     Lobes are merged into lungs (organ table). Every v2 case carries every structure's mask file,
-    empty where the organ is outside the field of view, so all 9 organs are annotated. The
+    empty where the organ is outside the field of view, so every mapped organ is annotated. The
     official split in ``meta.csv`` (column ``split``: train/val/test) is kept when present.
     TotalSegmentator's own test reference files (``class_map_total.json`` + ``example_ct*.nii.gz``)
     are recognised too.
@@ -70,7 +70,7 @@ def totalsegmentator_cases(src: Path) -> list[CaseSource]:
         if image is None or not seg_dir.is_dir():
             continue
         labels = {}
-        for o in organs():
+        for o in _totalsegmentator_organs():
             paths = [_nii(seg_dir, name) for name in o.totalsegmentator]
             if all(p is not None for p in paths):
                 labels[o.key] = [LabelSource(str(p)) for p in paths]
@@ -92,6 +92,10 @@ def _totalseg_meta_splits(meta_csv: Path) -> dict[str, str]:
             if row.get("image_id") and row.get("split")}
 
 
+def _totalsegmentator_organs():
+    return [o for o in known_organs() if o.totalsegmentator]
+
+
 def totalseg_reference_cases(src: Path) -> list[CaseSource]:
     """TotalSegmentator's test reference files: two views of one patient, masks are model output.
 
@@ -103,7 +107,7 @@ def totalseg_reference_cases(src: Path) -> list[CaseSource]:
     masks = src / "example_seg_fast"
     if masks.is_dir():
         labels = {}
-        for o in organs():
+        for o in _totalsegmentator_organs():
             paths = [_nii(masks, n) for n in o.totalsegmentator]
             if all(p is not None for p in paths):
                 labels[o.key] = [LabelSource(str(p)) for p in paths]
@@ -114,7 +118,7 @@ def totalseg_reference_cases(src: Path) -> list[CaseSource]:
         class_map = json.loads((src / "class_map_total.json").read_text(encoding="utf-8"))["total"]
         index = {name: int(v) for v, name in class_map.items()}
         labels = {o.key: [LabelSource(str(multilabel), tuple(index[n] for n in o.totalsegmentator))]
-                  for o in organs() if all(n in index for n in o.totalsegmentator)}
+                  for o in _totalsegmentator_organs() if all(n in index for n in o.totalsegmentator)}
         cases.append(CaseSource("example_ct", "totalseg_example", str(src / "example_ct.nii.gz"), labels,
                                 notes=[note]))
     return cases
@@ -165,14 +169,19 @@ def amos22_cases(src: Path) -> list[CaseSource]:
     return cases
 
 
-OPENKBP_STRUCTURES = {"spinal_cord": "SpinalCord", "esophagus": "Esophagus"}
+def openkbp_structures() -> dict[str, str]:
+    """Organ key -> OpenKBP mask name (``masks/<name>.nii.gz``), from the organ table."""
+    return {o.key: o.openkbp for o in known_organs() if o.openkbp}
 
 
 def openkbp_cases(src: Path) -> list[CaseSource]:
-    """OpenKBP as converted in shared/data/openkbp: ``<split>_pt_N/ct.nii.gz`` + ``masks/<Structure>.nii.gz``.
+    """OpenKBP converted to NIfTI: ``<split>_pt_N/ct.nii.gz`` + ``masks/<Structure>.nii.gz``.
 
-    The challenge split is kept: ``train_pt_*`` train, ``validation_pt_*`` (and ``test_pt_*``) are
-    held out. Contours that ``qc_flags.json`` says to exclude are left unannotated.
+    All seven clinical structures are read (spinal cord, esophagus, larynx, brainstem, left and
+    right parotid, mandible); a structure without a mask file is unannotated for that case. The
+    challenge split is kept: ``train_pt_*`` train, ``validation_pt_*`` (and ``test_pt_*``) are
+    held out. Contours that ``qc_flags.json`` says to exclude are left unannotated; those it only
+    flags for a look ("check") are kept.
     """
     _require_dir(src, "the converted OpenKBP folder (<split>_pt_N/ct.nii.gz + masks/)")
     excluded = _openkbp_exclusions(src / "qc_flags.json")
@@ -182,7 +191,7 @@ def openkbp_cases(src: Path) -> list[CaseSource]:
         if image is None:
             continue
         labels, notes = {}, []
-        for key, structure in OPENKBP_STRUCTURES.items():
+        for key, structure in openkbp_structures().items():
             mask = _nii(case_dir / "masks", structure)
             if mask is None:
                 continue
@@ -206,7 +215,7 @@ def _openkbp_exclusions(path: Path) -> dict[str, set[str]]:
     for case, messages in flags.items():
         for message in messages:
             if message.rstrip().endswith("exclude"):
-                out.setdefault(case, set()).update(k for k in organ_keys() if message.startswith(k))
+                out.setdefault(case, set()).update(k for k in known_keys() if message.startswith(k))
     return out
 
 
@@ -220,11 +229,11 @@ def nifti_pairs_cases(src: Path) -> list[CaseSource]:
     map_path = src / "label_map.json"
     if not map_path.is_file():
         raise FileNotFoundError(f"{map_path} is missing: write a JSON object mapping organ keys "
-                                f"({', '.join(organ_keys())}) to label values.")
+                                f"({', '.join(known_keys())}) to label values.")
     raw = json.loads(map_path.read_text(encoding="utf-8"))
-    unknown = [k for k in raw if k not in organ_keys()]
+    unknown = [k for k in raw if k not in known_keys()]
     if unknown:
-        raise ValueError(f"{map_path}: unknown organ keys {unknown}; use {', '.join(organ_keys())}.")
+        raise ValueError(f"{map_path}: unknown organ keys {unknown}; use {', '.join(known_keys())}.")
     mapping = {k: tuple(v if isinstance(v, list) else [v]) for k, v in raw.items()}
     cases = []
     for image in sorted((src / "images").glob("*.nii*")):

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import default_metadata, save_model
 from ..models import SegMateNet, create_model
-from ..organs import organ_keys
+from ..organs import OrganSet, known_keys
 from ..preprocess import Preprocessing
 from .dataset import BalancedSampler, PreparedCase, SliceDataset, balanced_weights, load_cases
 from .losses import LossWeights, SegMateLoss
@@ -45,6 +44,8 @@ log = logging.getLogger("segmate.train")
 class TrainConfig:
     data: list[str]
     backbone: str = "fastvit_t12"
+    organs: list[str] | None = None        # the model's organs in channel order (None: those the data annotate)
+    extent_organs: list[str] | None = None  # define z_norm's organ extent (None: see choose_extent_organs)
     run_dir: str = "runs/segmate"
     output: str | None = None
     input_size: int = 512
@@ -128,9 +129,59 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def trained_organs(cases: list[PreparedCase]) -> list[str]:
-    """Organs annotated with at least one voxel in the training cases: what the model has learnt."""
-    return [k for k in organ_keys() if any(case.record.get("voxels", {}).get(k, 0) > 0 for case in cases)]
+def trained_organs(cases: list[PreparedCase], organs: list[str]) -> list[str]:
+    """The model's organs annotated with at least one voxel in the training cases: what it has learnt."""
+    return [k for k in organs if any(case.record.get("voxels", {}).get(k, 0) > 0 for case in cases)]
+
+
+def data_organs(indexes: list[dict[str, Any]]) -> list[str]:
+    """The organs the prepared folders hold, in the organ table's order: a new model's default organs."""
+    held = {k for index in indexes for k in index["organs"]}
+    return [k for k in known_keys() if k in held]
+
+
+#: An organ defines the z_norm extent when at least this share of the training cases annotates it.
+EXTENT_COVERAGE = 0.9
+
+
+def choose_extent_organs(cases: list[PreparedCase], organs: list[str]) -> list[str]:
+    """The organs whose first and last slices define z_norm's extent: those annotated in at least
+    ``EXTENT_COVERAGE`` of the training cases (all of them when every case annotates every organ,
+    as in TotalSegmentator). Rarely contoured organs would make the extent depend on whether a
+    clinician drew them; cases that lack an extent organ train with FiLM off."""
+    share = {k: float(np.mean([k in c.record["annotated"] for c in cases])) for k in organs}
+    chosen = [k for k in organs if share[k] >= EXTENT_COVERAGE]
+    return chosen or [max(organs, key=lambda k: share[k])]
+
+
+def warm_start(model: SegMateNet, organs: list[str], source: SegMateNet, source_organs: list[str]) -> list[str]:
+    """Copy ``source``'s weights into ``model``; the output heads' rows are copied by organ key, so a
+    model with another organ set keeps what the source learnt of their shared organs. Returns the
+    organs that start from scratch."""
+    target = model.state_dict()
+    shared = [k for k in organs if k in source_organs]
+    rows_to = torch.tensor([organs.index(k) for k in shared], dtype=torch.long)
+    rows_from = torch.tensor([source_organs.index(k) for k in shared], dtype=torch.long)
+    problems = []
+    for name, value in source.state_dict().items():
+        if name not in target:
+            problems.append(f"unexpected {name}")
+        elif _is_head(name) and value.shape[1:] == target[name].shape[1:]:
+            target[name][rows_to] = value[rows_from].to(target[name].dtype)
+        elif value.shape == target[name].shape and not _is_head(name):
+            target[name].copy_(value)
+        else:
+            problems.append(f"{name} has shape {tuple(value.shape)}, expected {tuple(target[name].shape)}")
+    missing = [k for k in target if k not in source.state_dict() and not k.startswith("deep_heads.")]
+    if problems or missing:
+        raise ValueError(f"the initial model does not fit: {'; '.join((problems + missing)[:3])}.")
+    model.load_state_dict(target)
+    return [k for k in organs if k not in source_organs]
+
+
+def _is_head(name: str) -> bool:
+    """Tensors with one row per organ."""
+    return name.startswith(("seg_head.", "boundary_head.", "presence_head.", "deep_heads."))
 
 
 def _unwrap(model: torch.nn.Module) -> SegMateNet:
@@ -145,20 +196,21 @@ def _set_encoder_trainable(model: SegMateNet, trainable: bool) -> None:
 # ----------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model: SegMateNet, cases: list[PreparedCase], pre: Preprocessing, loss_fn: SegMateLoss,
-             device: torch.device, batch_size: int, amp: bool, max_slices: int | None = None) -> dict[str, Any]:
+             device: torch.device, batch_size: int, amp: bool, max_slices: int | None = None, *,
+             organs: list[str], extent_organs: list[str] | None = None) -> dict[str, Any]:
     """Loss and 3D Dice (at the input size, ground-truth z_norm) over the validation cases.
 
     Dice of organ k in a case is 2|P∩G| / (|P| + |G|) summed over its slices, for annotated organs
     present in the case; the score is the mean over (case, organ) pairs.
     """
     model.eval()
-    keys = organ_keys()
+    keys = list(organs)
     losses, per_pair = [], {k: [] for k in keys}
     for case in cases:
-        ds = SliceDataset([case], pre, augment="none")
+        ds = SliceDataset([case], pre, keys, augment="none", extent_organs=extent_organs)
         slices = np.arange(case.depth)
         if max_slices and case.depth > max_slices:
-            first, last = case.record["extent"] or (0, case.depth - 1)
+            first, last = ds.extents[0] or case.record["extent"] or (0, case.depth - 1)
             centre = (first + last) // 2
             start = int(np.clip(centre - max_slices // 2, 0, case.depth - max_slices))
             slices = slices[start:start + max_slices]
@@ -204,12 +256,18 @@ class Trainer:
         if not self.val_cases:
             raise ValueError("the prepared data have no validation cases; prepare with a val fraction > 0 "
                              "(segmate prepare ... --fractions 0.8 0.1 0.1).")
-        self.organs_trained = trained_organs(self.train_cases)
+        self.organs = list(OrganSet(cfg.organs or self._initial_organs() or data_organs(self.indexes)))
+        self.organs_trained = trained_organs(self.train_cases, self.organs)
+        if not self.organs_trained:
+            raise ValueError(f"the training cases annotate none of the organs {', '.join(self.organs)}.")
+        self.extent_organs = list(cfg.extent_organs or choose_extent_organs(self.train_cases, self.organs_trained))
+        OrganSet(self.organs).check_subset(self.extent_organs, "extent organ")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.model = self._build_model().to(self.device)
-        self.loss_fn = SegMateLoss(LossWeights()).to(self.device)
-        self.dataset = SliceDataset(self.train_cases, self.pre, augment=cfg.augment, seed=cfg.seed)
+        self.loss_fn = SegMateLoss(self.organs, LossWeights()).to(self.device)
+        self.dataset = SliceDataset(self.train_cases, self.pre, self.organs, augment=cfg.augment, seed=cfg.seed,
+                                    extent_organs=self.extent_organs)
         presence = self.dataset.presence_matrix()
         weights = balanced_weights(presence, None, power=cfg.balance_power, empty_share=cfg.empty_share)
         samples = cfg.samples_per_epoch or len(self.dataset)
@@ -236,17 +294,25 @@ class Trainer:
         self.ddp_model: torch.nn.Module = self.model
         self.writer = None
 
+    def _initial_organs(self) -> list[str] | None:
+        """A fine-tune keeps the organs of the model it starts from."""
+        if not self.cfg.init_model:
+            return None
+        from ..checkpoint import read_metadata
+        return list(read_metadata(self.cfg.init_model)["organs"])
+
     def _build_model(self) -> SegMateNet:
         cfg = self.cfg
-        model = create_model(cfg.backbone, deep_supervision=cfg.deep_supervision, pretrained=cfg.pretrained)
+        model = create_model(cfg.backbone, deep_supervision=cfg.deep_supervision, pretrained=cfg.pretrained,
+                             num_classes=len(self.organs))
         if cfg.init_model:
             from ..checkpoint import load_model
             source = load_model(cfg.init_model, reparameterize=False)
             if source.backbone != model.backbone:
                 raise ValueError(f"{cfg.init_model} is a {source.backbone} model; use --backbone {source.backbone}.")
-            missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-            if unexpected or any(not k.startswith("deep_heads.") for k in missing):
-                raise ValueError(f"{cfg.init_model} does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+            fresh = warm_start(model, self.organs, source, list(source.metadata["organs"]))
+            if fresh:
+                log.info("organs new to %s start from scratch: %s", cfg.init_model, ", ".join(fresh))
         return model
 
     def _wrap(self) -> None:
@@ -275,7 +341,7 @@ class Trainer:
 
     def metadata(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         cfg = self.cfg
-        data = [{"path": str(Path(i["root"])), "kind": i["kind"], "source": i["source"], "seed": i["seed"],
+        data = [{"path": _portable_path(i["root"]), "kind": i["kind"], "source": Path(i["source"]).name, "seed": i["seed"],
                  "splits": {k: v for k, v in i["splits"].items()},
                  "notes": sorted({n for r in i["cases"] for n in r.get("notes", [])})} for i in self.indexes]
         provenance = {
@@ -286,31 +352,34 @@ class Trainer:
                 "optimizer": "AdamW", "lr": cfg.lr, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
                 "plateau": {"factor": cfg.plateau_factor, "patience": cfg.plateau_patience, "on": "val loss"}
                 if cfg.schedule == "plateau" else None,
-                "freeze_encoder_epochs": cfg.freeze_encoder_epochs, "init_model": cfg.init_model,
+                "freeze_encoder_epochs": cfg.freeze_encoder_epochs,
+                "init_model": _portable_path(cfg.init_model) if cfg.init_model else None,
                 "batch_size": cfg.batch_size, "world_size": self.dist.world_size, "epochs": cfg.epochs,
                 "samples_per_epoch": self.sampler.num_samples, "max_steps": cfg.max_steps,
                 "max_minutes": cfg.max_minutes, "steps_done": self.step, "input_size": cfg.input_size,
                 "augment": cfg.augment, "lr_flip_swaps_left_right_channels": True,
                 "balance_power": cfg.balance_power, "empty_share": cfg.empty_share,
                 "deep_supervision": cfg.deep_supervision, "pretrained_encoder": cfg.pretrained,
-                "amp": self.use_amp, "seed": cfg.seed, "loss": LossWeights().to_metadata(),
-                "z_norm": "organ extent from ground truth: (t - first) / max(last - first, 1), clipped",
+                "amp": self.use_amp, "seed": cfg.seed, "loss": LossWeights().to_metadata(self.organs),
+                "z_norm": "extent of the extent organs from ground truth: (t - first) / max(last - first, 1), "
+                          "clipped; FiLM off for cases that do not annotate every extent organ",
             },
             "code": {"segmatecore": __import__("segmatecore").__version__, **git_commit(),
-                     "torch": torch.__version__, "device": str(self.device), "host": platform.node()},
+                     "torch": torch.__version__, "device": str(self.device)},
             "selection": "best validation Dice (3D, input size, ground-truth z_norm)",
             "metrics": metrics or {},
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         provenance.update(cfg.provenance)
-        return default_metadata(self.model.backbone, trained_organs=self.organs_trained,
+        return default_metadata(self.model.backbone, organs=self.organs, trained_organs=self.organs_trained,
+                                z_norm={"mode": "organ_extent", "extent_organs": self.extent_organs},
                                 preprocessing={**default_metadata(self.model.backbone)["preprocessing"],
                                                **self.pre.to_metadata()},
                                 provenance=provenance)
 
     def _inference_copy(self) -> SegMateNet:
         """The trained weights without the deep-supervision heads (they only serve training)."""
-        model = create_model(self.model.backbone, deep_supervision=False)
+        model = create_model(self.model.backbone, deep_supervision=False, num_classes=len(self.organs))
         state = {k: v for k, v in self.model.state_dict().items() if not k.startswith("deep_heads.")}
         model.load_state_dict(state)
         return model.eval()
@@ -402,7 +471,7 @@ class Trainer:
         if self.dist.main:
             tick = time.time()
             val = validate(self.model, self.val_cases, self.pre, self.loss_fn, self.device, cfg.batch_size,
-                           self.use_amp, cfg.val_max_slices)
+                           self.use_amp, cfg.val_max_slices, organs=self.organs, extent_organs=self.extent_organs)
             val_loss[0] = val["loss"]
             entry = {"epoch": self.epoch, "step": self.step, "val_loss": val["loss"], "val_dice": val["dice"],
                      "val_dice_per_organ": val["dice_per_organ"], "lr": self.optimizer.param_groups[0]["lr"],
@@ -443,6 +512,16 @@ class Trainer:
         if self.dist.world_size > 1:
             dist.barrier()
         return result
+
+
+def _portable_path(path: str | Path) -> str:
+    """A path for model metadata: relative to the working folder when inside it, else its name alone,
+    so that no metadata holds an absolute path of the machine that trained the model."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def _worker_init(worker_id: int) -> None:
