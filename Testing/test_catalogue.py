@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import socket
 import struct
@@ -377,19 +378,31 @@ def test_bundled_model_files_match_the_catalogue():
         assert meta["preprocessing"]["input_size"] == item["input_size"]
 
 
-def test_the_bundled_demo_model_carries_its_recipe_and_calibrated_thresholds_and_smoothing():
-    """What the docs say about the demo model is what its file says: the recipe's stages, the
-    thresholds it applies and the held-out figures the catalogue shows."""
-    entry = next(e for e in catalogue.load_catalogue()["models"] if e["id"] == "segmate_demo_fastvit_t12")
-    meta = read_metadata(RESOURCES / "Models" / "segmate_demo_fastvit_t12.safetensors")
-    recipe = json.loads((REPO / "SegMateCore" / "segmatecore" / "train" / "demo_provenance.json").read_text())
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_the_default_model_is_the_head_and_neck_model_and_carries_its_recipe():
+    """What the docs say about the bundled model is what its file says: its seven organs, the recipe's
+    stages, the held-out figures the catalogue shows, and no path of the machine that trained it."""
+    entry = catalogue.catalogue_entry(catalogue.default_model_id())
+    assert entry["organs"] == ["spinal_cord", "esophagus", "brainstem", "left_parotid", "right_parotid", "larynx",
+                               "mandible"]
+    meta = read_metadata(RESOURCES / "Models" / f"{entry['id']}.safetensors")
+    recipe = json.loads((REPO / "SegMateCore" / "segmatecore" / "train" / "head_neck_provenance.json").read_text())
     assert meta["provenance"]["training_stages"] == recipe["training_stages"]
-    record = meta["provenance"]["mask_thresholds"]
-    assert record["split"] == "val" and record["command"].startswith("segmate calibrate")
-    assert meta["mask_thresholds"] == {k: r["threshold"] for k, r in record["organs"].items() if r["calibrated"]}
-    assert set(meta["mask_thresholds"]) == {"spinal_cord", "esophagus"}  # the organs the validation cases annotate
-    assert meta["z_smoothing_mm"] == {k: r["z_smoothing_mm"] for k, r in record["organs"].items() if r["calibrated"]}
+    assert "not for clinical use" in meta["provenance"]["intended_use"]
+    assert meta["z_norm"]["extent_organs"] == ["spinal_cord", "brainstem", "left_parotid", "right_parotid"]
     held_out = meta["provenance"]["metrics"]["held_out"]
     assert held_out["split"] == "test"
     for key, figures in entry["metrics"]["organs"].items():
         assert figures["dice"] == pytest.approx(held_out["organs"][key]["dice"], abs=5e-4)
+    absolute = [s for s in _strings(meta) if re.search(r"(?:^|[\s=:'\"(])(?:/(?!/)[A-Za-z]|~/|[A-Za-z]:\\)", s)]
+    assert not absolute, absolute  # an absolute path (/..., ~/..., C:\...) of the training machine

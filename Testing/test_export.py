@@ -85,12 +85,17 @@ def _images(direction: np.ndarray) -> tuple[sitk.Image, sitk.Image]:
     return from_canonical(ct, frame, reference), from_canonical(labels, frame, reference)
 
 
+def legend(keys) -> dict[str, int]:
+    """The label values of ``keys`` in a labelmap of a model with the paper's nine organs."""
+    return {k: PAPER.label(k) for k in keys}
+
+
 def _result(labelmap: sitk.Image, keys: list[str] | None = None) -> SegmentationResult:
     keys = keys or list(PAPER_ORGANS)
     volume_per_voxel = float(np.prod(labelmap.GetSpacing())) / 1000.0
     array = sitk.GetArrayViewFromImage(labelmap)
     return SegmentationResult(
-        labelmap=labelmap, organs=keys,
+        labelmap=labelmap, organs=keys, labels=legend(keys),
         volumes_ml={k: float((array == PAPER.label(k)).sum()) * volume_per_voxel for k in keys},
         timings={"read": 0.5, "network": 2.25, "total": 3.0},
         z_range={"mode": "auto", "first": 1, "last": 11, "num_slices": 12},
@@ -123,7 +128,7 @@ def _assert_same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 0.0) -> Non
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_seg_nrrd_reads_back_in_slicerio_with_codes_colours_and_exact_voxels(tmp_path, geometry):
     _, labelmap = _images(GEOMETRIES[geometry])
-    path = write_seg_nrrd(labelmap, list(PAPER_ORGANS), tmp_path / "segmentation.seg.nrrd")
+    path = write_seg_nrrd(labelmap, legend(PAPER_ORGANS), tmp_path / "segmentation.seg.nrrd")
 
     segmentation = slicerio.read_segmentation(str(path))
     np.testing.assert_allclose(segmentation["ijkToLPS"], ijk_to_lps(labelmap), rtol=0, atol=1e-12)
@@ -147,7 +152,7 @@ def test_seg_nrrd_loads_in_slicer_with_names_colours_terminology_and_geometry(tm
     from vtk.util.numpy_support import vtk_to_numpy
 
     _, labelmap = _images(GEOMETRIES["oblique_flipped"])
-    path = write_seg_nrrd(labelmap, list(PAPER_ORGANS), tmp_path / "segmentation.seg.nrrd")
+    path = write_seg_nrrd(labelmap, legend(PAPER_ORGANS), tmp_path / "segmentation.seg.nrrd")
     scene = slicer.vtkMRMLScene()
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
@@ -180,7 +185,7 @@ def test_seg_nrrd_loads_in_slicer_with_names_colours_terminology_and_geometry(tm
 
 def test_seg_nrrd_stores_slicer_terminology_entries(tmp_path):
     _, labelmap = _images(GEOMETRIES["lps"])
-    header = nrrd.read_header(str(write_seg_nrrd(labelmap, ["left_lung", "liver"], tmp_path / "s.seg.nrrd")))
+    header = nrrd.read_header(str(write_seg_nrrd(labelmap, legend(["left_lung", "liver"]), tmp_path / "s.seg.nrrd")))
     assert header["Segment0_Tags"] == (
         "TerminologyEntry:Segmentation category and type - DICOM master list~SCT^123037004^Anatomical Structure"
         "~SCT^39607008^Lung~SCT^7771000^Left~Anatomic codes - DICOM master list~^^~^^|")
@@ -192,7 +197,7 @@ def test_seg_nrrd_stores_slicer_terminology_entries(tmp_path):
 
 def test_seg_nrrd_tg263_names_and_only_the_organs_asked_for(tmp_path):
     _, labelmap = _images(GEOMETRIES["lps"])
-    path = write_seg_nrrd(labelmap, ["liver", "left_kidney"], tmp_path / "s.seg.nrrd", naming="tg263")
+    path = write_seg_nrrd(labelmap, legend(["liver", "left_kidney"]), tmp_path / "s.seg.nrrd", naming="tg263")
     segmentation = slicerio.read_segmentation(str(path))
     assert slicerio.segment_names(segmentation) == ["Liver", "Kidney_L"]
     assert segmentation["segments"][1]["terminology"]["typeModifier"][1] == LEFT
@@ -202,11 +207,13 @@ def test_seg_nrrd_tg263_names_and_only_the_organs_asked_for(tmp_path):
 def test_seg_nrrd_refuses_unknown_naming_and_non_label_images(tmp_path):
     ct, labelmap = _images(GEOMETRIES["lps"])
     with pytest.raises(ValueError, match="naming"):
-        write_seg_nrrd(labelmap, ["liver"], tmp_path / "s.seg.nrrd", naming="dicom")
+        write_seg_nrrd(labelmap, legend(["liver"]), tmp_path / "s.seg.nrrd", naming="dicom")
     with pytest.raises(ValueError, match="0..255"):
-        write_seg_nrrd(ct, ["liver"], tmp_path / "s.seg.nrrd")
+        write_seg_nrrd(ct, legend(["liver"]), tmp_path / "s.seg.nrrd")
     with pytest.raises(KeyError, match="Unknown organ"):
-        write_seg_nrrd(labelmap, ["heart"], tmp_path / "s.seg.nrrd")
+        write_seg_nrrd(labelmap, {"heart": 1}, tmp_path / "s.seg.nrrd")
+    with pytest.raises(ValueError, match="distinct"):
+        write_seg_nrrd(labelmap, {"liver": 5, "aorta": 5}, tmp_path / "s.seg.nrrd")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -236,9 +243,10 @@ def test_report_has_volumes_timings_model_z_range_and_geometry(tmp_path):
     assert report["volumes_ml"]["liver"] == pytest.approx(6 * 7 * 4 * voxel_ml, abs=5e-4)
     assert report["volumes_ml"]["trachea"] == 0.0
     assert report["organs"] == ["left_lung", "liver", "trachea"]
-    assert [o["tg263"] for o in report["labels"]] == ["Lung_L", "Liver", "Trachea"]
-    assert report["labels"][1] == {"value": 5, "key": "liver", "name": "Liver", "tg263": "Liver",
-                                   "color": list(organ("liver").color), "volume_ml": report["volumes_ml"]["liver"]}
+    assert report["labels"] == {"left_lung": 1, "liver": 5, "trachea": 9}  # the labelmap's legend
+    assert [o["tg263"] for o in report["segments"]] == ["Lung_L", "Liver", "Trachea"]
+    assert report["segments"][1] == {"value": 5, "key": "liver", "name": "Liver", "tg263": "Liver",
+                                     "color": list(organ("liver").color), "volume_ml": report["volumes_ml"]["liver"]}
     assert report["timings"] == {"read": 0.5, "network": 2.25, "total": 3.0}
     assert report["z_range"] == {"mode": "auto", "first": 1, "last": 11, "num_slices": 12}
     assert report["warnings"] == ["intensity looks unusual"]
@@ -250,9 +258,9 @@ def test_report_has_volumes_timings_model_z_range_and_geometry(tmp_path):
 # ----------------------------------------------------------------------------------------------- preview
 
 def test_preview_views_are_upright_and_radiological_whatever_the_input_grid():
-    reference = oriented_views(*_images(GEOMETRIES["lps"]), list(PAPER_ORGANS))
+    reference = oriented_views(*_images(GEOMETRIES["lps"]), legend(PAPER_ORGANS))
     for name in ("ras_flipped", "permuted", "oblique_flipped"):
-        views = oriented_views(*_images(GEOMETRIES[name]), list(PAPER_ORGANS))
+        views = oriented_views(*_images(GEOMETRIES[name]), legend(PAPER_ORGANS))
         for view in ("axial", "coronal", "sagittal"):
             assert np.array_equal(views[view]["labels"], reference[view]["labels"]), (name, view)
             assert np.array_equal(views[view]["ct"], reference[view]["ct"]), (name, view)
@@ -283,22 +291,22 @@ def test_preview_views_are_upright_and_radiological_whatever_the_input_grid():
 
 def test_preview_png_shows_the_organs_in_their_colours(tmp_path):
     ct, labelmap = _images(GEOMETRIES["oblique_flipped"])
-    path = write_preview(ct, labelmap, list(PAPER_ORGANS), tmp_path / "preview.png")
+    path = write_preview(ct, labelmap, legend(PAPER_ORGANS), tmp_path / "preview.png")
     pixels = matplotlib.image.imread(str(path))
     height, width = pixels.shape[:2]
     assert 1000 <= width <= 2000 and 400 <= height <= 1000
-    empty = write_preview(ct, sitk.Image(labelmap) * 0, list(PAPER_ORGANS), tmp_path / "empty.png")
+    empty = write_preview(ct, sitk.Image(labelmap) * 0, legend(PAPER_ORGANS), tmp_path / "empty.png")
     changed = np.abs(pixels[..., :3] - matplotlib.image.imread(str(empty))[..., :3]).sum(axis=-1) > 0.05
     assert changed.sum() > 2000  # overlays (and legend text) differ from a picture without organs
     with pytest.raises(ValueError, match="window"):
-        write_preview(ct, labelmap, list(PAPER_ORGANS), tmp_path / "x.png", window="bone")
+        write_preview(ct, labelmap, legend(PAPER_ORGANS), tmp_path / "x.png", window="bone")
 
 
 def test_preview_refuses_a_ct_that_is_not_the_segmented_one(tmp_path):
     ct, _ = _images(GEOMETRIES["lps"])
     _, other = _images(GEOMETRIES["permuted"])
     with pytest.raises(ValueError, match="segmented"):
-        write_preview(ct, other, list(PAPER_ORGANS), tmp_path / "preview.png")
+        write_preview(ct, other, legend(PAPER_ORGANS), tmp_path / "preview.png")
     assert not (tmp_path / "preview.png").exists()
 
 
@@ -359,7 +367,7 @@ def test_rtstruct_round_trip_on_real_dicom_is_voxel_exact(tmp_path, dicom_with_u
     # The same labels stored on a permuted and flipped grid (as a NIfTI export may have them) must
     # give the same contours.
     labelmap = dicom_labelmap if orientation is None else sitk.DICOMOrient(dicom_labelmap, orientation)
-    path = write_rtstruct(labelmap, list(PAPER_ORGANS), dicom_with_uids, tmp_path / "rtstruct.dcm")
+    path = write_rtstruct(labelmap, legend(PAPER_ORGANS), dicom_with_uids, tmp_path / "rtstruct.dcm")
 
     rtstruct = RTStructBuilder.create_from(str(dicom_with_uids), str(path))
     expected = _expected_rtutils_masks(dicom_labelmap, rtstruct.series_data)
@@ -384,7 +392,7 @@ def test_rtstruct_round_trip_on_real_dicom_is_voxel_exact(tmp_path, dicom_with_u
 
 def test_rtstruct_refuses_a_series_without_image_uids(tmp_path, shared_data, dicom_labelmap):
     with pytest.raises(ValueError, match="SOP Instance UID"):
-        write_rtstruct(dicom_labelmap, list(PAPER_ORGANS), shared_data / DICOM_SERIES, tmp_path / "rtstruct.dcm")
+        write_rtstruct(dicom_labelmap, legend(PAPER_ORGANS), shared_data / DICOM_SERIES, tmp_path / "rtstruct.dcm")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -393,7 +401,7 @@ def test_rtstruct_refuses_a_labelmap_off_the_series_grid(tmp_path, dicom_with_ui
     origin = np.array(shifted.GetOrigin())
     shifted.SetOrigin((origin + [0.5 * shifted.GetSpacing()[0], 0, 0]).tolist())
     with pytest.raises(ValueError, match="not on the voxel grid"):
-        write_rtstruct(shifted, list(PAPER_ORGANS), dicom_with_uids, tmp_path / "rtstruct.dcm")
+        write_rtstruct(shifted, legend(PAPER_ORGANS), dicom_with_uids, tmp_path / "rtstruct.dcm")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -403,7 +411,7 @@ def test_rtstruct_takes_the_series_out_of_a_mixed_folder(tmp_path, dicom_with_ui
     other = pydicom.dcmread(next(dicom_with_uids.iterdir()))  # a one-slice series of another scan
     other.SeriesInstanceUID, other.SOPInstanceUID = generate_uid(), generate_uid()
     other.save_as(mixed / "other_series.dcm")
-    path = write_rtstruct(dicom_labelmap, ["liver"], mixed, tmp_path / "rtstruct.dcm")
+    path = write_rtstruct(dicom_labelmap, legend(["liver"]), mixed, tmp_path / "rtstruct.dcm")
     rtstruct = RTStructBuilder.create_from(str(dicom_with_uids), str(path))
     expected = _expected_rtutils_masks(dicom_labelmap, rtstruct.series_data)
     assert np.array_equal(rtstruct.get_roi_mask_by_name("Liver"), expected == PAPER.label("liver"))
@@ -418,7 +426,7 @@ def test_write_outputs_writes_each_file_under_its_name(tmp_path):
                        for fmt in ("nifti", "seg.nrrd", "report", "preview")}
     assert sorted(p.name for p in (tmp_path / "case_001").iterdir()) == sorted(
         ["labels.nii.gz", "segmentation.seg.nrrd", "report.json", "preview.png"])
-    assert json.loads(written["report"].read_text())["labels"][0]["key"] == "left_lung"
+    assert json.loads(written["report"].read_text())["segments"][0]["key"] == "left_lung"
     umask = os.umask(0o022)
     os.umask(umask)
     assert {p.stat().st_mode & 0o777 for p in written.values()} == {0o666 & ~umask}  # as any file the user writes
@@ -484,7 +492,7 @@ def test_write_outputs_refuses_what_it_cannot_write_before_writing(tmp_path):
 
 def test_an_interrupted_write_keeps_the_previous_file_and_leaves_no_partial_one(tmp_path, monkeypatch):
     _, labelmap = _images(GEOMETRIES["lps"])
-    target = write_seg_nrrd(labelmap, ["liver"], tmp_path / "segmentation.seg.nrrd")
+    target = write_seg_nrrd(labelmap, legend(["liver"]), tmp_path / "segmentation.seg.nrrd")
     before = target.read_bytes()
 
     def interrupted(filename, segmentation, **kwargs):
@@ -493,6 +501,6 @@ def test_an_interrupted_write_keeps_the_previous_file_and_leaves_no_partial_one(
 
     monkeypatch.setattr(slicerio, "write_segmentation", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_seg_nrrd(labelmap, list(PAPER_ORGANS), target)
+        write_seg_nrrd(labelmap, legend(PAPER_ORGANS), target)
     assert target.read_bytes() == before
     assert os.listdir(tmp_path) == ["segmentation.seg.nrrd"]

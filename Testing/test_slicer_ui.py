@@ -174,9 +174,11 @@ def test_ui_loads_in_qt_with_stand_ins():
     found = {name for name in used if panel.findChild(object, name) is not None}
     assert found == used
     organ_list = panel.findChild(object, "organListWidget")
-    from segmatecore.organs import PAPER_ORGANS, organ
+    from segmatecore.catalogue import catalogue_entry, default_model_id
+    from segmatecore.organs import organ
 
-    assert [organ_list.item(i).text() for i in range(organ_list.count())] == [organ(k).display_name for k in PAPER_ORGANS]
+    organs = catalogue_entry(default_model_id())["organs"]  # the panel lists the chosen model's organs
+    assert [organ_list.item(i).text() for i in range(organ_list.count())] == [organ(k).display_name for k in organs]
     panel.close()
 
 

@@ -668,7 +668,6 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
     from . import openvino_runtime
     from .inference import DEFAULT_BATCH, resolve_device
     from .models.encoder import backbone_spec
-    from .optimize import cpu_runs_bf16
 
     backbones = [backbone_spec(b).key for b in backbones]
     batch_size = batch_size or DEFAULT_BATCH.get(resolve_device(device).type, 4)
@@ -696,8 +695,6 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
             configs += bundled_configs(model_id, bundled_backbone, precision, threads, openvino)
         if peer and "end_to_end" in scopes:
             configs.append(peer_config(device))
-        if resolve_device(device).type == "cpu" and not cpu_runs_bf16():  # PyTorch refuses bf16 there
-            configs = [c for c in configs if c.precision != "bf16"]
         rows = []
         for config in configs:
             measured = _run_config(config, setup, device, batch_size, network_slices, (peer_patch, peer_spacing),

@@ -159,7 +159,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         per_organ = {}
         for key in dict.fromkeys(r["organ"] for r in rows if r["mode"] == mode):
             sel = [r for r in rows if r["mode"] == mode and r["organ"] == key]
-            per_organ[key] = {m: _stats([r[m] for r in sel]) for m in METRICS}
+            per_organ[key] = {m: _stats([r.get(m, math.nan) for r in sel]) for m in METRICS}
         out["modes"][mode] = per_organ
     return out
 

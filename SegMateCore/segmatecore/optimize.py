@@ -111,19 +111,6 @@ def cpu_bf16_is_faster() -> bool:
     return bool(check is not None and check())
 
 
-#: The x86 instructions oneDNN's bf16 convolutions need (PyTorch refuses them otherwise).
-BF16_FLAG_SETS = (frozenset({"avx512bw", "avx512vl", "avx512dq"}), frozenset({"avx_ne_convert"}))
-
-
-def cpu_runs_bf16() -> bool:
-    """Whether PyTorch's CPU backend can run bf16 convolutions here at all: on x86 it needs
-    AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; other CPUs are left to PyTorch."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return True
-    flags = _cpu_flags()
-    return not flags or any(needed <= flags for needed in BF16_FLAG_SETS)
-
-
 def bf16_warning(device: torch.device, precision: str) -> str | None:
     """The warning for a user who asked for bf16 where it makes inference slower, else None."""
     if precision != "bf16" or device.type != "cpu" or cpu_bf16_is_faster():
@@ -138,9 +125,6 @@ def compute_dtype(device: torch.device, precision: str, optimizations: Optimizat
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"Unknown precision {precision!r}; use auto, fp32 or bf16.")
     if precision == "bf16":
-        if device.type == "cpu" and not cpu_runs_bf16():
-            raise ValueError("precision bf16 needs a CPU with AVX-512 (or AVX-NE-CONVERT), which this one lacks; "
-                             "use precision auto or fp32.")
         return torch.bfloat16
     if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
         return torch.float16

@@ -2,8 +2,8 @@
 
 The full Slicer application is not needed: Slicer's own widgets (qMRMLWidget, qMRMLNodeComboBox,
 ctkCollapsibleButton) are replaced by their closest plain Qt stand-ins, and the lists are filled
-the way SegMateWidget fills them (models from the catalogue, organs with their colours from the
-organ table). The picture is labelled as a preview; it is not a Slicer screenshot.
+the way SegMateWidget fills them (models from the catalogue, the default model's organs with their
+colours from the organ table). The picture is labelled as a preview; it is not a Slicer screenshot.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python SegMateSlicer/Utilities/render_panel_preview.py docs/images/panel_preview.png
 """
@@ -81,7 +81,7 @@ def loadPanel():
     for name, text in NODE_SELECTOR_TEXT.items():
         panel.findChild(object, name).addItem(text)
     modelCombo = panel.findChild(object, "modelComboBox")
-    trained = None
+    trained, organKeys = None, None
     try:
         choices = logic.modelChoices()
     except Exception as exc:  # noqa: BLE001 - the picture shows what the panel would show
@@ -90,10 +90,10 @@ def loadPanel():
     for choice in choices:
         modelCombo.addItem(choice.label, choice.id)
     if choices:
-        trained = set(choices[0].trainedOrgans)
+        trained, organKeys = set(choices[0].trainedOrgans), choices[0].organs
         panel.findChild(object, "modelInfoLabel").setText(choices[0].infoText())
     organList = panel.findChild(object, "organListWidget")
-    for organ in logic.organTable():
+    for organ in logic.organTable(organKeys):  # the default model's organs, as the panel lists them
         item = QListWidgetItem(organ.display_name)
         item.setFlags(Qt.ItemIsUserCheckable | Qt.ItemIsEnabled)
         item.setCheckState(Qt.Checked if trained is None or organ.key in trained else Qt.Unchecked)
