@@ -4,7 +4,8 @@
 
 IN is a volume file, a DICOM series folder, or a folder of volume files (NIfTI, NRRD, MetaImage)
 and DICOM series sub-folders; OUT receives one <case>.seg.nrrd per case and segmate_batch.csv.
-The work is SegMateLogic.process, exactly what the SegMate panel runs, in Slicer's own process.
+Each case goes through SegMateLogic.process: the panel's segmentation and segment writing, run in
+Slicer's own process (a batch has no GUI to keep responsive, so no worker process is needed).
 
 Every way out of this script ends Slicer with an exit code (a headless Slicer whose script
 raised would otherwise wait forever): 0 every case succeeded, 1 some cases failed, 2 bad
