@@ -185,7 +185,7 @@ def test_startup_and_opening_the_panel_import_nothing_heavy():
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
     assert lines["heavy"] == "[]", lines["heavy"]
     counts = [int(n) for n in lines["counts"].split()]
-    assert counts[0] >= 1 and counts[1] == 9
+    assert counts[0] >= 1 and counts[1] >= 1
     # the SegMateLib modules loaded so far import nothing heavy at their top level either (numpy arrives
     # with slicer-core here, so it is checked in their source)
     for name in lines["segmatelib"].split():
