@@ -79,7 +79,8 @@ def engineLinesFromWorkerPython(interpreter: Optional[str] = None, timeout: floa
 
     command = [interpreter or workerInterpreter(), str(workerScript()), "--diagnostics"]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                              timeout=timeout, check=False, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
     except (OSError, subprocess.TimeoutExpired) as exc:
         return [f"PyTorch: could not be asked ({type(exc).__name__}: {exc})"]
     lines = [line for line in done.stdout.splitlines() if line.strip()]

@@ -205,8 +205,8 @@ class _Process:
                 continue
             try:
                 events.put((self, protocol.decode(line)))
-            except protocol.ProtocolError as exc:
-                logging.warning(f"SegMate worker: ignored output line: {exc}")
+            except protocol.ProtocolError as exc:  # logged by the main thread: Slicer's log is not thread-safe
+                events.put((self, {"event": "_unreadable", "message": str(exc)}))
         returncode = self.popen.wait()
         self._errors.join(timeout=1.0)  # its last words explain the exit
         events.put((self, {"event": "_ended", "returncode": returncode}))
@@ -214,7 +214,6 @@ class _Process:
     def _readErrors(self) -> None:
         for line in self.popen.stderr:
             self.stderrTail.append(line.rstrip("\n"))
-            logging.debug(f"SegMate worker: {line.rstrip()}")
 
 
 class WorkerClient:
@@ -334,12 +333,17 @@ class WorkerClient:
             if process is not self._process:
                 return
             self._process = None
+            if process.stderrTail:
+                logging.debug("SegMate worker's last messages:\n" + "\n".join(process.stderrTail))
             if task is None or task.done:
                 return
             if process.exitingReason == "idle" and not task.events and not task.cancelRequested:
                 self._resend(task)  # it left after its idle time just as this request came: a new worker takes it
             else:
                 task._fail(WorkerCrashed(describeExit(event.get("returncode"), list(process.stderrTail))))
+            return
+        if kind == "_unreadable":
+            logging.warning(f"SegMate worker: ignored output line: {event.get('message')}")
             return
         if kind == "exiting":
             process.exitingReason = str(event.get("reason", ""))
