@@ -26,16 +26,16 @@ URL = re.compile(r"https?://[^\s\"')]+")
 
 
 def urls() -> dict:
-    return json.loads((REPO / "extension-urls.json").read_text())
+    return json.loads((REPO / "extension-urls.json").read_text(encoding="utf-8"))
 
 
 def cmake_metadata() -> str:
-    return (REPO / "CMakeLists.txt").read_text()
+    return (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_index_entry_is_json_in_the_current_schema():
     assert not (REPO / "SegMate.s4ext").exists()
-    entry = json.loads((REPO / "SegMate.json").read_text())
+    entry = json.loads((REPO / "SegMate.json").read_text(encoding="utf-8"))
     assert entry["$schema"] == SCHEMA
     assert REQUIRED <= set(entry) <= ALLOWED
     assert entry["category"] == "Segmentation" and entry["build_dependencies"] == ["PyTorch"]
@@ -46,7 +46,7 @@ def test_index_entry_is_json_in_the_current_schema():
 def test_every_url_of_the_index_entry_and_the_metadata_comes_from_the_one_place():
     known = urls()
     values = {key: value for key, value in known.items() if key not in ("about", "marker", "unknown")}
-    entry = json.loads((REPO / "SegMate.json").read_text())
+    entry = json.loads((REPO / "SegMate.json").read_text(encoding="utf-8"))
     assert entry["scm_url"] == values["repository"]
     cmake = cmake_metadata()
     assert not URL.findall(cmake), "CMakeLists.txt must take its URLs from extension-urls.json"
@@ -67,10 +67,10 @@ def test_a_placeholder_url_cannot_reach_the_index_entry_unmarked():
         if key not in ("about", "marker", "unknown") and key not in known["unknown"]:
             assert marker not in value, f"{key} is marked as a placeholder but not listed as unknown"
     # whatever the index entry and the metadata carry is one of these values, so a placeholder arrives marked
-    entry = json.loads((REPO / "SegMate.json").read_text())
+    entry = json.loads((REPO / "SegMate.json").read_text(encoding="utf-8"))
     placeholders = [known[key] for key in known["unknown"]]
     assert entry["scm_url"] not in placeholders or marker in entry["scm_url"]
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "extension-urls.json" in readme and "placeholder" in readme.lower()
 
 
@@ -80,7 +80,7 @@ def test_the_slicer_floor_is_the_same_in_the_build_the_start_up_check_and_the_do
     cmake = cmake_metadata()
     assert f'set(SEGMATE_MINIMUM_SLICER_VERSION "{floor}")' in cmake
     assert "find_package(Slicer ${SEGMATE_MINIMUM_SLICER_VERSION} REQUIRED)" in cmake
-    assert f"Slicer {floor}" in (REPO / "docs" / "slicer.md").read_text()
+    assert f"Slicer {floor}" in (REPO / "docs" / "slicer.md").read_text(encoding="utf-8")
     assert unsupportedSlicerMessage(5, 10, (3, 12)) is None
     assert unsupportedSlicerMessage(5, 11, (3, 12)) is None  # the preview
     assert unsupportedSlicerMessage(6, 0, (3, 13)) is None

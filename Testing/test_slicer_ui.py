@@ -63,7 +63,7 @@ def widget_property(widget: ET.Element, name: str) -> ET.Element | None:
 
 def parameter_fields() -> dict[str, str]:
     """Field name -> annotation source of the @parameterNodeWrapper class in SegMate.py."""
-    tree = ast.parse(WIDGET_FILE.read_text())
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegMateParameterNode")
     assert any(getattr(d, "id", None) == "parameterNodeWrapper" for d in cls.decorator_list)
     return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
@@ -71,7 +71,7 @@ def parameter_fields() -> dict[str, str]:
 
 def test_ui_parses_and_every_widget_the_code_uses_exists():
     widgets = ui_widgets()
-    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_FILE.read_text(encoding="utf-8")))
     assert used, "SegMate.py should use its .ui widgets"
     missing = sorted(used - set(widgets))
     assert not missing, f"SegMate.py uses widgets that SegMate.ui lacks: {missing}"
@@ -132,13 +132,13 @@ def test_custom_widgets_are_declared_and_connected_to_the_scene():
 
 
 def test_module_file_follows_the_scripted_module_template():
-    tree = ast.parse(WIDGET_FILE.read_text())
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
     bases = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
     assert bases["SegMate"] == ["ScriptedLoadableModule"]
     assert bases["SegMateWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
     assert bases["SegMateLogic"] == ["ScriptedLoadableModuleLogic", "SegMateLib.SegMateLogic"]
     assert bases["SegMateTest"] == ["ScriptedLoadableModuleTest"]
-    source = WIDGET_FILE.read_text()
+    source = WIDGET_FILE.read_text(encoding="utf-8")
     assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in source
     assert "registerCustomSampleDataSource(**source)" in source
 
@@ -169,7 +169,7 @@ print("counts:", len(sources), len(organs))
 
 def test_startup_and_opening_the_panel_import_nothing_heavy():
     for path in (MODULE / "SegMateLib").glob("*.py"):
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         tree = ast.parse(text)
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
@@ -189,17 +189,17 @@ def test_startup_and_opening_the_panel_import_nothing_heavy():
     # the SegMateLib modules loaded so far import nothing heavy at their top level either (numpy arrives
     # with slicer-core here, so it is checked in their source)
     for name in lines["segmatelib"].split():
-        tree = ast.parse((MODULE / "SegMateLib" / f"{name.split('.')[1]}.py").read_text())
+        tree = ast.parse((MODULE / "SegMateLib" / f"{name.split('.')[1]}.py").read_text(encoding="utf-8"))
         top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
         top |= {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
         assert not top & {"numpy", "SimpleITK", "torch", "segmatecore"}, name
-    top = {a.name.split(".")[0] for n in ast.parse(WIDGET_FILE.read_text()).body if isinstance(n, ast.Import)
+    top = {a.name.split(".")[0] for n in ast.parse(WIDGET_FILE.read_text(encoding="utf-8")).body if isinstance(n, ast.Import)
            for a in n.names}
     assert not top & {"numpy", "SimpleITK", "torch", "segmatecore"}
 
 
 def widget_method(name: str) -> ast.FunctionDef:
-    tree = ast.parse(WIDGET_FILE.read_text())
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
     widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegMateWidget")
     return next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == name)
 
@@ -211,7 +211,7 @@ def calls_in(node: ast.AST) -> set[str]:
 def test_panel_reports_errors_itself_instead_of_through_try_with_error_display():
     """slicer.util.tryWithErrorDisplay re-raises: code after it never runs on a failure, and the exception
     escapes the click handler. The panel catches, shows, and carries on."""
-    assert "tryWithErrorDisplay" not in WIDGET_FILE.read_text()
+    assert "tryWithErrorDisplay" not in WIDGET_FILE.read_text(encoding="utf-8")
     apply = widget_method("onApplyButton")
     starts = [n for n in ast.walk(apply) if isinstance(n, ast.Try)
               and "self.logic.startSegmentation" in calls_in(n)]
@@ -237,7 +237,7 @@ def test_panel_opening_survives_a_broken_organ_table_and_downloads_in_the_worker
     organ_list = widget_method("_loadOrganList")
     guarded = [n for n in ast.walk(organ_list) if isinstance(n, ast.Try) and "self.logic.organTable" in calls_in(n)]
     assert guarded, "reading the organ table must not be able to leave the panel empty"
-    source = WIDGET_FILE.read_text()
+    source = WIDGET_FILE.read_text(encoding="utf-8")
     assert "downloadModel" not in source and "download=download" in source  # the worker downloads, with progress
 
 
@@ -257,7 +257,7 @@ def test_ui_loads_in_qt_with_stand_ins():
     from render_panel_preview import loadPanel
 
     app, panel = loadPanel()
-    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_FILE.read_text(encoding="utf-8")))
     found = {name for name in used if panel.findChild(object, name) is not None}
     assert found == used
     organ_list = panel.findChild(object, "organListWidget")
@@ -272,7 +272,7 @@ def test_icon_and_module_build_files():
 
     with Image.open(MODULE / "Resources" / "Icons" / "SegMate.png") as icon:
         assert icon.size == (128, 128)
-    module_cmake = (MODULE / "CMakeLists.txt").read_text()
+    module_cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "WITH_GENERIC_TESTS" in module_cmake and "slicerMacroBuildScriptedModule" in module_cmake
     listed = set(re.findall(r"SegMateLib/\w+\.py", module_cmake))
     assert listed == {f"SegMateLib/{p.name}" for p in (MODULE / "SegMateLib").glob("*.py")}

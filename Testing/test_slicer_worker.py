@@ -364,6 +364,7 @@ import json, subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 print(json.dumps({"event": "ready", "pid": 0, "protocol": 1}), flush=True)
 request = json.loads(sys.stdin.readline())
+print("a line some library printed on standard output", flush=True)
 print(json.dumps({"id": request["id"], "event": "progress", "stage": "network", "done": 1, "total": 9}), flush=True)
 time.sleep(120)
 """
@@ -372,7 +373,8 @@ time.sleep(120)
 def test_cancel_ends_the_workers_children_too():
     stand_in = WorkerClient(command=[sys.executable, "-c", STAND_IN_WORKER])
     task = stand_in.submit("models")
-    while task.progress().stage != "network":
+    while task.progress().stage != "network":  # a line that is not a message is passed over
+        assert not task.done, task.error
         task.poll()
     tree = [psutil.Process(stand_in.pid)] + psutil.Process(stand_in.pid).children(recursive=True)
     assert len(tree) == 2
@@ -424,7 +426,7 @@ def test_model_download_runs_in_the_worker_with_progress(tmp_path, monkeypatch):
 
     resources = tmp_path / "Resources"
     shutil.copytree(REPO / "Resources", resources, ignore=shutil.ignore_patterns("SampleData"))
-    catalogue = json.loads((resources / "models.json").read_text())
+    catalogue = json.loads((resources / "models.json").read_text(encoding="utf-8"))
     bundled = resources / "Models" / "segmate_demo_fastvit_t12.safetensors"
     (tmp_path / "server").mkdir()
     shutil.copy(bundled, tmp_path / "server" / "demo.safetensors")
