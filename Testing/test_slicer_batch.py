@@ -1,4 +1,4 @@
-"""SegMateSlicer/batch.py: argument handling and the folder loop, through SegMateLogic.process.
+"""The batch script (SegMateSlicer/Scripts/segmate_batch.py): arguments, exit codes and the folder loop.
 
 Runs in a real MRML scene from slicer-core, as ``Slicer --no-main-window --python-script`` would.
 Cases are tiny CT-like volumes; the voxel checks use the intensity test model, and one full
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,11 @@ import slicer
 import slicerio
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "SegMateSlicer" / "Scripts" / "segmate_batch.py"
 sys.path.insert(0, str(REPO / "SegMateSlicer"))
+sys.path.insert(0, str(SCRIPT.parent))
 
-import batch  # noqa: E402  (SegMateSlicer/batch.py)
+import segmate_batch as batch  # noqa: E402
 import segmatecore  # noqa: E402
 from intensity_model import IntensityModel, band_centre  # noqa: E402
 from segmatecore.organs import OrganSet, PAPER_ORGANS, organ  # noqa: E402
@@ -159,3 +163,49 @@ def test_command_line_run_with_a_model_file(scene, case_folder, tmp_path):
     saved = slicerio.read_segmentation(str(output / "alpha.seg.nrrd"))
     assert sorted(s["name"] for s in saved["segments"]) == ["Aorta", "Liver"]
     assert "1 of 2 case(s) done, 1 failed" in log[-1]
+
+
+def test_an_unexpected_error_ends_with_exit_code_3_and_its_traceback(case_folder, tmp_path, monkeypatch):
+    import SegMateLib.batch
+
+    def broken(*args, **options):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(SegMateLib.batch, "runBatch", broken)
+    log = []
+    code = batch.main(["--input", str(case_folder), "--output", str(tmp_path / "out")], log=log.append)
+    assert code == batch.EXIT_ERROR
+    assert "unexpected error: OSError: No space left on device" in log[-1] and "Traceback" in log[-1]
+
+
+# Runs the script as Slicer runs a --python-script: Slicer's application exists, and an exception that
+# escapes the script is printed while Slicer keeps running (headless, it would wait forever).
+AS_SLICER_RUNS_IT = """
+import runpy, sys
+import slicer
+exits = []
+slicer.app = object()
+slicer.mrmlScene = slicer.vtkMRMLScene()
+slicer.util.exit = exits.append
+sys.argv = [{script!r}] + {argv!r}
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except BaseException as exc:
+    print("escaped the script:", type(exc).__name__, exc)
+print("exit codes:", exits)
+"""
+
+
+@pytest.mark.parametrize("make_argv, code, message", [
+    (lambda folder, tmp: ["--input", str(folder)], 2, "the following arguments are required: --output"),
+    (lambda folder, tmp: ["--input", str(folder), "--output", str(tmp / "a_file.txt")], 3, "FileExistsError"),
+    (lambda folder, tmp: ["--input", str(tmp / "empty"), "--output", str(tmp / "out")], 2, "No CT volume"),
+], ids=["usage", "unexpected-error", "nothing-to-do"])
+def test_every_path_ends_slicer_with_an_exit_code(case_folder, tmp_path, make_argv, code, message):
+    (tmp_path / "a_file.txt").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
+    harness = textwrap.dedent(AS_SLICER_RUNS_IT).format(script=str(SCRIPT), argv=make_argv(case_folder, tmp_path))
+    done = subprocess.run([sys.executable, "-c", harness], capture_output=True, text=True, timeout=300)
+    assert f"exit codes: [{code}]" in done.stdout, done.stdout + done.stderr
+    assert message in done.stdout + done.stderr
+    assert "escaped the script" not in done.stdout

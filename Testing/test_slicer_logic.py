@@ -11,6 +11,8 @@ import ast
 import hashlib
 import json
 import math
+import os
+import subprocess
 import sys
 import threading
 import tomllib
@@ -35,7 +37,7 @@ from segmatecore.result import SegmentationCancelled  # noqa: E402
 import SegMateLib  # noqa: E402
 from SegMateLib import dependencies, diagnostics, sample_data  # noqa: E402
 from SegMateLib.batch import saveSegmentation  # noqa: E402
-from SegMateLib.job import JobProgress, elapsedText  # noqa: E402
+from SegMateLib.progress import JobProgress, elapsedText  # noqa: E402
 from SegMateLib.logic import SegMateLogic  # noqa: E402
 from SegMateLib.model_choices import modelChoices  # noqa: E402
 from SegMateLib.segments import SOURCE_TAG, THRESHOLD_TAG, Z_SMOOTHING_TAG, binaryLabelmapName  # noqa: E402
@@ -298,10 +300,11 @@ def test_precision_and_feature_reuse_reach_segmatecore_from_the_logic(scene):
     bf16 = SegMateLogic().process(volume, None, precision="bf16", **options)
     assert bf16.result.model_info["precision"] == "bf16" and reused.result.model_info["precision"] == "auto"
     nodes = scene.GetNumberOfNodes()
-    with pytest.raises(ValueError, match="precision"):
-        SegMateLogic().createJob(volume, None, precision="fp16", **options)
-    with pytest.raises(ValueError, match="featureCacheMb"):
-        SegMateLogic().createJob(volume, None, featureCacheMb=-1, **options)
+    for logic_call in (SegMateLogic().process, SegMateLogic().startSegmentation):
+        with pytest.raises(ValueError, match="precision"):
+            logic_call(volume, None, precision="fp16", **dict(options, model=None))
+        with pytest.raises(ValueError, match="featureCacheMb"):
+            logic_call(volume, None, featureCacheMb=-1, **dict(options, model=None))
     assert scene.GetNumberOfNodes() == nodes  # refused before anything is added
 
 
@@ -313,9 +316,11 @@ def test_tg263_names_and_default_organs(scene, tmp_path):
     assert list(run.segmentIds) == ["left_lung", "liver", "aorta"]
     assert names == ["Lung_L", "Liver", "A_Aorta"]
     with pytest.raises(ValueError, match="naming"):
-        SegMateLogic().createJob(volume, None, model=model, naming="short")
+        SegMateLogic().process(volume, None, model=model, naming="short")
     with pytest.raises(ValueError, match="at least one organ"):
-        SegMateLogic().createJob(volume, None, organs=[], model=model)
+        SegMateLogic().process(volume, None, organs=[], model=model)
+    with pytest.raises(ValueError, match="loads models from files"):  # a loaded network cannot go to the worker
+        SegMateLogic().startSegmentation(volume, None, model=model)
 
 
 def test_user_segment_survives_and_a_second_run_replaces_segmates_segments(scene, tmp_path, model):
@@ -402,63 +407,75 @@ def test_error_mid_inference_leaves_node_and_scene_unchanged(scene, tmp_path):
     assert scene_state(scene, node, volume) == before
     # "create new segmentation" must not leave an empty node behind either
     nodes = scene.GetNumberOfNodes()
-    job = logic.createJob(volume, None, organs=ORGANS, model=FailingModel(PAINTED, input_size=64), device="cpu",
-                          batchSize=2)
-    job.start()
-    assert job.wait(60)
-    assert isinstance(job.error, RuntimeError)
     with pytest.raises(RuntimeError, match="simulated failure"):
-        job.finish()
+        logic.process(volume, None, organs=ORGANS, model=FailingModel(PAINTED, input_size=64), device="cpu",
+                      batchSize=2)
     assert scene.GetNumberOfNodes() == nodes
 
 
-def test_background_job_reports_progress_and_writes_only_in_finish(scene, tmp_path, model):
-    volume = add_ct(scene, oblique=True)
-    expected = reference_labels(volume, tmp_path, model)
-    nodes = scene.GetNumberOfNodes()
-    job = SegMateLogic().createJob(volume, None, organs=ORGANS, model=model, device="cpu", batchSize=3)
-    assert not job.started
-    job.start()
-    assert job.wait(60) and job.done and job.error is None
-    progress = job.progress()
-    assert progress.stage == "done" and progress.elapsed > 0
-    assert scene.GetNumberOfNodes() == nodes  # the worker thread did not touch the scene
-    run = job.finish()
-    assert scene.GetNumberOfNodes() > nodes
-    for key in ORGANS:
-        np.testing.assert_array_equal(export_segment(run.segmentationNode, run.segmentIds[key], volume) > 0,
-                                      expected == PAPER.label(key))
-    with pytest.raises(RuntimeError, match="already called"):
-        job.finish()
-
-
-def test_background_job_cancel(scene, model):
+def test_a_failed_segment_write_leaves_the_segmentation_exactly_as_it_was(scene, model):
+    """Slicer refusing one organ's segment after earlier organs' old segments were already replaced must
+    not leave half a result: the write is all or nothing, display properties included."""
     volume = add_ct(scene)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
+    node.CreateDefaultDisplayNodes()
+    user_id, _ = add_user_segment(node, volume)
+    logic = SegMateLogic()
+    logic.process(volume, node, organs=ORGANS, model=model, device="cpu")
+    display = node.GetDisplayNode()
+    display.SetSegmentOpacity3D(user_id, 0.3)
+    display.SetSegmentVisibility("liver", False)
     before = scene_state(scene, node, volume)
-    started = threading.Event()
-    release = threading.Event()
+    segmentation = node.GetSegmentation()
+    add_segment = segmentation.AddSegment
+    added = []
 
-    def progress(stage, done, total):
-        if stage == "network" and done >= 1:
-            started.set()
-            release.wait(30)
+    def refuse_the_third(segment, segment_id="", insert_before=""):
+        if len(added) == 2:
+            return False
+        added.append(segment_id)
+        return add_segment(segment, segment_id, insert_before)
 
-    job = SegMateLogic().createJob(volume, node, organs=ORGANS, model=model, device="cpu", progress=progress,
-                                   batchSize=1, zNorm="none")
-    job.start()
-    assert started.wait(60)
-    assert job.running and job.progress().stage == "network"
-    job.cancel()
-    release.set()
-    assert job.wait(60)
-    with pytest.raises(SegmentationCancelled):
-        job.finish()
+    segmentation.AddSegment = refuse_the_third
+    slicer.util.arrayFromVolume(volume)[3:10, 10:25, 4:11] = -1000  # the new result differs from the old one
+    slicer.util.arrayFromVolumeModified(volume)
+    try:
+        with pytest.raises(RuntimeError, match="refused to add the .* segment .* left as it was"):
+            logic.process(volume, node, organs=ORGANS, model=model, device="cpu")
+    finally:
+        del segmentation.AddSegment
+    assert added == ["left_lung", "esophagus"]  # two organs had been replaced when the third was refused
     assert scene_state(scene, node, volume) == before
+    assert display.GetSegmentOpacity3D(user_id) == 0.3 and not display.GetSegmentVisibility("liver")
+
+
+def test_segments_are_recognised_with_the_applications_terminologies_logic(monkeypatch):
+    """Inside Slicer the entry is parsed by the Terminologies module's logic, as Slicer's own modules do."""
+    from SegMateLib import terminology
+
+    calls = []
+
+    class TerminologiesLogic:
+        def DeserializeTerminologyEntry(self, serialized, entry):
+            calls.append(serialized)
+            return slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(serialized, entry)
+
+    class Terminologies:
+        @staticmethod
+        def logic():
+            return TerminologiesLogic()
+
+    monkeypatch.setattr(slicer, "modules", type("Modules", (), {"terminologies": Terminologies})(), raising=False)
+    entry = terminologyEntry(organ("liver"))
+    assert organKeyForTerminology(entry) == "liver"
+    assert calls and calls[-1] == entry
+    assert terminology.terminologiesLogic().__class__ is TerminologiesLogic
 
 
 def test_progress_text():
     assert JobProgress("network", 12, 40, 3.0).text() == "Segmenting: slice 12 of 40"
+    assert JobProgress("download", 12 * 2**20, 25 * 2**20, 3.0).text() == "Downloading the model: 12 of 25 MB"
+    assert JobProgress("loading", 0, 1, 3.0).text() == "Loading the model"
     assert JobProgress("z_pass", 2, 40, 3.0).text() == "Finding the organs' extent: slice 2 of 40"
     assert JobProgress("postprocess", 0, 1, 3.0).text() == "Post-processing"
     assert elapsedText(75.4) == "1:15"
@@ -575,7 +592,6 @@ def test_every_package_segmentation_imports_is_installed_or_shipped_by_slicer():
 
     distributions = importlib.metadata.packages_distributions()
     provided = {r.name.lower() for r in dependencies.REQUIREMENTS} | {n.lower() for n in dependencies.SHIPPED_WITH_SLICER}
-    provided |= {"torchvision"}  # installed with torch by the PyTorch extension
     # opt-in extras, imported only when asked for and installed (openvino_runtime.available())
     optional = {"openvino"}
     for name in needed - optional:
@@ -594,6 +610,70 @@ def test_diagnostics_lists_versions_and_device():
     assert f"PyTorch: {torch.__version__}" in text
     assert "Device for 'Auto':" in text or "CUDA: not available; device for 'Auto': cpu" in text
     assert f"SegMateCore: {segmatecore.__version__}" in text
+
+
+def test_torchvision_is_checked_and_installed_with_pytorch(monkeypatch):
+    names = [r.name for r in dependencies.REQUIREMENTS]
+    assert names[:2] == ["torch", "torchvision"]
+    installed = []
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                         torchvisionVersionRequirement=None):
+            installed.append((torchVersionRequirement, torchvisionVersionRequirement))
+            return object()
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", type(sys)("PyTorchUtils"))
+    sys.modules["PyTorchUtils"].PyTorchUtilsLogic = PyTorchUtilsLogic
+    missing_torchvision = dependencies.Requirement("torchvision", "<0.1", "test")  # the installed one is too new
+    dependencies.installTorch([missing_torchvision], log=lambda text: None)
+    assert installed == [(dependencies.TORCH.specifier, "<0.1")]
+    too_old_torch = dependencies.Requirement("torch", "<1.0", "test")
+    with pytest.raises(RuntimeError, match="does not replace it"):
+        dependencies.installTorch([too_old_torch], log=lambda text: None)
+
+
+def test_a_restart_is_offered_for_packages_slicer_had_already_imported():
+    requirements = [r for r in dependencies.REQUIREMENTS if r.name in ("timm", "jsonschema", "platformdirs")]
+    modules = {"timm": object(), "numpy": object()}
+    assert [r.name for r in dependencies.restartNeededAfterInstalling(requirements, modules)] == ["timm"]
+    assert dependencies.restartNeededAfterInstalling(requirements, {}) == []
+
+
+BROKEN_TORCH = """
+import sys
+sys.path.insert(0, {module!r})
+import slicer
+from SegMateLib.segments import ensureConverterRules
+slicer.mrmlScene = slicer.vtkMRMLScene()
+ensureConverterRules()
+import json
+import SegMateLib
+from SegMateLib import self_test
+print("organs:", len(SegMateLib.SegMateLogic().organTable()) == len(json.load(open({organs!r}))["organs"]))
+self_test.checkResultWriting(slicer.mrmlScene)
+print("light self-test: passed")
+print(SegMateLib.diagnosticsText())
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_a_broken_pytorch_leaves_the_organ_list_the_self_test_and_diagnostics_working(tmp_path):
+    """A PyTorch that fails to import (a wrong build, a missing library) must not empty the panel: the organ
+    table, the light self-test that ctest runs and Diagnostics need no PyTorch, and Diagnostics says what
+    is wrong with it."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        'raise ImportError("libtorch_cpu.so: cannot open shared object file (simulated)")\n')
+    environment = dict(os.environ, PYTHONPATH=str(tmp_path))
+    code = BROKEN_TORCH.format(module=str(REPO / "SegMateSlicer"), organs=str(REPO / "Resources" / "organs.json"))
+    done = subprocess.run([sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr
+    assert "organs: True" in done.stdout and "light self-test: passed" in done.stdout
+    assert "PyTorch: not importable (ImportError: libtorch_cpu.so: cannot open shared object file (simulated))" \
+        in done.stdout
+    assert "torch imported: False" in done.stdout
 
 
 def test_sample_data_sources_point_at_the_bundled_files():

@@ -32,6 +32,7 @@ REQUIRED_CONTROLS = {
     "deviceComboBox": "QComboBox",
     "outputSegmentationSelector": "qMRMLNodeComboBox",
     "applyButton": "QPushButton",
+    "reviewButton": "QPushButton",
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",
     "advancedCollapsibleButton": "ctkCollapsibleButton",
@@ -62,7 +63,7 @@ def widget_property(widget: ET.Element, name: str) -> ET.Element | None:
 
 def parameter_fields() -> dict[str, str]:
     """Field name -> annotation source of the @parameterNodeWrapper class in SegMate.py."""
-    tree = ast.parse(WIDGET_FILE.read_text())
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegMateParameterNode")
     assert any(getattr(d, "id", None) == "parameterNodeWrapper" for d in cls.decorator_list)
     return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
@@ -70,7 +71,7 @@ def parameter_fields() -> dict[str, str]:
 
 def test_ui_parses_and_every_widget_the_code_uses_exists():
     widgets = ui_widgets()
-    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_FILE.read_text(encoding="utf-8")))
     assert used, "SegMate.py should use its .ui widgets"
     missing = sorted(used - set(widgets))
     assert not missing, f"SegMate.py uses widgets that SegMate.ui lacks: {missing}"
@@ -131,35 +132,121 @@ def test_custom_widgets_are_declared_and_connected_to_the_scene():
 
 
 def test_module_file_follows_the_scripted_module_template():
-    tree = ast.parse(WIDGET_FILE.read_text())
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
     bases = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
     assert bases["SegMate"] == ["ScriptedLoadableModule"]
     assert bases["SegMateWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
     assert bases["SegMateLogic"] == ["ScriptedLoadableModuleLogic", "SegMateLib.SegMateLogic"]
     assert bases["SegMateTest"] == ["ScriptedLoadableModuleTest"]
-    source = WIDGET_FILE.read_text()
+    source = WIDGET_FILE.read_text(encoding="utf-8")
     assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in source
     assert "registerCustomSampleDataSource(**source)" in source
 
 
-def test_logic_imports_neither_qt_nor_pytorch_at_load_time():
+# What Slicer runs of SegMate at start-up (SegMate.py's module level, registerSampleData) and when the panel
+# opens (setup before the worker answers): none of it may import PyTorch, SimpleITK or numpy for SegMate.
+STARTUP_AND_PANEL_OPEN = """
+import sys
+sys.path.insert(0, {module!r})
+import slicer, vtk  # loaded by Slicer itself before any module
+before = set(sys.modules)
+import SegMateLib
+SegMateLib.DEVICE_CHOICES, SegMateLib.NAMING_CHOICES, SegMateLib.PRECISION_CHOICES
+SegMateLib.unsupportedSlicerMessage(5, 10)
+sources = SegMateLib.sampleDataSources()
+logic = SegMateLib.SegMateLogic()
+organs = logic.organTable()
+SegMateLib.missingRequirements()
+SegMateLib.elapsedText(3.0)
+import SegMateLib.worker_client
+loaded = sorted(set(sys.modules) - before)
+print("heavy:", sorted(name for name in loaded if name.split(".")[0] in ("torch", "SimpleITK", "numpy", "timm")
+                       or name == "segmatecore.inference"))
+print("segmatelib:", " ".join(name for name in loaded if name.startswith("SegMateLib.")))
+print("counts:", len(sources), len(organs))
+"""
+
+
+def test_startup_and_opening_the_panel_import_nothing_heavy():
     for path in (MODULE / "SegMateLib").glob("*.py"):
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         tree = ast.parse(text)
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not imported & {"qt", "ctk", "PythonQt"}, path.name
         attributes = {ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        assert not any(a.startswith(("slicer.modules", "slicer.app")) for a in attributes), path.name
+        assert not any(a.startswith("slicer.app") for a in attributes), path.name
+        assert not any(a.startswith("slicer.modules") for a in attributes) or path.name == "terminology.py", path.name
         assert not any("ScriptedLoadableModule" in x for x in attributes | names | imported), path.name
-    # importing the logic must work before PyTorch is installed (Slicer loads the module at startup)
-    code = ("import sys; sys.path.insert(0, %r); import SegMateLib; "
-            "assert 'torch' not in sys.modules and 'segmatecore' not in sys.modules; "
-            "print(len(SegMateLib.sampleDataSources()))" % str(MODULE))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", STARTUP_AND_PANEL_OPEN.format(module=str(MODULE))],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.strip()) >= 1
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert lines["heavy"] == "[]", lines["heavy"]
+    counts = [int(n) for n in lines["counts"].split()]
+    assert counts[0] >= 1 and counts[1] >= 1
+    # the SegMateLib modules loaded so far import nothing heavy at their top level either (numpy arrives
+    # with slicer-core here, so it is checked in their source)
+    for name in lines["segmatelib"].split():
+        tree = ast.parse((MODULE / "SegMateLib" / f"{name.split('.')[1]}.py").read_text(encoding="utf-8"))
+        top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {(n.module or "").split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
+        assert not top & {"numpy", "SimpleITK", "torch", "segmatecore"}, name
+    top = {a.name.split(".")[0] for n in ast.parse(WIDGET_FILE.read_text(encoding="utf-8")).body if isinstance(n, ast.Import)
+           for a in n.names}
+    assert not top & {"numpy", "SimpleITK", "torch", "segmatecore"}
+
+
+def widget_method(name: str) -> ast.FunctionDef:
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegMateWidget")
+    return next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def calls_in(node: ast.AST) -> set[str]:
+    return {ast.unparse(n.func) for n in ast.walk(node) if isinstance(n, ast.Call)}
+
+
+def test_panel_reports_errors_itself_instead_of_through_try_with_error_display():
+    """slicer.util.tryWithErrorDisplay re-raises: code after it never runs on a failure, and the exception
+    escapes the click handler. The panel catches, shows, and carries on."""
+    assert "tryWithErrorDisplay" not in WIDGET_FILE.read_text(encoding="utf-8")
+    apply = widget_method("onApplyButton")
+    starts = [n for n in ast.walk(apply) if isinstance(n, ast.Try)
+              and "self.logic.startSegmentation" in calls_in(n)]
+    assert starts and all(handler.type is not None for try_node in starts for handler in try_node.handlers)
+    timer = widget_method("onTaskTimer")
+    assert any(isinstance(n, ast.Try) and n.finalbody and "self._updateApplyButton" in calls_in(ast.Module(n.finalbody, []))
+               for n in ast.walk(timer)), "the button must be reset whatever finishing a run raises"
+
+
+def test_cleanup_stops_the_timer_and_lets_the_worker_go():
+    cleanup = calls_in(widget_method("cleanup"))
+    assert {"self._timer.stop", "self._job.cancel", "self.logic.shutdownWorker", "self.removeObservers"} <= cleanup
+
+
+def test_a_finished_run_stays_in_the_module_and_offers_the_editor():
+    for name in ("_onSegmentationDone", "_showResult", "onTaskTimer"):
+        assert "slicer.util.selectModule" not in calls_in(widget_method(name)), name
+    assert "slicer.util.selectModule" in calls_in(widget_method("onReview"))
+    assert "self.ui.reviewButton.connect" in calls_in(widget_method("setup"))
+
+
+def test_panel_opening_survives_a_broken_organ_table_and_downloads_in_the_worker():
+    organ_list = widget_method("_loadOrganList")
+    guarded = [n for n in ast.walk(organ_list) if isinstance(n, ast.Try) and "self.logic.organTable" in calls_in(n)]
+    assert guarded, "reading the organ table must not be able to leave the panel empty"
+    source = WIDGET_FILE.read_text(encoding="utf-8")
+    assert "downloadModel" not in source and "download=download" in source  # the worker downloads, with progress
+
+
+def test_python_code_parses_as_python_3_10():
+    """Slicer 5.10 runs Python 3.12; SegMateCore supports 3.10 and later: no newer syntax anywhere."""
+    files = list((REPO / "SegMateSlicer").rglob("*.py")) + list((REPO / "SegMateCore" / "segmatecore").rglob("*.py"))
+    assert len(files) > 40
+    for path in files:
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
 
 
 def test_ui_loads_in_qt_with_stand_ins():
@@ -170,7 +257,7 @@ def test_ui_loads_in_qt_with_stand_ins():
     from render_panel_preview import loadPanel
 
     app, panel = loadPanel()
-    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_FILE.read_text(encoding="utf-8")))
     found = {name for name in used if panel.findChild(object, name) is not None}
     assert found == used
     organ_list = panel.findChild(object, "organListWidget")
@@ -182,24 +269,18 @@ def test_ui_loads_in_qt_with_stand_ins():
     panel.close()
 
 
-def test_icon_and_packaging_files():
+def test_icon_and_module_build_files():
     from PIL import Image
 
     with Image.open(MODULE / "Resources" / "Icons" / "SegMate.png") as icon:
         assert icon.size == (128, 128)
-    module_cmake = (MODULE / "CMakeLists.txt").read_text()
+    module_cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "WITH_GENERIC_TESTS" in module_cmake and "slicerMacroBuildScriptedModule" in module_cmake
     listed = set(re.findall(r"SegMateLib/\w+\.py", module_cmake))
     assert listed == {f"SegMateLib/{p.name}" for p in (MODULE / "SegMateLib").glob("*.py")}
-    for shipped in ("SegMateCore/segmatecore", "organs.json", "models.json", "Models/*", "SampleData/*", "batch.py"):
+    for shipped in ("SegMateCore/segmatecore", "organs.json", "models.json", "Models/*", "SampleData/*",
+                    "Scripts/segmate_batch.py"):
         assert shipped in module_cmake, shipped
-    top = (REPO / "CMakeLists.txt").read_text()
-    for key, value in (("EXTENSION_CATEGORY", '"Segmentation"'), ("EXTENSION_DEPENDS", '"PyTorch"')):
-        assert re.search(rf"set\({key} {re.escape(value)}\)", top), key
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL",
-                "EXTENSION_SCREENSHOTURLS"):
-        assert re.search(rf'set\({key} "[^"]+"\)', top), key
-    assert "add_subdirectory(SegMateSlicer)" in top
-    entry = dict(line.split(" ", 1) for line in (REPO / "SegMate.s4ext").read_text().splitlines()
-                 if line and not line.startswith("#"))
-    assert entry["depends"] == "PyTorch" and entry["category"] == "Segmentation" and entry["scm"] == "git"
+    # Slicer loads every Python file beside SegMate.py as a module: only the module itself is there
+    assert sorted(p.name for p in MODULE.glob("*.py")) == ["SegMate.py"]
+    assert (MODULE / "Scripts" / "segmate_batch.py").is_file()

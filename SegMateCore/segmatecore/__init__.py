@@ -1,10 +1,30 @@
-"""SegMateCore: the SegMate organ-at-risk segmentation engine (no Slicer imports)."""
-from .checkpoint import CheckpointError, load_model, read_metadata, save_model
-from .models import SegMateNet, SegMateOutput, create_model
-from .inference import segment
-from .result import SegmentationCancelled, SegmentationResult
+"""SegMateCore: the SegMate organ-at-risk segmentation engine (no Slicer imports).
+
+The public names are imported on first use (PEP 562), so ``import segmatecore.organs`` or
+``segmatecore.result`` does not import PyTorch: the Slicer panel reads the organ table and writes
+results without loading the network's libraries into Slicer's process.
+"""
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "SegMateNet", "SegMateOutput", "create_model", "load_model", "read_metadata",
-           "save_model", "segment", "SegmentationCancelled", "SegmentationResult", "__version__"]
+_PUBLIC = {
+    "CheckpointError": "checkpoint", "load_model": "checkpoint", "read_metadata": "checkpoint",
+    "save_model": "checkpoint", "SegMateNet": "models", "SegMateOutput": "models", "create_model": "models",
+    "segment": "inference", "SegmentationCancelled": "result", "SegmentationResult": "result",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

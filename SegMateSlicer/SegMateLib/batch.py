@@ -1,7 +1,8 @@
 """Batch segmentation of a folder: every CT volume (NIfTI, NRRD, MetaImage, DICOM series) to a .seg.nrrd.
 
-Each case goes through the same path as the panel: read into a volume node, ``SegMateLogic.process``,
-save the segmentation node with Slicer's own segmentation writer, remove the case's nodes. One CSV row
+Each case is read into a volume node, segmented by ``SegMateLogic.process`` (the panel's segmentation
+and segment writing, run in this process: a batch has no GUI to keep responsive), saved with Slicer's
+own segmentation writer, and its nodes are removed. One CSV row
 per case records the outcome, the time, the organ volumes and SegMateCore's warnings; a failing
 case is logged and the loop goes on.
 """

@@ -4,7 +4,8 @@ Each organ becomes one segment with its standard name, recommended colour and SN
 terminology. All organs of one run share one labelmap layer (they never overlap), so a whole
 CT costs one cropped uint8 image. Segments that SegMate made earlier are recognised by their
 terminology and replaced in place (same ID, same position in the list); every other segment,
-and the user's edits to it, are left untouched.
+and the user's edits to it, are left untouched. The write is all or nothing: if any step fails,
+the node is put back exactly as it was (segments, their order, display properties, transform).
 """
 from __future__ import annotations
 
@@ -89,6 +90,37 @@ def _checkTransforms(segmentationNode, volumeNode) -> None:
                          "choose 'Create new segmentation' or put both under the same transform first.")
 
 
+class _NodeBackup:
+    """What a write may change on a segmentation node, copied first so that a failed write can be undone."""
+
+    def __init__(self, segmentationNode):
+        self.node = segmentationNode
+        self.segmentation = slicer.vtkSegmentation()
+        self.segmentation.DeepCopy(segmentationNode.GetSegmentation())
+        displayNode = segmentationNode.GetDisplayNode()
+        self.displayNodeId = displayNode.GetID() if displayNode is not None else None
+        self.display = None
+        if displayNode is not None:
+            self.display = slicer.vtkMRMLSegmentationDisplayNode()
+            self.display.CopyContent(displayNode)
+        self.transformNodeId = segmentationNode.GetTransformNodeID()
+        self.referenceRole = segmentationNode.GetReferenceImageGeometryReferenceRole()
+        self.referenceNodeId = segmentationNode.GetNodeReferenceID(self.referenceRole)
+
+    def restore(self) -> None:
+        node = self.node
+        with slicer.util.NodeModify(node):
+            node.GetSegmentation().DeepCopy(self.segmentation)
+            displayNode = node.GetDisplayNode()
+            if displayNode is not None and displayNode.GetID() != self.displayNodeId and node.GetScene() is not None:
+                node.GetScene().RemoveNode(displayNode)  # made by the failed write
+            elif displayNode is not None and self.display is not None:
+                displayNode.CopyContent(self.display)
+            if node.GetTransformNodeID() != self.transformNodeId:
+                node.SetAndObserveTransformNodeID(self.transformNodeId)
+            node.SetNodeReferenceID(self.referenceRole, self.referenceNodeId)
+
+
 def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, legend, naming: str = "slicer",
                        tags: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
     """Write the organs of a SegMate labelmap as segments; return organ key -> segment ID.
@@ -113,28 +145,33 @@ def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, legen
     segmentation = segmentationNode.GetSegmentation()
     existing = segMateSegmentIds(segmentationNode)
     written: dict[str, str] = {}
-    with slicer.util.NodeModify(segmentationNode):
-        if segmentationNode.GetDisplayNode() is None:
-            segmentationNode.CreateDefaultDisplayNodes()
-        if segmentationNode.GetTransformNodeID() != volumeNode.GetTransformNodeID():
-            segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(),
-                                            volumeNode.GetID())
-        for item, value in organList:
-            segment = _newSegment(item, value, naming, layer, (tags or {}).get(item.key))
-            previous = existing.get(item.key)
-            if previous:
-                segmentId = previous[0]
-                insertBefore = _segmentIdAfter(segmentation, segmentId)
-                segmentation.RemoveSegment(segmentId)
-            else:
-                segmentId = segmentation.GenerateUniqueSegmentID(item.key)
-                insertBefore = ""
-            if not segmentation.AddSegment(segment, segmentId, insertBefore):
-                raise RuntimeError(f"Slicer refused to add the {item.display_name} segment to "
-                                   f"{segmentationNode.GetName()}.")
-            written[item.key] = segmentId
+    backup = _NodeBackup(segmentationNode)
+    try:
+        with slicer.util.NodeModify(segmentationNode):
+            if segmentationNode.GetDisplayNode() is None:
+                segmentationNode.CreateDefaultDisplayNodes()
+            if segmentationNode.GetTransformNodeID() != volumeNode.GetTransformNodeID():
+                segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(),
+                                                volumeNode.GetID())
+            for item, value in organList:
+                segment = _newSegment(item, value, naming, layer, (tags or {}).get(item.key))
+                previous = existing.get(item.key)
+                if previous:
+                    segmentId = previous[0]
+                    insertBefore = _segmentIdAfter(segmentation, segmentId)
+                    segmentation.RemoveSegment(segmentId)
+                else:
+                    segmentId = segmentation.GenerateUniqueSegmentID(item.key)
+                    insertBefore = ""
+                if not segmentation.AddSegment(segment, segmentId, insertBefore):
+                    raise RuntimeError(f"Slicer refused to add the {item.display_name} segment to "
+                                       f"{segmentationNode.GetName()}; the segmentation was left as it was.")
+                written[item.key] = segmentId
+    except BaseException:
+        backup.restore()
+        raise
     return written
 
 

@@ -48,12 +48,22 @@ def _codeKey(codedEntry) -> tuple[str, str]:
     return (codedEntry.GetCodingSchemeDesignator() or "", codedEntry.GetCodeValue() or "")
 
 
+def terminologiesLogic():
+    """The Terminologies module's logic of the running application, as Slicer's own modules use it; a
+    bare ``vtkSlicerTerminologiesModuleLogic`` where no application runs (slicer-core, scripts)."""
+    modules = getattr(slicer, "modules", None)
+    terminologies = getattr(modules, "terminologies", None) if modules is not None else None
+    if terminologies is not None:
+        return terminologies.logic()
+    return slicer.vtkSlicerTerminologiesModuleLogic()
+
+
 def codesOf(serializedEntry: str) -> Optional[tuple[tuple[str, str], ...]]:
     """(category, type, modifier) as (scheme, code) pairs, or None if the string is not a terminology entry."""
     if not serializedEntry:
         return None
     entry = slicer.vtkSlicerTerminologyEntry()
-    if not slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(serializedEntry, entry):
+    if not terminologiesLogic().DeserializeTerminologyEntry(serializedEntry, entry):
         return None
     return (_codeKey(entry.GetCategoryObject()), _codeKey(entry.GetTypeObject()),
             _codeKey(entry.GetTypeModifierObject()))

@@ -1,37 +1,43 @@
 """Segment every CT volume of a folder with SegMate, from the command line, through Slicer.
 
-    Slicer --no-main-window --python-script SegMateSlicer/batch.py -- --input IN --output OUT [options]
+    Slicer --no-main-window --python-script SegMateSlicer/Scripts/segmate_batch.py -- --input IN --output OUT [options]
 
 IN is a volume file, a DICOM series folder, or a folder of volume files (NIfTI, NRRD, MetaImage)
 and DICOM series sub-folders; OUT receives one <case>.seg.nrrd per case and segmate_batch.csv.
-The work is SegMateLogic.process, exactly what the SegMate panel runs.
+Each case goes through SegMateLogic.process: the panel's segmentation and segment writing, run in
+Slicer's own process (a batch has no GUI to keep responsive, so no worker process is needed).
+
+Every way out of this script ends Slicer with an exit code (a headless Slicer whose script
+raised would otherwise wait forever): 0 every case succeeded, 1 some cases failed, 2 bad
+arguments or missing Python packages, 3 an unexpected error (its traceback is printed), 130
+interrupted. The script lives in the module's Scripts/ folder, not beside SegMate.py, because
+Slicer loads every Python file there as a module.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import traceback
 from typing import Optional
 
 
 def _addModuleFolderToPath() -> None:
-    """SegMateLib is beside this script (source tree) or one folder up (installed, in SegMateScripts/)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for folder in (here, os.path.dirname(here)):
-        if os.path.isdir(os.path.join(folder, "SegMateLib")):
-            if folder not in sys.path:
-                sys.path.insert(0, folder)
-            return
+    """SegMateLib is in this script's parent folder, in a source checkout and in the installed extension."""
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 _addModuleFolderToPath()
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+SCRIPT = "SegMateSlicer/Scripts/segmate_batch.py"
 
 
 def buildParser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="Slicer --no-main-window --python-script SegMateSlicer/batch.py --",
+        prog=f"Slicer --no-main-window --python-script {SCRIPT} --",
         description="Segment organs at risk in every CT volume of a folder into .seg.nrrd files, with a CSV log.")
     parser.add_argument("--input", required=True, help="volume file, DICOM folder, or folder of volumes/DICOM folders")
     parser.add_argument("--output", required=True, help="folder for the .seg.nrrd files and the CSV log")
@@ -75,20 +81,20 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None, log=print) -> int:
-    """Run the batch; the exit code is 0 if every case succeeded, 1 if some failed, 2 for bad usage."""
+    """Run the batch and return the exit code (see the module's docstring); never raises."""
     try:
         args = parseArguments(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
-    from SegMateLib import missingRequirements
-    from SegMateLib.batch import parseOrgans, runBatch
-
-    missing = missingRequirements()
-    if missing:
-        log("SegMate's Python packages are missing (" + ", ".join(r.text for r in missing) + "). Open the SegMate "
-            "module in Slicer once to install them, then run the batch again.")
-        return EXIT_USAGE
     try:
+        from SegMateLib import missingRequirements
+        from SegMateLib.batch import parseOrgans, runBatch
+
+        missing = missingRequirements()
+        if missing:
+            log("SegMate's Python packages are missing (" + ", ".join(r.text for r in missing) + "). Open the "
+                "SegMate module in Slicer once to install them, then run the batch again.")
+            return EXIT_USAGE
         rows = runBatch(args.input, args.output, csvPath=args.csv, skipExisting=args.skip_existing, log=log,
                         organs=parseOrgans(args.organs), model=args.model, device=args.device,
                         batchSize=args.batch_size, naming=args.naming, tta=args.tta, precision=args.precision,
@@ -98,17 +104,33 @@ def main(argv: Optional[list[str]] = None, log=print) -> int:
     except (ValueError, FileNotFoundError) as exc:
         log(f"SegMate batch: error: {exc}")
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        log("SegMate batch: interrupted.")
+        return EXIT_INTERRUPTED
+    except BaseException as exc:  # noqa: BLE001 - whatever happens, the script must end with an exit code
+        log(f"SegMate batch: unexpected error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        return EXIT_ERROR
     failed = sum(row["status"] == "failed" for row in rows)
     log(f"SegMate batch: {len(rows) - failed} of {len(rows)} case(s) done, {failed} failed; log: "
         f"{args.csv or os.path.join(args.output, 'segmate_batch.csv')}")
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
-if __name__ == "__main__":
-    exitCode = main()
-    import slicer
-
-    if getattr(slicer, "app", None) is not None:
-        slicer.util.exit(exitCode)
+def exitProcess(code: int) -> None:
+    """End Slicer (or this Python) with ``code``."""
+    try:
+        import slicer
+    except ImportError:
+        slicer = None
+    if slicer is not None and getattr(slicer, "app", None) is not None:
+        slicer.util.exit(code)
     else:
-        sys.exit(exitCode)
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    exitCode = EXIT_ERROR
+    try:
+        exitCode = main()
+    finally:
+        exitProcess(exitCode)
