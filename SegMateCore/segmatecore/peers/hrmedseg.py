@@ -35,6 +35,10 @@ Choices where the paper is open (docs/benchmark.md, "The peers"):
   says only "three parallel pooling operators".
 - *No normalisation in the patch embedding and the MBConvs*, as eq. 1 writes none.
 - *Masks per class by sigmoid* (eq. 8); a labelmap takes the highest logit where it is positive.
+- *On a CT* (:func:`run_hrmedseg_peer`): every axial slice in the abdominal window [-125, 275] HU
+  scaled to [0, 1], the grey level in the three channels the SAM-distilled encoder takes, resized
+  to 1024 x 1024 as the paper resizes every image; eq. 8's interpolation returns the masks at the
+  slice's own size.
 """
 from __future__ import annotations
 
@@ -239,9 +243,10 @@ class HRMedSeg(nn.Module):
         return self.decoder(self.encoder(x), tuple(output_size or x.shape[2:]))
 
 
-def build_hrmedseg(num_classes: int = 9) -> HRMedSeg:
-    """HRMedSeg with random weights, eval mode: one query per organ, three input channels."""
-    return HRMedSeg(3, num_classes).eval()
+def build_hrmedseg(in_channels: int = 3, num_classes: int = 9) -> HRMedSeg:
+    """HRMedSeg with random weights, eval mode (the benchmark measures cost, not accuracy): one query
+    per organ."""
+    return HRMedSeg(in_channels, num_classes).eval()
 
 
 def ct_to_slices(hu: np.ndarray, window: tuple[float, float] = CT_WINDOW) -> torch.Tensor:

@@ -20,7 +20,7 @@ from . import hrmedseg, light_unetr, lightmedseg, nnunet
 from .costs import NetworkCost, network_cost
 from .volume import PeerResult, run_patch_peer
 
-SEGMENTATION_CLASSES = 10   # background + the nine SegMate organs (HRMedSeg: one sigmoid query per organ)
+SEGMENTATION_CLASSES = nnunet.PEER_CLASSES   # background + the nine organs (HRMedSeg: a query per organ)
 PEER_SPACING_MM = 1.5       # every 3D peer runs on the nnU-Net peer's (TotalSegmentator's) 1.5 mm grid
 # --quick (whose figures mean nothing) keeps each peer to one small network call per patch: the
 # sample CT's 366 x 303 x 336 mm fit one 64^3 patch at 6 mm (nnU-Net's smallest: five halvings) and
@@ -68,7 +68,6 @@ class PeerSpec:
 
     key: str
     title: str
-    summary: str
     build: Callable[[int, int], nn.Module]          # (in_channels, classes) -> network, eval mode
     in_channels: int
     classes: int
@@ -83,16 +82,19 @@ class PeerSpec:
     def is_3d(self) -> bool:
         return len(self.patch) == 3
 
+    def patch_for(self, quick: bool) -> tuple[int, ...]:
+        """The 3D patch, or the 2D slice size, of a full or a --quick run."""
+        return self.quick_patch if quick else self.patch
+
     def network_input(self, quick: bool) -> tuple[int, ...]:
         """The shape of one network call in the benchmark: a patch, or one slice at native size."""
-        return (1, self.in_channels, *(self.quick_patch if quick else self.patch))
+        return (1, self.in_channels, *self.patch_for(quick))
 
     def how(self, quick: bool) -> str:
         """How the peer runs on the CT, for its row's name."""
+        size = self.patch_for(quick)[0]
         if self.is_3d:
-            patch = self.quick_patch if quick else self.patch
-            return f"{patch[0]}^3 patches, half-patch overlap, {self.spacing_mm(quick):g} mm"
-        size = (self.quick_patch if quick else self.patch)[0]
+            return f"{size}^3 patches, half-patch overlap, {self.spacing_mm(quick):g} mm"
         return f"slice by slice at {size} x {size}"
 
     def spacing_mm(self, quick: bool) -> float:
@@ -103,10 +105,9 @@ class PeerSpec:
             autocast: torch.dtype | None = None) -> PeerResult:
         """Segment ``image`` the way this network runs in practice."""
         if not self.is_3d:
-            size = (self.quick_patch if quick else self.patch)[0]
-            return hrmedseg.run_hrmedseg_peer(image, network, size=size, batch_size=batch_size, autocast=autocast)
-        return run_patch_peer(image, network, patch=self.quick_patch if quick else self.patch,
-                              spacing_mm=self.spacing_mm(quick),
+            return hrmedseg.run_hrmedseg_peer(image, network, size=self.patch_for(quick)[0], batch_size=batch_size,
+                                              autocast=autocast)
+        return run_patch_peer(image, network, patch=self.patch_for(quick), spacing_mm=self.spacing_mm(quick),
                               num_classes=self.classes, normalise=self.normalise, autocast=autocast)
 
     def benchmark_cost(self, quick: bool) -> NetworkCost:
@@ -128,7 +129,6 @@ def light_unetr_ct_normalise(hu: np.ndarray) -> np.ndarray:
 
 NNUNET = PeerSpec(
     key=nnunet.NNUNET_MODEL, title="3D nnU-Net (3d_fullres)",
-    summary="nnU-Net's default 3d_fullres plans for CT: 6-stage PlainConvUNet, 32-320 features",
     build=lambda in_ch, classes: nnunet.build_nnunet_3d_fullres(classes), in_channels=1,
     classes=SEGMENTATION_CLASSES, patch=nnunet.NNUNET_PATCH, quick_patch=QUICK_NNUNET[0],
     quick_spacing_mm=QUICK_NNUNET[1],
@@ -138,8 +138,7 @@ NNUNET = PeerSpec(
 
 LIGHTMEDSEG = PeerSpec(
     key="lightmedseg", title="LightMedSeg",
-    summary="3D: ghost and depthwise convolutions, anchor-conditioned FiLM, learned skip router",
-    build=lambda in_ch, classes: lightmedseg.build_lightmedseg(in_ch, classes), in_channels=1,
+    build=lightmedseg.build_lightmedseg, in_channels=1,
     classes=SEGMENTATION_CLASSES, patch=lightmedseg.TRAINING_PATCH, quick_patch=QUICK_3D[0],
     quick_spacing_mm=QUICK_3D[1],
     normalise=nnunet.nnunet_ct_normalise,
@@ -156,8 +155,7 @@ LIGHTMEDSEG = PeerSpec(
 
 HRMEDSEG = PeerSpec(
     key="hrmedseg", title="HRMedSeg",
-    summary="2D at 1024 x 1024: lightweight gated ViT encoder (linear attention), cross-multiscale decoder",
-    build=lambda in_ch, classes: hrmedseg.HRMedSeg(in_ch, classes).eval(), in_channels=3,
+    build=hrmedseg.build_hrmedseg, in_channels=3,
     classes=SEGMENTATION_CLASSES - 1, patch=(hrmedseg.NATIVE_SIZE, hrmedseg.NATIVE_SIZE),
     quick_patch=(QUICK_SLICE, QUICK_SLICE),
     paper=PaperFigures(3.53, 9.39, (1, 3, 1024, 1024), 1, "Table 1", "gmacs_layers",
@@ -168,8 +166,7 @@ HRMEDSEG = PeerSpec(
 
 LIGHT_UNETR = PeerSpec(
     key="light_unetr", title="Light-UNETR",
-    summary="3D lightweight transformer: LIDR attention, compact gated linear units",
-    build=lambda in_ch, classes: light_unetr.build_light_unetr(in_ch, classes), in_channels=1,
+    build=light_unetr.build_light_unetr, in_channels=1,
     classes=SEGMENTATION_CLASSES, patch=light_unetr.TRAINING_PATCH, quick_patch=QUICK_3D[0],
     quick_spacing_mm=QUICK_3D[1],
     normalise=light_unetr_ct_normalise,
