@@ -355,3 +355,29 @@ def test_a_rows_peak_memory_is_its_own_not_the_parents(tmp_path):
     child_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     del ballast
     assert 50 < child_mb < parent_peak_mb - 512, (child_mb, parent_peak_mb)
+
+
+def test_saved_results_of_earlier_runs_are_completed_each_from_its_own_run():
+    """`--from-json` on results saved before rows had kind, GMACs per volume and the SegMate ratios:
+    each run's rows get them from that run alone, so ratios never mix machines or days."""
+    from segmatecore.bench import merge, ranking_table
+
+    def run(segmate_s: float, peer_s: float) -> dict:
+        common = {"scope": "end_to_end", "reference": None, "s_network": 1.0, "peak_private_mb": 500.0}
+        rows = [{**common, "name": "fastvit_t12 end_to_end: default fp32", "model": "fastvit_t12",
+                 "s_per_volume": segmate_s, "cpu_s_per_volume": 2 * segmate_s, "peak_rss_mb": 1000.0,
+                 "params_m": 12.2, "gmacs_per_slice": 9.0},
+                {**common, "name": f"{PEER_MODEL} end_to_end: fp32", "model": PEER_MODEL, "s_per_volume": peer_s,
+                 "cpu_s_per_volume": 2 * peer_s, "peak_rss_mb": 3000.0, "params_m": 31.2, "gmacs_per_slice": 80.0}]
+        return {"machine": {"cpu": "test"}, "ct": {"size": [512, 512, 10]}, "rows": rows}
+
+    merged = merge([run(10.0, 100.0), run(20.0, 100.0)])
+    rows = merged["rows"]
+    assert [r["kind"] for r in rows] == ["segmate", "peer", "segmate", "peer"]
+    assert rows[1]["gmacs_per_volume"] == 800.0 and rows[0]["gmacs_per_volume"] == 90.0
+    assert rows[1]["vs_segmate"]["fastvit_t12"] == {"wall": 10.0, "cpu": 10.0, "rss": 3.0, "private": 1.0}
+    assert rows[3]["vs_segmate"]["fastvit_t12"]["wall"] == 5.0  # against the SegMate row of its own run
+    table = ranking_table(merged).splitlines()
+    assert len(table) == 2 + 4 and table[0].count("x fastvit_t12") == 1
+    assert table[-2].startswith("| 3 | nnunet_3d_fullres") and table[-2].endswith("| 10.00 / 10.00 / 3.00 |")
+    assert table[-1].startswith("| 4 | nnunet_3d_fullres") and table[-1].endswith("| 5.00 / 5.00 / 3.00 |")

@@ -799,10 +799,25 @@ def profile_network(backbone: str, *, precision: str = "auto", runtime: str = "a
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
+def complete_rows(result: dict[str, Any]) -> None:
+    """Give the rows of a run saved before ``kind``, ``gmacs_per_volume`` and ``vs_segmate`` existed
+    those fields, from that run alone (ratios never mix runs)."""
+    depth = result["ct"]["size"][2]
+    for row in result["rows"]:
+        row.setdefault("kind", row_kind(row))
+        if row.get("gmacs_per_volume") is None and row.get("gmacs_per_slice") is not None:
+            row["gmacs_per_volume"] = row["gmacs_per_slice"] * depth
+    if not any("vs_segmate" in row for row in result["rows"]):
+        add_segmate_ratios(result["rows"])
+
+
 def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several runs' results as one (rows concatenated; each row keeps its own load figures)."""
+    """Several runs' results as one (rows concatenated; each row keeps its own load figures and its
+    ratios to the SegMate rows of its own run)."""
     if not results:
         raise ValueError("No benchmark results to merge.")
+    for result in results:
+        complete_rows(result)
     merged = dict(results[0])
     merged["rows"] = [row for r in results for row in r["rows"]]
     merged["runs"] = [{"machine": r["machine"], "ct": r["ct"], "rows": len(r["rows"])} for r in results]
@@ -894,7 +909,7 @@ def plot(results: dict[str, Any], path: str | os.PathLike) -> Path:
     size = results["ct"]["size"]
     fig.suptitle(f"SegMate and its peers, CT {size[0]} x {size[1]} x {size[2]}\n{results['machine']['cpu']}",
                  fontsize=9)
-    memory_ax.legend(fontsize=7)
+    memory_ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -953,7 +968,7 @@ def ranking_table(results: dict[str, Any]) -> str:
     seconds (wall and CPU), memory, parameters and GMACs per volume, and each set against SegMate's
     default end-to-end rows of the same run (row / SegMate: wall s, CPU s, peak RSS)."""
     rows = sorted((r for r in results["rows"] if row_seconds(r)), key=row_seconds)
-    references = [r["model"] for r in segmate_references(results["rows"])]
+    references = list(dict.fromkeys(r["model"] for r in segmate_references(results["rows"])))
     header = ["rank", "configuration", "kind", "s / volume", "CPU s", "peak RSS MB", "private MB", "params M",
               "GMACs / volume"] + [f"x {model}: s / CPU s / RSS" for model in references]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -964,8 +979,8 @@ def ranking_table(results: dict[str, Any]) -> str:
                  _num(row_cpu_seconds(r)), _num(r["peak_rss_mb"], 0), _num(r.get("peak_private_mb"), 0),
                  _num(r.get("params_m"), 2), _gmacs(r.get("gmacs_per_volume"))]
         for model in references:
-            ratio = (r.get("vs_segmate") or {}).get(model) or {}
-            cells.append(" / ".join(_num(ratio.get(k), 2) for k in ("wall", "cpu", "rss")))
+            ratio = (r.get("vs_segmate") or {}).get(model)
+            cells.append(" / ".join(_num(ratio.get(k), 2) for k in ("wall", "cpu", "rss")) if ratio else "")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
