@@ -1,5 +1,6 @@
 """`segmate bench --quick`: one row per configuration with the documented fields, sane values, outputs
-equal to fp32 within the Dice bar, and the nnU-Net peer built as nnU-Net's default 3d_fullres plans."""
+equal to fp32 within the Dice bar, the peers (nnU-Net built as its default 3d_fullres plans, LightMedSeg,
+HRMedSeg, Light-UNETR) in the rows, the ranking, the published-accuracy table and the plot."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from segmatecore.bench import DICE_BAR, PEER_MODEL, QUICK_SIZE, ROW_FIELDS, markdown_tables, resample_to_size
+from segmatecore.bench import (DICE_BAR, PEER_MODEL, QUICK_SIZE, ROW_FIELDS, markdown_tables, resample_to_size,
+                               row_seconds)
 from segmatecore.cli import main
 from segmatecore.organs import PAPER_ORGANS
 from segmatecore.peers import (build_nnunet_3d_fullres, gaussian_importance, run_nnunet_peer,
@@ -58,6 +60,37 @@ def test_values_are_sane(quick):
     peer = [r for r in rows if r["model"] == "nnunet_3d_fullres"]
     assert len(peer) == 1 and peer[0]["patches"] >= 1 and peer[0]["s_per_volume"] > 0
     assert 30 < peer[0]["params_m"] < 33  # nnU-Net 3d_fullres, 6 stages: 31.2 M
+
+
+def test_every_peer_segments_the_ct_and_reports_its_cost_against_segmate(quick):
+    from segmatecore.peers import PEERS
+
+    results, _ = quick
+    rows = results["rows"]
+    peers = {r["model"]: r for r in rows if r["kind"] == "peer"}
+    assert list(peers) == list(PEERS)
+    depth = results["ct"]["size"][2]
+    references = [r for r in rows if r["kind"] == "segmate" and r["scope"] == "end_to_end" and r["reference"] is None]
+    assert {r["model"].split(" ")[0] for r in references} == {"fastvit_t12", "segmate_demo_fastvit_t12"}
+    for key, row in peers.items():
+        assert row["scope"] == "end_to_end" and row["dtype"] == "float32" and row["s_per_volume"] >= row["s_network"] > 0
+        assert row["cpu_s_per_volume"] > 0 and row["peak_private_mb"] > 0
+        assert row["gmacs_per_volume"] == pytest.approx(row["gmacs_per_call"] * row["patches"], rel=1e-3)
+        assert row["gmacs_per_slice"] == pytest.approx(row["gmacs_per_volume"] / depth, rel=1e-3)
+        for ref in references:
+            ratio = row["vs_segmate"][ref["model"]]
+            assert ratio["wall"] == pytest.approx(row["s_per_volume"] / ref["s_per_volume"], abs=0.006)
+            assert ratio["rss"] == pytest.approx(row["peak_rss_mb"] / ref["peak_rss_mb"], abs=0.006)
+            assert ratio["cpu"] == pytest.approx(row["cpu_s_per_volume"] / ref["cpu_s_per_volume"], abs=0.006)
+    assert peers["hrmedseg"]["patches"] == depth                      # slice by slice
+    assert peers["hrmedseg"]["network_input"] == [3, 64, 64]          # --quick: 64 x 64 instead of 1024
+    assert peers["lightmedseg"]["network_input"] == [1, 32, 32, 32]   # --quick: one 32^3 patch at 12 mm
+    assert peers["light_unetr"]["patches"] == peers["lightmedseg"]["patches"] == 1
+    assert 0.25 < peers["lightmedseg"]["params_m"] < 0.28 and 3.3 < peers["hrmedseg"]["params_m"] < 3.5
+    assert 1.35 < peers["light_unetr"]["params_m"] < 1.5
+    for row in rows:  # SegMate's per-volume convention: the network once per slice
+        if row["kind"] == "segmate":
+            assert row["gmacs_per_volume"] == pytest.approx(row["gmacs_per_slice"] * depth, rel=1e-3)
 
 
 def test_each_optimisation_is_a_row_that_agrees_with_fp32(quick):
@@ -119,16 +152,72 @@ def test_the_bundled_model_runs_end_to_end_at_its_own_input_size(quick):
     assert 12.0 < rows[0]["params_m"] < 13.0  # the bundled model is a FastViT-T12 SegMate
 
 
-def test_plot_is_written(quick):
+def test_plot_is_written_with_two_panels(quick):
+    """Seconds against peak memory and GMACs per volume against seconds, side by side."""
     _, out = quick
-    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = (out / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width > 2 * height
+
+
+def test_plot_shows_every_row_and_every_peer_on_both_panels(quick, tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from segmatecore.bench import plot
+
+    results, _ = quick
+    drawn: list = []
+    original = matplotlib.axes.Axes.scatter
+
+    def scatter(ax, x, y, *args, **kwargs):
+        if np.size(x):
+            drawn.append((id(ax), float(np.ravel(x)[0]), float(np.ravel(y)[0])))
+        return original(ax, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", scatter)
+    plot(results, tmp_path / "plot.png")
+    panels = {}
+    for ax, x, y in drawn:
+        panels.setdefault(ax, []).append((x, y))
+    memory, compute = panels.values()
+    rows = results["rows"]
+    assert sorted(memory) == sorted((r["peak_rss_mb"], row_seconds(r)) for r in rows)
+    assert sorted(compute) == sorted((r["gmacs_per_volume"], row_seconds(r)) for r in rows)
+
+
+def test_markdown_opens_with_every_row_ranked_and_the_published_accuracy_beside_it(quick):
+    results, out = quick
+    text = (out / "bench.md").read_text()
+    sections = text.split("#### ")
+    assert sections[1].startswith("Every row of this run, fastest first")
+    table = [line for line in sections[1].splitlines() if line.startswith("| ")]
+    header, body = table[0], table[1:]
+    assert "x fastvit_t12: s / CPU s / RSS" in header and "GMACs / volume" in header
+    rows = sorted(results["rows"], key=row_seconds)
+    assert len(body) == len(rows)
+    for rank, (line, row) in enumerate(zip(body, rows), 1):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == str(rank) and cells[1].startswith(row["model"])
+        assert float(cells[3]) == round(row_seconds(row), 1)
+        gmacs = row["gmacs_per_volume"]
+        assert cells[7] == f"{row['params_m']:.2f}" and cells[8] == (f"{gmacs:,.0f}" if gmacs >= 100 else f"{gmacs:.1f}")
+        assert ("peer" in cells[2]) == (row["kind"] == "peer")
+        ratio = row["vs_segmate"]["fastvit_t12"]
+        assert cells[9] == f"{ratio['wall']:.2f} / {ratio['cpu']:.2f} / {ratio['rss']:.2f}"
+    assert sections[2].startswith("Published accuracy: the papers' figures on their own data, not measured")
+    accuracy = sections[2]
+    for title in ("LightMedSeg", "HRMedSeg", "Light-UNETR", "SegMate", "segmate_demo_fastvit_t12 (bundled)"):
+        assert f"| {title} |" in accuracy, title
+    assert "| LightMedSeg | BraTS (brain MRI, 4 modalities) | 3 tumour regions | 83.40 |" in accuracy
 
 
 def test_markdown_sets_every_end_to_end_row_against_the_peer_of_the_run(quick):
     results, out = quick
     text = (out / "bench.md").read_text()
     assert "\n#### End to end, against the 3D nnU-Net peer of this run" in text
-    table = [line for line in text.split("#### ")[1].splitlines() if line.startswith("| ")][1:]
+    section = next(s for s in text.split("#### ") if s.startswith("End to end, against the 3D nnU-Net peer"))
+    table = [line for line in section.splitlines() if line.startswith("| ")][1:]
     rows = [r for r in results["rows"] if r["scope"] == "end_to_end"]
     peer = next(r for r in rows if r["model"] == PEER_MODEL)
     assert len(table) == len(rows) > 1
@@ -139,6 +228,8 @@ def test_markdown_sets_every_end_to_end_row_against_the_peer_of_the_run(quick):
             if "z_pass" in row["timings"] else float(cells[3]) == round(row["timings"]["network"], 1)
         if row is peer:
             assert cells[8:11] == ["", "", ""]
+        if row["kind"] == "peer":
+            assert cells[11] == ""  # no Dice reference for a peer
         else:
             assert cells[8] == f"{peer['s_per_volume'] / row['s_per_volume']:.1f}x"
             assert cells[9] == f"{peer['cpu_s_per_volume'] / row['cpu_s_per_volume']:.1f}x"
@@ -152,7 +243,9 @@ def test_network_rows_are_read_against_the_machines_matrix_multiply_peak_of_the_
     peaks = results["machine"]["matmul_gmacs_per_s"]
     network = [r for r in results["rows"] if r["scope"] == "network"]
     assert {str(r["threads"]) for r in network} == set(peaks)  # one measurement per thread count used
-    for row in network + [r for r in results["rows"] if r["model"] == PEER_MODEL]:
+    peers = [r for r in results["rows"] if r["kind"] == "peer"]
+    assert len(peers) == 4
+    for row in network + peers:
         peak = peaks[str(row["threads"])][row["dtype"]]
         floor = row["gmacs_per_slice"] * results["ct"]["size"][2] / peak
         assert row["compute_floor_s"] == pytest.approx(floor, rel=1e-6)
@@ -268,3 +361,29 @@ def test_a_rows_peak_memory_is_its_own_not_the_parents(tmp_path):
     child_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     del ballast
     assert 50 < child_mb < parent_peak_mb - 512, (child_mb, parent_peak_mb)
+
+
+def test_saved_results_of_earlier_runs_are_completed_each_from_its_own_run():
+    """`--from-json` on results saved before rows had kind, GMACs per volume and the SegMate ratios:
+    each run's rows get them from that run alone, so ratios never mix machines or days."""
+    from segmatecore.bench import merge, ranking_table
+
+    def run(segmate_s: float, peer_s: float) -> dict:
+        common = {"scope": "end_to_end", "reference": None, "s_network": 1.0, "peak_private_mb": 500.0}
+        rows = [{**common, "name": "fastvit_t12 end_to_end: default fp32", "model": "fastvit_t12",
+                 "s_per_volume": segmate_s, "cpu_s_per_volume": 2 * segmate_s, "peak_rss_mb": 1000.0,
+                 "params_m": 12.2, "gmacs_per_slice": 9.0},
+                {**common, "name": f"{PEER_MODEL} end_to_end: fp32", "model": PEER_MODEL, "s_per_volume": peer_s,
+                 "cpu_s_per_volume": 2 * peer_s, "peak_rss_mb": 3000.0, "params_m": 31.2, "gmacs_per_slice": 80.0}]
+        return {"machine": {"cpu": "test"}, "ct": {"size": [512, 512, 10]}, "rows": rows}
+
+    merged = merge([run(10.0, 100.0), run(20.0, 100.0)])
+    rows = merged["rows"]
+    assert [r["kind"] for r in rows] == ["segmate", "peer", "segmate", "peer"]
+    assert rows[1]["gmacs_per_volume"] == 800.0 and rows[0]["gmacs_per_volume"] == 90.0
+    assert rows[1]["vs_segmate"]["fastvit_t12"] == {"wall": 10.0, "cpu": 10.0, "rss": 3.0, "private": 1.0}
+    assert rows[3]["vs_segmate"]["fastvit_t12"]["wall"] == 5.0  # against the SegMate row of its own run
+    table = ranking_table(merged).splitlines()
+    assert len(table) == 2 + 4 and table[0].count("x fastvit_t12") == 1
+    assert table[-2].startswith("| 3 | nnunet_3d_fullres") and table[-2].endswith("| 10.00 / 10.00 / 3.00 |")
+    assert table[-1].startswith("| 4 | nnunet_3d_fullres") and table[-1].endswith("| 5.00 / 5.00 / 3.00 |")

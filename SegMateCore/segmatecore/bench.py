@@ -1,5 +1,6 @@
-"""``segmate bench``: seconds and peak memory per CT volume, per backbone and per optimisation, and a
-3D nnU-Net peer (:mod:`segmatecore.peers`) on the same CT, all in one run.
+"""``segmate bench``: seconds and peak memory per CT volume, per backbone and per optimisation, and the
+peers (:mod:`segmatecore.peers`: a 3D nnU-Net and three lightweight networks built from their
+papers, LightMedSeg, HRMedSeg and Light-UNETR) on the same CT, all in one run.
 
 The CT is the bundled TotalSegmentator sample resampled with SimpleITK to 512 x 512 x 162 over
 its own physical extent. Each configuration runs in a fresh Python process, so peak memory
@@ -16,9 +17,15 @@ Two kinds of rows:
   back to the grid, post-processing) and ``export.write_outputs``. ``s_network`` is the network
   time inside ``segment``.
 
+Every peer segments the whole CT the way it runs in practice (the 3D ones by sliding-window patches
+at their training size on a 1.5 mm grid, HRMedSeg slice by slice at 1024 x 1024) with random
+weights: the rows measure cost, not accuracy. Each row carries its parameters and GMACs per volume,
+and every row is set against SegMate's default end-to-end rows of the same run
+(:func:`add_segmate_ratios`).
+
 After the rows, the machine's own matrix-multiply peak is measured at each thread count the rows
 used (:mod:`segmatecore.compute_peak`), and every row whose network seconds cover the whole volume
-(the network-alone rows and the peer) gets its compute floor (its GMACs at that peak) and the share
+(the network-alone rows and the peers) gets its compute floor (its GMACs at that peak) and the share
 of the peak it reached: how close to the hardware's limit it runs.
 
 The models are random (fixed seed): weights do not change cost. So that the Dice check against
@@ -49,7 +56,7 @@ import torch
 
 from .feature_cache import DEFAULT_MAX_MB
 from .optimize import DEFAULT, NONE, Optimizations, cpu_description
-from .peers import NNUNET_PATCH, NNUNET_SPACING_MM
+from .peers.nnunet import NNUNET_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +67,11 @@ SEED = 0
 DICE_BAR = 0.99
 NETWORK_SLICES = 16
 QUICK_NETWORK_SLICES = 4
-QUICK_PEER_PATCH = (64, 64, 64)
-QUICK_PEER_SPACING_MM = 6.0  # the quick run's peer grid fits one 64^3 patch
 SAMPLE_CT = ("SampleData", "totalsegmentator_example_ct.nii.gz")
-PEER_MODEL = "nnunet_3d_fullres"
+PEER_MODEL = NNUNET_MODEL   # the peer the "against the 3D nnU-Net" table divides by
 SCOPES = ("network", "end_to_end")
-ROW_FIELDS = ("name", "model", "device", "dtype", "params_m", "gmacs_per_slice", "s_per_volume", "s_network",
-              "peak_rss_mb", "peak_gpu_mb", "optimisations")
+ROW_FIELDS = ("name", "model", "kind", "device", "dtype", "params_m", "gmacs_per_slice", "gmacs_per_volume",
+              "s_per_volume", "s_network", "peak_rss_mb", "peak_gpu_mb", "optimisations")
 
 
 # ------------------------------------------------------------------------------------------- configurations
@@ -76,7 +81,7 @@ class Config:
     """One row of the benchmark: what runs and how."""
 
     name: str
-    kind: str                      # "segmate" or "nnunet"
+    kind: str                      # "segmate" or "peer"
     scope: str                     # "network" or "end_to_end"
     backbone: str | None = None
     precision: str = "auto"
@@ -86,6 +91,7 @@ class Config:
     feature_cache_mb: float = DEFAULT_MAX_MB  # 0: the main pass encodes the first pass's slices again
     reference: str | None = None   # the fp32 row whose outputs this one must agree with
     model_key: str | None = None   # which benchmark model file runs (default: ``backbone``'s random one)
+    peer: str | None = None        # the peer's key in :data:`segmatecore.peers.PEERS`
 
 
 def _opts(o: Optimizations) -> dict[str, Any]:
@@ -165,13 +171,22 @@ def bundled_configs(model_id: str, backbone: str, precision: str = "auto", threa
                               openvino=openvino)
 
 
-def peer_config(device: str = "cpu") -> Config:
-    """The peer as nnU-Net runs it on ``device``: on the GPU with fp16 autocast, on a CPU in fp32."""
-    if torch.device(device).type == "cuda":
-        return Config("nnunet_3d_fullres end_to_end: fp16 autocast (as nnU-Net runs on a GPU)", "nnunet",
-                      "end_to_end", precision="auto", optimizations={})
-    return Config("nnunet_3d_fullres end_to_end: fp32 (as nnU-Net runs on a CPU)", "nnunet", "end_to_end",
-                  precision="fp32", optimizations={})
+def peer_configs(peers: Sequence[str], device: str = "cpu", quick: bool = False) -> list[Config]:
+    """One end-to-end row per peer, run as it runs on ``device``: fp16 autocast on a GPU (as nnU-Net
+    does), fp32 on a CPU."""
+    from .peers import peer_spec
+
+    gpu = torch.device(device).type == "cuda"
+    configs = []
+    for key in peers:
+        spec = peer_spec(key)
+        if key == NNUNET_MODEL:
+            how = "fp16 autocast (as nnU-Net runs on a GPU)" if gpu else "fp32 (as nnU-Net runs on a CPU)"
+        else:
+            how = f"{'fp16 autocast' if gpu else 'fp32'}, {spec.how(quick)}"
+        configs.append(Config(f"{key} end_to_end: {how}", "peer", "end_to_end", precision="auto" if gpu else "fp32",
+                              optimizations={}, peer=key))
+    return configs
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -391,18 +406,20 @@ def _end_to_end_worker(job: dict[str, Any], config: Config, device: torch.device
             "dtype": str(compute_dtype(device, config.precision, opts)).split(".")[-1], "runtime": type(net).__name__}
 
 
-def _nnunet_worker(job: dict[str, Any], config: Config, device: torch.device) -> dict[str, Any]:
+def _peer_worker(job: dict[str, Any], config: Config, device: torch.device) -> dict[str, Any]:
+    """A peer on the whole CT, from reading the CT to the written labels (random weights, fixed seed)."""
     from .export import write_labels_nifti
-    from .peers import build_nnunet_3d_fullres, run_nnunet_peer
+    from .peers import peer_spec
 
+    spec = peer_spec(config.peer)
     torch.manual_seed(SEED)
     with PeakMemory() as memory:
         t0, cpu0 = time.perf_counter(), time.process_time()
         image = sitk.ReadImage(job["ct"])
         read = time.perf_counter() - t0
-        network = build_nnunet_3d_fullres().to(device)
-        result = run_nnunet_peer(image, network, patch=tuple(job["peer_patch"]), spacing_mm=job["peer_spacing_mm"],
-                                 autocast=_peer_autocast(device))
+        network = spec.build(spec.in_channels, spec.classes).to(device)
+        result = spec.run(image, network, quick=job["quick"], batch_size=job["batch_size"],
+                          autocast=_peer_autocast(device))
         t1 = time.perf_counter()
         write_labels_nifti(result.labelmap, Path(job["outdir"]) / "labels.nii.gz")
         total, cpu_total = time.perf_counter() - t0, time.process_time() - cpu0
@@ -411,11 +428,11 @@ def _nnunet_worker(job: dict[str, Any], config: Config, device: torch.device) ->
             "cpu_s_per_volume": cpu_total,
             "peer_grid": list(result.grid), "timings": {k: round(v, 3) for k, v in timings.items()},
             "peak_rss_mb": memory.peak_mb, "peak_private_mb": memory.peak_private_mb,
-            "dtype": str(_peer_autocast(device) or torch.float32).split(".")[-1], "runtime": "PlainConvUNet"}
+            "dtype": str(_peer_autocast(device) or torch.float32).split(".")[-1], "runtime": type(network).__name__}
 
 
 def _peer_autocast(device: torch.device) -> torch.dtype | None:
-    """nnU-Net's own precision: fp16 autocast on a CUDA GPU, fp32 elsewhere."""
+    """The peers' precision, nnU-Net's own: fp16 autocast on a CUDA GPU, fp32 elsewhere."""
     return torch.float16 if device.type == "cuda" else None
 
 
@@ -459,7 +476,7 @@ def run_worker(job_path: str | os.PathLike) -> int:
         torch.set_num_threads(int(threads))
     load_before, cpu_before = os.getloadavg(), machine_cpu_seconds()
     worker = {"network": _network_worker, "end_to_end": _end_to_end_worker}[config.scope] \
-        if config.kind == "segmate" else _nnunet_worker
+        if config.kind == "segmate" else _peer_worker
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     row = worker(job, config, device)
@@ -523,20 +540,17 @@ def add_bundled_model(setup: BenchSetup) -> tuple[str, str]:
     return model_id, model.metadata["backbone"]
 
 
-def peer_costs(patch: Sequence[int], patches: int, depth: int) -> dict[str, float]:
-    """Parameters and MACs of the nnU-Net peer, counted on the meta device (nothing is computed)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def peer_costs(key: str, quick: bool, calls: int, depth: int) -> dict[str, float]:
+    """Parameters and MACs of a peer that made ``calls`` network calls (patches, or batches of one
+    slice each) on a CT of ``depth`` slices (torch.utils.flop_counter; large inputs on the meta
+    device, nothing computed)."""
+    from .peers import peer_spec
 
-    from .peers import build_nnunet_3d_fullres
-
-    with torch.device("meta"):
-        network = build_nnunet_3d_fullres()
-        counter = FlopCounterMode(display=False)
-        with counter:
-            network(torch.zeros(1, 1, *patch))
-    per_patch = counter.get_total_flops() / 2e9
-    return {"params_m": sum(p.numel() for p in network.parameters()) / 1e6,
-            "gmacs_per_slice": per_patch * patches / depth, "gmacs_per_patch": per_patch}
+    spec = peer_spec(key)
+    cost = spec.benchmark_cost(quick)
+    return {"params_m": cost.params_m, "gmacs_per_slice": cost.gmacs * calls / depth,
+            "gmacs_per_volume": cost.gmacs * calls, "gmacs_per_call": cost.gmacs,
+            "network_input": list(spec.network_input(quick)[1:])}
 
 
 def _run_in_this_process(job_path: Path, env: dict[str, str]) -> None:
@@ -552,14 +566,12 @@ def _run_in_this_process(job_path: Path, env: dict[str, str]) -> None:
 
 
 def _run_config(config: Config, setup: BenchSetup, device: str, batch_size: int, network_slices: int,
-                peer: tuple[Sequence[int], float], threads: int | None, timeout: float,
-                isolate: bool = True) -> dict[str, Any]:
+                quick: bool, threads: int | None, timeout: float, isolate: bool = True) -> dict[str, Any]:
     outdir = setup.workdir / "rows" / config.name.replace(" ", "_").replace(":", "").replace(",", "")[:80]
     outdir.mkdir(parents=True, exist_ok=True)
     job = {"config": asdict(config), "device": device, "ct": str(setup.ct), "outdir": str(outdir),
            "model": str(setup.models.get(config.model_key or config.backbone, "")), "batch_size": batch_size,
-           "network_slices": network_slices, "peer_patch": list(peer[0]), "peer_spacing_mm": peer[1],
-           "threads": threads}
+           "network_slices": network_slices, "quick": quick, "threads": threads}
     job_path = outdir / "job.json"
     job_path.write_text(json.dumps(job))
     env = {**os.environ, "SEGMATE_HOME": str(setup.workdir / "home")}
@@ -606,7 +618,7 @@ def _compare(rows: list[dict[str, Any]]) -> None:
 def add_compute_floors(rows: list[dict[str, Any]], depth: int, device: str, quick: bool,
                        peaks: Callable[[int], dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
     """Measure this machine's matrix-multiply peak at each thread count the rows ran with, and give
-    every row whose network seconds cover the whole volume (the network-alone rows and the peer) its
+    every row whose network seconds cover the whole volume (the network-alone rows and the peers) its
     ``compute_floor_s`` (its GMACs at that peak) and ``pct_of_peak`` (floor / network seconds).
 
     Returns ``{threads: {dtype: GMAC/s}}`` for the results' machine block. ``peaks(threads)`` stands
@@ -621,7 +633,7 @@ def add_compute_floors(rows: list[dict[str, Any]], depth: int, device: str, quic
     measure = peaks or (lambda threads: machine_peaks(threads, quick=quick))
     measured: dict[str, dict[str, float]] = {}
     for row in rows:
-        if not (row["scope"] == "network" or row["model"] == PEER_MODEL) or not row.get("s_network"):
+        if not (row["scope"] == "network" or row.get("kind") == "peer") or not row.get("s_network"):
             continue
         threads = int(row.get("threads") or torch.get_num_threads())
         if str(threads) not in measured:
@@ -654,14 +666,15 @@ def _openvino_version() -> str | None:
 
 
 def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, precision: str = "auto",
-                  device: str = "cpu", peer: bool = True, ct: str | os.PathLike | None = None,
+                  device: str = "cpu", peers: Sequence[str] | None = None, ct: str | os.PathLike | None = None,
                   workdir: str | os.PathLike | None = None, batch_size: int | None = None, network_slices: int | None = None,
                   threads: int | None = None, timeout: float = 3600.0, scopes: Sequence[str] = SCOPES,
                   bundled: bool = True, openvino: bool = True,
                   report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every configuration and return ``{"machine", "ct", "rows"}`` (rows as documented in ROW_FIELDS).
 
-    ``openvino`` False leaves out the OpenVINO rows even where OpenVINO is installed (its conversion
+    ``peers``: the peers' keys (:data:`segmatecore.peers.PEERS`; None: all of them, empty: none),
+    measured with the end-to-end rows. ``openvino`` False leaves out the OpenVINO rows even where OpenVINO is installed (its conversion
     of a large backbone takes minutes). ``batch_size`` None: segment()'s own default for the device
     (2 on the CPU), so that the rows measure what users run.
     """
@@ -676,8 +689,9 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
     network_slices = network_slices or (QUICK_NETWORK_SLICES if quick else NETWORK_SLICES)
     if quick and threads is None:
         threads = 1  # tiny tensors: thread start-up and barriers would dominate, worst on a busy machine
-    peer_patch = QUICK_PEER_PATCH if quick else NNUNET_PATCH
-    peer_spacing = QUICK_PEER_SPACING_MM if quick else NNUNET_SPACING_MM
+    from .peers import PEERS
+
+    peers = list(PEERS) if peers is None else list(dict.fromkeys(peers))
     source = Path(ct) if ct else sample_ct_path()
     context = contextlib.nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="segmate-bench-")
     with context as folder:
@@ -693,20 +707,23 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
             model_id, bundled_backbone = add_bundled_model(setup)
             bundled_name = f"{model_id} (input {setup.costs[BUNDLED]['input_size']})"
             configs += bundled_configs(model_id, bundled_backbone, precision, threads, openvino)
-        if peer and "end_to_end" in scopes:
-            configs.append(peer_config(device))
+        if "end_to_end" in scopes:
+            configs += peer_configs(peers, device, quick)
         rows = []
         for config in configs:
-            measured = _run_config(config, setup, device, batch_size, network_slices, (peer_patch, peer_spacing),
-                                   threads, timeout, isolate=not quick)
-            if config.kind == "nnunet":
-                costs = peer_costs(peer_patch, measured["patches"], setup.depth)
-                model = PEER_MODEL
+            measured = _run_config(config, setup, device, batch_size, network_slices, quick, threads, timeout,
+                                   isolate=not quick)
+            if config.kind == "peer":
+                costs = peer_costs(config.peer, quick, measured["patches"], setup.depth)
+                model = config.peer
             elif config.model_key == BUNDLED:
                 costs, model = setup.costs[BUNDLED], bundled_name
             else:
                 costs, model = setup.costs[config.backbone], config.backbone
-            row = {"name": config.name, "model": model, "device": device, "scope": config.scope,
+            if config.kind == "segmate":
+                # the paper's per-volume convention: the network once on every slice of the volume
+                costs = {**costs, "gmacs_per_volume": costs["gmacs_per_slice"] * setup.depth}
+            row = {"name": config.name, "model": model, "kind": config.kind, "device": device, "scope": config.scope,
                    "precision": config.precision, "grad_mode": config.grad_mode,
                    "optimisations": config.optimizations, "skip_outside_extent": config.skip_outside_extent,
                    "feature_cache_mb": config.feature_cache_mb,
@@ -715,9 +732,10 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
             if report:
                 report(row)
         _compare(rows)
+        add_segmate_ratios(rows)
         for row in rows:
             row.pop("outdir", None)
-            for key in ("params_m", "gmacs_per_slice", "s_per_volume", "s_network", "s_per_slice", "s_prepare",
+            for key in ("params_m", "gmacs_per_slice", "gmacs_per_volume", "gmacs_per_call", "s_per_volume", "s_network", "s_per_slice", "s_prepare",
                         "cpu_s_network", "cpu_s_per_volume", "peak_rss_mb", "peak_private_mb", "kernel_peak_rss_mb",
                         "peak_gpu_mb"):
                 if isinstance(row.get(key), float):
@@ -785,46 +803,117 @@ def profile_network(backbone: str, *, precision: str = "auto", runtime: str = "a
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
+def complete_rows(result: dict[str, Any]) -> None:
+    """Give the rows of a run saved before ``kind``, ``gmacs_per_volume`` and ``vs_segmate`` existed
+    those fields, from that run alone (ratios never mix runs)."""
+    depth = result["ct"]["size"][2]
+    for row in result["rows"]:
+        row.setdefault("kind", row_kind(row))
+        if row.get("gmacs_per_volume") is None and row.get("gmacs_per_slice") is not None:
+            row["gmacs_per_volume"] = row["gmacs_per_slice"] * depth
+    if not any("vs_segmate" in row for row in result["rows"]):
+        add_segmate_ratios(result["rows"])
+
+
 def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several runs' results as one (rows concatenated; each row keeps its own load figures)."""
+    """Several runs' results as one (rows concatenated; each row keeps its own load figures and its
+    ratios to the SegMate rows of its own run)."""
     if not results:
         raise ValueError("No benchmark results to merge.")
+    for result in results:
+        complete_rows(result)
     merged = dict(results[0])
     merged["rows"] = [row for r in results for row in r["rows"]]
     merged["runs"] = [{"machine": r["machine"], "ct": r["ct"], "rows": len(r["rows"])} for r in results]
     return merged
 
 
+def row_kind(row: dict[str, Any]) -> str:
+    """"segmate" or "peer" (results saved before rows carried ``kind`` had one peer, nnU-Net)."""
+    return row.get("kind") or ("peer" if row["model"] == PEER_MODEL else "segmate")
+
+
+def row_seconds(row: dict[str, Any]) -> float | None:
+    """Seconds per volume: end to end for an end-to-end row, the network's for a network-alone row."""
+    return row["s_per_volume"] if row["scope"] == "end_to_end" else row["s_network"]
+
+
+def row_cpu_seconds(row: dict[str, Any]) -> float | None:
+    return row.get("cpu_s_per_volume") if row["scope"] == "end_to_end" else row.get("cpu_s_network")
+
+
+def segmate_references(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SegMate's default end-to-end row of each SegMate model in the run (its fp32 Dice reference)."""
+    return [r for r in rows if row_kind(r) == "segmate" and r["scope"] == "end_to_end"
+            and r.get("reference") is None and r.get("s_per_volume")]
+
+
+def _ratio(mine: float | None, reference: float | None) -> float | None:
+    return round(mine / reference, 2) if mine and reference else None
+
+
+def add_segmate_ratios(rows: list[dict[str, Any]]) -> None:
+    """Give every row ``vs_segmate``: for each of SegMate's default end-to-end rows of the same run
+    (:func:`segmate_references`), the row's wall seconds, CPU seconds, peak RSS and private memory
+    divided by that row's (above 1: the row is that many times slower or heavier than SegMate)."""
+    references = segmate_references(rows)
+    if not references:
+        return
+    for row in rows:
+        row["vs_segmate"] = {ref["model"]: {"wall": _ratio(row_seconds(row), ref["s_per_volume"]),
+                                            "cpu": _ratio(row_cpu_seconds(row), ref.get("cpu_s_per_volume")),
+                                            "rss": _ratio(row["peak_rss_mb"], ref["peak_rss_mb"]),
+                                            "private": _ratio(row.get("peak_private_mb"), ref.get("peak_private_mb"))}
+                             for ref in references}
+
+
+def _marker(row: dict[str, Any]) -> tuple[str, bool]:
+    """(marker, filled): peers triangles, SegMate end to end filled circles, network alone hollow squares."""
+    if row_kind(row) == "peer":
+        return "^", True
+    return ("o", True) if row["scope"] == "end_to_end" else ("s", False)
+
+
 def plot(results: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Seconds per volume against peak memory for every row (network rows: network seconds, hollow)."""
+    """Two panels for every row of the run, SegMate's and the peers': seconds per volume against peak
+    memory, and GMACs per volume against seconds (network-alone rows: network seconds, hollow)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
-    colours = {}
+    fig, (memory_ax, compute_ax) = plt.subplots(1, 2, figsize=(15, 6.5))
+    colours: dict[str, str] = {}
     for row in results["rows"]:
-        colour = colours.setdefault(row["model"], f"C{len(colours)}")
-        end_to_end = row["scope"] == "end_to_end"
-        seconds = row["s_per_volume"] if end_to_end else row["s_network"]
-        ax.scatter(row["peak_rss_mb"], seconds, s=60 if end_to_end else 30, color=colour if end_to_end else "none",
-                   edgecolors=colour, marker="o" if end_to_end else "s")
-        ax.annotate(row["name"].split(": ", 1)[-1], (row["peak_rss_mb"], seconds), fontsize=6,
-                    xytext=(3, 2), textcoords="offset points")
+        seconds = row_seconds(row)
+        if not seconds:
+            continue
+        colour = colours.setdefault(row["model"], f"C{len(colours) % 10}")
+        marker, filled = _marker(row)
+        label = row["name"].split(": ", 1)[-1] if row_kind(row) == "segmate" else row["model"]
+        points = [(memory_ax, row["peak_rss_mb"], seconds)]
+        if row.get("gmacs_per_volume"):
+            points.append((compute_ax, row["gmacs_per_volume"], seconds))
+        for ax, x, y in points:
+            ax.scatter(x, y, s=70 if filled else 30, marker=marker, color=colour if filled else "none",
+                       edgecolors=colour)
+            ax.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     for model, colour in colours.items():
-        ax.scatter([], [], color=colour, label=model)
-    ax.scatter([], [], color="grey", marker="o", label="end to end (s per volume)")
-    ax.scatter([], [], color="none", edgecolors="grey", marker="s", label="network alone (s per volume)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("peak resident memory (MB)")
-    ax.set_ylabel("seconds per volume")
+        memory_ax.scatter([], [], color=colour, label=model)
+    memory_ax.scatter([], [], color="grey", marker="o", label="SegMate end to end (s per volume)")
+    memory_ax.scatter([], [], color="none", edgecolors="grey", marker="s", label="SegMate network alone")
+    memory_ax.scatter([], [], color="grey", marker="^", label="peer end to end (random weights)")
+    memory_ax.set_xlabel("peak resident memory (MB)")
+    compute_ax.set_xlabel("GMACs per volume (torch.utils.flop_counter)")
+    for ax in (memory_ax, compute_ax):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylabel("seconds per volume")
+        ax.grid(True, which="both", alpha=0.3)
     size = results["ct"]["size"]
-    ax.set_title(f"SegMate vs 3D nnU-Net, CT {size[0]} x {size[1]} x {size[2]}\n{results['machine']['cpu']}",
-                 fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    fig.suptitle(f"SegMate and its peers, CT {size[0]} x {size[1]} x {size[2]}\n{results['machine']['cpu']}",
+                 fontsize=9)
+    memory_ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -835,6 +924,13 @@ def plot(results: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def _num(value: float | None, digits: int = 1) -> str:
     return "" if value is None else f"{value:.{digits}f}"
+
+
+def _gmacs(value: float | None) -> str:
+    """GMACs per volume: whole GMACs from 100 up (thousands separated), else one decimal."""
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def peer_table(results: dict[str, Any]) -> str:
@@ -853,14 +949,14 @@ def peer_table(results: dict[str, Any]) -> str:
         return f"{theirs / mine:.1f}x" if mine and theirs else ""
 
     out = ["| configuration | s / volume | CPU s | z pass + network s | resample s | post-process s | peak RSS MB "
-           "| private MB | vs peer: faster (wall) | faster (CPU s) | less RSS | Dice vs fp32 (min) | CPU stolen % |",
+           "| private MB | vs 3D nnU-Net: faster (wall) | faster (CPU s) | less RSS | Dice vs fp32 (min) | CPU stolen % |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r.get("timings") or {}
         network = (f"{t['z_pass']:.1f} + {t['network']:.1f}" if "z_pass" in t and "network" in t
                    else _num(t.get("network", r["s_network"])))
         mine = r is not peer
-        dice = "reference" if mine and r.get("reference") is None else _num(r.get("dice_min"), 4)
+        dice = "reference" if row_kind(r) == "segmate" and r.get("reference") is None else _num(r.get("dice_min"), 4)
         out.append(f"| {r['model']}: {r['name'].split(': ', 1)[-1]} | {_num(r['s_per_volume'])} | {_num(r.get('cpu_s_per_volume'))} "
                    f"| {network} | {_num(t.get('resample'))} | {_num(t.get('postprocess'))} "
                    f"| {_num(r['peak_rss_mb'], 0)} | {_num(r.get('peak_private_mb'), 0)} "
@@ -871,9 +967,54 @@ def peer_table(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def ranking_table(results: dict[str, Any]) -> str:
+    """Every row of the run, fastest first, as a markdown table: SegMate's rows and the peers', their
+    seconds (wall and CPU), memory, parameters and GMACs per volume, and each set against SegMate's
+    default end-to-end rows of the same run (row / SegMate: wall s, CPU s, peak RSS)."""
+    rows = sorted((r for r in results["rows"] if row_seconds(r)), key=row_seconds)
+    references = list(dict.fromkeys(r["model"] for r in segmate_references(results["rows"])))
+    header = ["rank", "configuration", "kind", "s / volume", "CPU s", "peak RSS MB", "private MB", "params M",
+              "GMACs / volume"] + [f"x {model}: s / CPU s / RSS" for model in references]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rank, r in enumerate(rows, 1):
+        kind = "peer (random weights)" if row_kind(r) == "peer" else \
+            "SegMate" + (", network alone" if r["scope"] == "network" else "")
+        cells = [str(rank), f"{r['model']}: {r['name'].split(': ', 1)[-1]}", kind, _num(row_seconds(r)),
+                 _num(row_cpu_seconds(r)), _num(r["peak_rss_mb"], 0), _num(r.get("peak_private_mb"), 0),
+                 _num(r.get("params_m"), 2), _gmacs(r.get("gmacs_per_volume"))]
+        for model in references:
+            ratio = (r.get("vs_segmate") or {}).get(model)
+            cells.append(" / ".join(_num(ratio.get(k), 2) for k in ("wall", "cpu", "rss")) if ratio else "")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def accuracy_table(results: dict[str, Any]) -> str:
+    """Published accuracy of the run's peers and of SegMate, as a markdown table: the papers' own
+    figures on their own data, with trained weights. Nothing in it was measured by the run."""
+    from .catalogue import catalogue_entry, default_model_id
+    from .peers import PEERS, SEGMATE_PAPER_ACCURACY
+
+    lines = ["| network | dataset | task | Dice % (published) | source |", "|---|---|---|---|---|"]
+    models = dict.fromkeys(r["model"] for r in results["rows"])
+    for key in (k for k in PEERS if k in models):
+        for a in PEERS[key].accuracy:
+            lines.append(f"| {PEERS[key].title} | {a.dataset} | {a.task} | {a.dice:.2f} | {a.source} |")
+    for a in SEGMATE_PAPER_ACCURACY:
+        lines.append(f"| SegMate | {a.dataset} | {a.task} | {a.dice:.2f} | {a.source} |")
+    default = catalogue_entry(default_model_id())
+    if any(str(m).startswith(default["id"]) for m in models) and default.get("metrics"):
+        metrics = default["metrics"]
+        for organ, values in metrics["organs"].items():
+            lines.append(f"| {default['id']} (bundled) | {metrics['dataset']} | {organ} | {100 * values['dice']:.1f} "
+                         f"| Resources/models.json (`segmate evaluate`) |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_tables(results: dict[str, Any]) -> str:
-    """The end-to-end rows against the peer (:func:`peer_table`), then one markdown table per model:
-    every row's seconds (wall and CPU), memory, dtype and Dice vs fp32."""
+    """Every row ranked (:func:`ranking_table`), the published accuracy beside it
+    (:func:`accuracy_table`), the end-to-end rows against the 3D nnU-Net peer (:func:`peer_table`),
+    then one markdown table per model: every row's seconds (wall and CPU), memory, dtype and Dice vs fp32."""
     from .compute_peak import peaks_text
 
     out = []
@@ -881,21 +1022,23 @@ def markdown_tables(results: dict[str, Any]) -> str:
     if peaks:
         out.append("Matrix-multiply peak of this machine (`torch.mm`, best of 5), the ceiling of the "
                    f"\"% of peak\" column: {peaks_text(peaks)}\n")
+    out += ["#### Every row of this run, fastest first\n", ranking_table(results)]
+    out += ["#### Published accuracy: the papers' figures on their own data, not measured in this run\n",
+            accuracy_table(results)]
     against_peer = peer_table(results)
     if against_peer:
         out += ["#### End to end, against the 3D nnU-Net peer of this run\n", against_peer]
     for model in dict.fromkeys(r["model"] for r in results["rows"]):
         rows = [r for r in results["rows"] if r["model"] == model]
         first = rows[0]
-        out.append(f"#### {model}: {first['params_m']:.1f} M parameters, {first['gmacs_per_slice']:.2f} GMACs per slice\n")
+        out.append(f"#### {model}: {first['params_m']:.2f} M parameters, {first['gmacs_per_slice']:.2f} GMACs per slice\n")
         out.append("| configuration | s / volume | network s | compute floor s | % of peak | CPU s | peak RSS MB "
                    "| private MB | dtype | Dice vs fp32 (min) | load 1-min | CPU stolen % |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            cpu = r.get("cpu_s_per_volume") if r["scope"] == "end_to_end" else r.get("cpu_s_network")
             out.append(f"| {r['name'].split(': ', 1)[-1]} ({r['scope'].replace('_', ' ')}) | {_num(r.get('s_per_volume'))} "
                        f"| {_num(r['s_network'])} | {_num(r.get('compute_floor_s'))} | {_num(r.get('pct_of_peak'), 0)} "
-                       f"| {_num(cpu)} | {_num(r['peak_rss_mb'], 0)} "
+                       f"| {_num(row_cpu_seconds(r))} | {_num(r['peak_rss_mb'], 0)} "
                        f"| {_num(r.get('peak_private_mb'), 0)} | {r['dtype']} | {_num(r.get('dice_min'), 4)} "
                        f"| {r['load_before_after'][0]} to {r['load_before_after'][1]} | {_num(r.get('cpu_steal_pct'))} |")
         out.append("")

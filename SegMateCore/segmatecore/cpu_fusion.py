@@ -29,6 +29,7 @@ module graph, say), nothing is rewritten.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -60,6 +61,22 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
+@lru_cache(maxsize=1)
+def _onednn_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT): on a CPU with
+    AVX2 alone its fused bf16 convolution raises instead of running."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is None or check())
+
+
+def onednn_runs(x: torch.Tensor) -> bool:
+    """Whether oneDNN's fused convolution takes ``x``: a CPU tensor in fp32, or in bf16 where the CPU
+    has oneDNN's bf16 kernels (float64 and other devices: never)."""
+    if x.device.type != "cpu" or x.dtype == torch.float64:
+        return False
+    return x.dtype != torch.bfloat16 or _onednn_bf16()
+
+
 class FusedConv2d(nn.Module):
     """A 2D convolution (zero padding) with an optional activation fused in, and, for a grouped
     convolution with one input channel per group and ``multiplier`` > 1 outputs each, run as
@@ -86,7 +103,7 @@ class FusedConv2d(nn.Module):
         if self.post_op is None:
             return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
         attr, algorithm = self.post_op
-        if x.dtype == torch.float64 or x.device.type != "cpu":  # oneDNN has neither: the same function, unfused
+        if not onednn_runs(x):  # the same function, unfused
             return _REFERENCE[attr](F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups),
                                     algorithm)
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, self.padding, self.stride, self.dilation,

@@ -1,4 +1,5 @@
-"""``segmate bench``: seconds and peak memory per CT for each backbone and optimisation, and a 3D nnU-Net peer."""
+"""``segmate bench``: seconds and peak memory per CT for each backbone and optimisation, and the peers
+(a 3D nnU-Net, LightMedSeg, HRMedSeg, Light-UNETR) on the same CT."""
 from __future__ import annotations
 
 import json
@@ -7,34 +8,51 @@ from pathlib import Path
 
 def register(sub) -> None:
     from ..bench import BACKBONES
+    from ..peers import PEERS
 
-    p = sub.add_parser("bench", help="speed and memory per CT volume against a 3D nnU-Net, in one run",
+    p = sub.add_parser("bench", help="speed and memory per CT volume against its peers (3D nnU-Net, LightMedSeg, "
+                                     "HRMedSeg, Light-UNETR), in one run",
                        description="Runs each configuration in a fresh process on the bundled sample CT resampled to "
-                                   "512 x 512 x 162 (64 x 64 x 12 with --quick) and prints one line per row.")
+                                   "512 x 512 x 162 (64 x 64 x 12 with --quick) and prints one line per row. The peers "
+                                   "segment the same CT with random weights, the way each runs in practice (3D ones "
+                                   "by sliding-window patches on a 1.5 mm grid, HRMedSeg slice by slice at 1024 x "
+                                   "1024): the rows measure cost, not accuracy.")
     p.add_argument("--quick", action="store_true", help="a tiny volume and input size: checks the benchmark runs "
                                                         "(figures are not meaningful)")
     p.add_argument("--json", metavar="FILE", help="write every row (and the machine) as JSON")
-    p.add_argument("--plot", metavar="FILE", help="write seconds per volume against peak memory as a PNG")
+    p.add_argument("--plot", metavar="FILE", help="write a PNG of two panels: seconds per volume against peak memory, "
+                                                  "and GMACs per volume against seconds (every row and peer)")
     p.add_argument("--backbones", nargs="*", default=list(BACKBONES), metavar="BACKBONE",
                    help=f"backbones to measure (default: {' '.join(BACKBONES)}; none: only the peer)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="precision of the skip_outside_extent row (auto: fp32 on the CPU, fp16 on CUDA)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--no-peer", dest="peer", action="store_false", help="leave out the 3D nnU-Net peer")
+    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS), metavar="PEER",
+                   help=f"peers segmenting the same CT with the end-to-end rows (default: {' '.join(PEERS)}; "
+                        "none: no peer)")
+    p.add_argument("--no-peer", dest="peers", action="store_const", const=[], help="leave out every peer (--peers "
+                                                                                 "with no name)")
+    p.add_argument("--check-peers", action="store_true",
+                   help="measure nothing: print each peer's parameters and GFLOPs against its paper's, at the "
+                        "paper's input size and in the paper's counting convention (docs/benchmark.md)")
     p.add_argument("--no-bundled", dest="bundled", action="store_false",
                    help="leave out the rows of the bundled trained model (the default job, at its own input size)")
     p.add_argument("--no-openvino", dest="openvino", action="store_false",
                    help="leave out the OpenVINO rows even where OpenVINO is installed")
     p.add_argument("--ct", metavar="PATH", help="another CT to resample and use (default: the bundled sample)")
-    p.add_argument("--batch-size", type=int, help="slices per batch (default: segment()'s own, 2 on the CPU; "
+    p.add_argument("--batch-size", type=int, help="slices per batch, SegMate's and HRMedSeg's (default: segment()'s own, 2 on the CPU; "
                                                   "the runs in docs/benchmark.md used 4)")
     p.add_argument("--network-slices", type=int, help="slices timed in the network-alone rows (default 16)")
     p.add_argument("--threads", type=int, help="PyTorch threads in every row (default: PyTorch's own)")
     p.add_argument("--scope", choices=("all", "network", "end_to_end"), default="all",
-                   help="only the network-alone rows, or only the end-to-end rows (and the peer)")
+                   help="only the network-alone rows, or only the end-to-end rows (and the peers)")
     p.add_argument("--from-json", nargs="+", metavar="FILE",
                    help="measure nothing: merge these saved results and write --json/--plot from them")
-    p.add_argument("--markdown", metavar="FILE", help="write markdown tables: every end-to-end row against the peer, then one table per model")
+    p.add_argument("--markdown", metavar="FILE", help="write markdown tables: every row ranked by seconds per volume "
+                                                      "(with parameters, GMACs per volume and the ratio to SegMate's "
+                                                      "default rows), the published accuracy of each network, every "
+                                                      "end-to-end row against the 3D nnU-Net peer, then one table per "
+                                                      "model")
     p.add_argument("--profile", metavar="BACKBONE", help="measure nothing else: print where BACKBONE's network time "
                                                         "goes (OpenVINO layer counters or torch.profiler)")
     p.add_argument("--runtime", choices=("auto", "torch", "openvino"), default="auto", help="runtime for --profile")
@@ -47,6 +65,11 @@ def run(args) -> int:
 
     if (args.batch_size is not None and args.batch_size < 1) or (args.network_slices is not None and args.network_slices < 1):
         raise ValueError("--batch-size and --network-slices must be at least 1.")
+    if args.check_peers:
+        from ..peers.paper_check import paper_check_markdown
+
+        print(paper_check_markdown(), end="")
+        return 0
     if args.profile:
         from ..bench import profile_network
 
@@ -59,7 +82,7 @@ def run(args) -> int:
             print(format_row(row))
     else:
         results = run_benchmark(quick=args.quick, backbones=args.backbones, precision=args.precision,
-                                device=args.device, peer=args.peer, bundled=args.bundled, openvino=args.openvino, ct=args.ct, workdir=args.workdir,
+                                device=args.device, peers=args.peers, bundled=args.bundled, openvino=args.openvino, ct=args.ct, workdir=args.workdir,
                                 batch_size=args.batch_size, network_slices=args.network_slices, threads=args.threads,
                                 scopes=SCOPES if args.scope == "all" else (args.scope,),
                                 report=lambda row: print(format_row(row), flush=True))
