@@ -13,6 +13,7 @@ import torch
 
 from segmatecore.bench import (DICE_BAR, PEER_MODEL, QUICK_SIZE, ROW_FIELDS, markdown_tables, resample_to_size,
                                row_seconds)
+from segmatecore.catalogue import catalogue_entry, default_model_id
 from segmatecore.cli import main
 from segmatecore.organs import PAPER_ORGANS
 from segmatecore.peers import (build_nnunet_3d_fullres, gaussian_importance, run_nnunet_peer,
@@ -71,7 +72,7 @@ def test_every_peer_segments_the_ct_and_reports_its_cost_against_segmate(quick):
     assert list(peers) == list(PEERS)
     depth = results["ct"]["size"][2]
     references = [r for r in rows if r["kind"] == "segmate" and r["scope"] == "end_to_end" and r["reference"] is None]
-    assert {r["model"].split(" ")[0] for r in references} == {"fastvit_t12", "segmate_demo_fastvit_t12"}
+    assert {r["model"].split(" ")[0] for r in references} == {"fastvit_t12", catalogue_entry(default_model_id())["id"]}
     for key, row in peers.items():
         assert row["scope"] == "end_to_end" and row["dtype"] == "float32" and row["s_per_volume"] >= row["s_network"] > 0
         assert row["cpu_s_per_volume"] > 0 and row["peak_private_mb"] > 0
@@ -207,7 +208,7 @@ def test_markdown_opens_with_every_row_ranked_and_the_published_accuracy_beside_
         assert cells[9] == f"{ratio['wall']:.2f} / {ratio['cpu']:.2f} / {ratio['rss']:.2f}"
     assert sections[2].startswith("Published accuracy: the papers' figures on their own data, not measured")
     accuracy = sections[2]
-    for title in ("LightMedSeg", "HRMedSeg", "Light-UNETR", "SegMate", "segmate_demo_fastvit_t12 (bundled)"):
+    for title in ("LightMedSeg", "HRMedSeg", "Light-UNETR", "SegMate", f"{catalogue_entry(default_model_id())['id']} (bundled)"):
         assert f"| {title} |" in accuracy, title
     assert "| LightMedSeg | BraTS (brain MRI, 4 modalities) | 3 tumour regions | 83.40 |" in accuracy
 

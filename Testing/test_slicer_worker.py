@@ -33,7 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SegMateSlicer"))
 
 import segmatecore  # noqa: E402
-from segmatecore.organs import organ  # noqa: E402
 from segmatecore.result import SegmentationCancelled  # noqa: E402
 
 from SegMateLib import protocol, worker  # noqa: E402
@@ -225,7 +224,7 @@ def test_worker_labelmap_equals_in_process_segment_on_an_oblique_volume(scene, c
     expected_labels = sitk.GetArrayViewFromImage(expected.labelmap)
     for key in ORGANS:  # and the segments in the scene hold exactly those voxels
         np.testing.assert_array_equal(segmentVoxels(run.segmentationNode, run.segmentIds[key], volume) > 0,
-                                      expected_labels == organ(key).label, err_msg=key)
+                                      expected_labels == expected.labels[key], err_msg=key)
 
 
 def test_run_keeps_its_speed_while_the_main_thread_is_busy_in_python(scene, client, ct, run_folders, capsys):
@@ -281,7 +280,9 @@ def test_an_error_in_the_worker_is_reported_and_the_worker_serves_the_next_reque
     assert task.wait(120) and task.error is None
     assert client.pid == pid
     listed = {entry["id"]: entry for entry in task.result["models"]}
-    assert listed["segmate_demo_fastvit_t12"]["installed"] and listed["segmate_demo_fastvit_t12"]["default"]
+    default = next(entry for entry in listed.values() if entry["default"])
+    assert default["id"] == "segmate_hn_fastvit_t12" and default["installed"]
+    assert default["organs"][0] == "spinal_cord" and len(default["organs"]) == 7
 
 
 def test_cancel_in_mid_network_ends_the_process_tree_at_once(scene, client, ct, run_folders):
@@ -427,7 +428,7 @@ def test_model_download_runs_in_the_worker_with_progress(tmp_path, monkeypatch):
     resources = tmp_path / "Resources"
     shutil.copytree(REPO / "Resources", resources, ignore=shutil.ignore_patterns("SampleData"))
     catalogue = json.loads((resources / "models.json").read_text(encoding="utf-8"))
-    bundled = resources / "Models" / "segmate_demo_fastvit_t12.safetensors"
+    bundled = resources / "Models" / f"{catalogue['default_model']}.safetensors"
     (tmp_path / "server").mkdir()
     shutil.copy(bundled, tmp_path / "server" / "demo.safetensors")
     class Quiet(SimpleHTTPRequestHandler):
