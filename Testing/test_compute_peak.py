@@ -45,7 +45,7 @@ def test_each_network_row_and_the_peer_get_their_floor_at_their_own_thread_count
          "gmacs_per_slice": 9.0, "s_network": 45.0},
         {"name": "d", "model": "fastvit_t12", "scope": "end_to_end", "dtype": "float32", "threads": 2,
          "gmacs_per_slice": 9.0, "s_network": 10.0},  # the main pass only: no floor
-        {"name": "e", "model": PEER_MODEL, "scope": "end_to_end", "dtype": "float32", "threads": 2,
+        {"name": "e", "model": PEER_MODEL, "kind": "peer", "scope": "end_to_end", "dtype": "float32", "threads": 2,
          "gmacs_per_slice": 80.0, "s_network": 200.0},
     ]
     calls = []

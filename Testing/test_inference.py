@@ -52,8 +52,8 @@ def openkbp_presence(shared_data, case: str) -> tuple[np.ndarray, float]:
     image = sitk.ReadImage(str(shared_data / "openkbp" / case / "labels.nii.gz"))
     canonical, frame = to_canonical(image)
     slices = np.zeros((canonical.shape[2], 9), dtype=bool)
-    slices[:, organ("spinal_cord").channel] = (canonical == 1).any(axis=(0, 1))
-    slices[:, organ("esophagus").channel] = (canonical == 2).any(axis=(0, 1))
+    slices[:, PAPER.channel("spinal_cord")] = (canonical == 1).any(axis=(0, 1))
+    slices[:, PAPER.channel("esophagus")] = (canonical == 2).any(axis=(0, 1))
     return slices, frame.spacing[2]
 
 
