@@ -27,6 +27,7 @@ def data(tmp_path_factory):
 def trained(data, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     code = main(["train", "--backbone", "fastvit_t12", "--data", str(data), *TINY, "--max-steps", "3", "--run-dir", str(run),
+                 "--organs", "spinal_cord,esophagus,liver,left_kidney",  # liver: a model organ the data never annotate
                  "-o", str(run / "model.safetensors"), "--dtype", "fp16"])
     assert code == 0
     return run
@@ -36,11 +37,12 @@ def test_tiny_run_writes_a_loadable_model_with_provenance(trained, data):
     model = load_model(trained / "model.safetensors")
     meta = model.metadata
     assert meta["backbone"] == "fastvit_t12" and meta["preprocessing"]["input_size"] == [64, 64]
-    assert meta["trained_organs"] == ["spinal_cord", "esophagus", "left_kidney"]
+    assert meta["organs"] == ["spinal_cord", "esophagus", "liver", "left_kidney"]  # --organs, in that order
+    assert meta["trained_organs"] == ["spinal_cord", "esophagus", "left_kidney"]  # the data have no liver
     assert not meta["deep_supervision"] and len(model.deep_heads) == 0  # training-only heads dropped
     prov = meta["provenance"]
     assert prov["source"] == "segmate train"
-    assert prov["data"][0]["path"] == str(data.resolve())
+    assert prov["data"][0]["path"] == data.name  # outside the working folder: its name alone, never an absolute path
     assert prov["data"][0]["splits"] == json.loads((data / "dataset.json").read_text())["splits"]
     assert prov["recipe"]["lr"] == 2e-4 and prov["recipe"]["optimizer"] == "AdamW"
     assert prov["recipe"]["steps_done"] == 3
@@ -48,7 +50,7 @@ def test_tiny_run_writes_a_loadable_model_with_provenance(trained, data):
     assert prov["metrics"]["validation"]["step"] in (2, 3)
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 64, 64), torch.tensor([0.5]))
-    assert out.seg.shape == (1, 9, 64, 64)
+    assert out.seg.shape == (1, 4, 64, 64)
     history = json.loads((trained / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 3]
     assert (trained / "tb").is_dir() and (trained / "best.safetensors").is_file()
@@ -124,12 +126,11 @@ def test_fit_presence_changes_only_the_presence_head_and_records_why(trained, da
 
 
 def test_presence_features_count_out_of_field_organs_as_absent(trained, data):
-    from segmatecore.organs import PAPER_ORGANS
     from segmatecore.train.presence_fit import collect_features
 
     net = load_model(trained / "model.safetensors").eval()
     plain = collect_features(net, [data], "train", every=4)
-    liver = PAPER_ORGANS.index("liver")
+    liver = list(net.metadata["organs"]).index("liver")
     assert not plain.annotated[:, liver].any()
     with_field = collect_features(net, [data], "train", every=4, out_of_field={"nifti-pairs": ("liver",)})
     assert with_field.annotated[:, liver].all() and not with_field.targets[:, liver].any()

@@ -220,7 +220,7 @@ def test_calibration_scores_what_segment_draws_when_the_network_grid_differs(fli
     model = IntensityModel(organs=["spinal_cord"], input_size=32)
     case = load_cases([flicker_cases], "val")[0]
     image = canonical_image(case.image, case.record["spacing"])
-    truth = decode_labels(np.asarray(case.labels))[[list(PAPER_ORGANS).index("spinal_cord")]]  # canonical
+    truth = case.masks(["spinal_cord"])  # canonical
     sweep = CaseSweep(truth, ["spinal_cord"], [0.3, 0.5], [0.0, 4.0], SPACING_Z)
     segment(image, model=model, device="cpu", probability_sink=sweep)
     counted = sweep.dice()[0]  # [smoothing, threshold]

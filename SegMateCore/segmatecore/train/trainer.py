@@ -295,7 +295,11 @@ class Trainer:
         self.writer = None
 
     def _initial_organs(self) -> list[str] | None:
-        """A fine-tune keeps the organs of the model it starts from."""
+        """A resumed run keeps the organs of its checkpoint; a fine-tune those of the model it starts from."""
+        checkpoint = Path(self.cfg.run_dir) / "checkpoint.pt"
+        if self.cfg.resume and checkpoint.is_file():
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            return state.get("organs") or state["config"].get("organs")
         if not self.cfg.init_model:
             return None
         from ..checkpoint import read_metadata
@@ -327,7 +331,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "epoch_step": self.epoch_step, "best": self.best,
-                "history": self.history, "config": asdict(self.cfg)}
+                "history": self.history, "config": asdict(self.cfg), "organs": self.organs}
 
     def load_state(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
