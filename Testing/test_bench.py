@@ -76,7 +76,9 @@ def test_every_peer_segments_the_ct_and_reports_its_cost_against_segmate(quick):
     for key, row in peers.items():
         assert row["scope"] == "end_to_end" and row["dtype"] == "float32" and row["s_per_volume"] >= row["s_network"] > 0
         assert row["cpu_s_per_volume"] > 0 and row["peak_private_mb"] > 0
-        assert row["gmacs_per_volume"] == pytest.approx(row["gmacs_per_call"] * row["patches"], rel=1e-3)
+        # rows keep 3 decimals: the rounding of GMACs per call grows with the number of calls
+        assert row["gmacs_per_volume"] == pytest.approx(row["gmacs_per_call"] * row["patches"], rel=1e-3,
+                                                        abs=5e-4 * (row["patches"] + 1))
         assert row["gmacs_per_slice"] == pytest.approx(row["gmacs_per_volume"] / depth, rel=1e-3, abs=5e-4)  # rows keep 3 decimals
         for ref in references:
             ratio = row["vs_segmate"][ref["model"]]
@@ -91,7 +93,7 @@ def test_every_peer_segments_the_ct_and_reports_its_cost_against_segmate(quick):
     assert 1.35 < peers["light_unetr"]["params_m"] < 1.5
     for row in rows:  # SegMate's per-volume convention: the network once per slice
         if row["kind"] == "segmate":
-            assert row["gmacs_per_volume"] == pytest.approx(row["gmacs_per_slice"] * depth, rel=1e-3)
+            assert row["gmacs_per_volume"] == pytest.approx(row["gmacs_per_slice"] * depth, rel=1e-3, abs=5e-4 * (depth + 1))  # both rounded to 3 decimals
 
 
 def test_each_optimisation_is_a_row_that_agrees_with_fp32(quick):
