@@ -11,9 +11,15 @@ from segmatecore.models import backbone_spec
 torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("name", ["efficientnetv2_m", "mambaout_tiny", "fastvit_t12", "tf_efficientnetv2_m"])
-def test_backbone_names_and_timm_names_resolve(name):
-    assert backbone_spec(name).timm_name in ("tf_efficientnetv2_m", "mambaout_tiny", "fastvit_t12")
+@pytest.mark.parametrize("name, timm_name, key", [
+    ("efficientnetv2_m", "tf_efficientnetv2_m", "efficientnetv2_m"),
+    ("tf_efficientnetv2_m", "tf_efficientnetv2_m", "efficientnetv2_m"),
+    ("mambaout_tiny", "mambaout_tiny", "mambaout_tiny"),
+    ("fastvit_t12", "fastvit_t12", "fastvit_t12"),
+])
+def test_backbone_names_and_timm_names_resolve_to_their_own_backbone(name, timm_name, key):
+    spec = backbone_spec(name)
+    assert (spec.timm_name, spec.key) == (timm_name, key)
 
 
 def test_unknown_backbone_is_refused_with_choices():

@@ -141,21 +141,47 @@ def test_prepare_leaves_other_modules_untouched():
     assert prepare_for_inference(model, CPU, "bf16")[1] == torch.bfloat16
 
 
-def test_compute_dtype_follows_precision_and_the_cpu():
+@pytest.mark.parametrize("amx", [False, True])
+def test_compute_dtype_follows_precision_and_the_cpu(monkeypatch, amx):
+    monkeypatch.setattr(optimize, "cpu_bf16_is_faster", lambda: amx)
     assert compute_dtype(CPU, "fp32") == torch.float32
     assert compute_dtype(CPU, "bf16") == torch.bfloat16
     assert compute_dtype(CPU, "auto") == torch.float32  # bf16 missed the Dice bar: opt-in only
-    expected = torch.bfloat16 if cpu_bf16_is_faster() else torch.float32
-    assert compute_dtype(CPU, "auto", Optimizations(bf16=True)) == expected
+    assert compute_dtype(CPU, "auto", Optimizations(bf16=True)) == (torch.bfloat16 if amx else torch.float32)
     assert compute_dtype(torch.device("cuda"), "auto") == torch.float16
     with pytest.raises(ValueError, match="precision"):
         compute_dtype(CPU, "int8")
 
 
-def test_fast_bf16_detection_matches_the_cpu_flags():
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        flags = next(line for line in f if line.startswith("flags")).split()
-    assert cpu_bf16_is_faster() == ({"amx_bf16", "amx_tile"} <= set(flags))
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 {extra}
+bogomips\t: 4600.00
+
+processor\t: 1
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 {extra}
+"""
+
+
+@pytest.mark.parametrize("flags, shown", [
+    (frozenset(), "no AVX flags read"),
+    (frozenset({"sse2", "avx2"}), "avx2"),
+    (frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}),
+     "amx_bf16 amx_tile avx2 avx512_bf16 avx512f"),
+])
+def test_cpu_description_names_the_flags_that_set_the_precision(monkeypatch, flags, shown):
+    monkeypatch.setattr(optimize, "_cpu_flags", lambda: flags)
+    assert optimize.cpu_description().endswith(f"logical CPUs, {shown}")
+
+
+@pytest.mark.parametrize("extra, flags_have_amx", [("", False), ("amx_bf16 amx_tile amx_int8", True)])
+def test_cpu_flags_are_read_from_linux_cpuinfo(tmp_path, extra, flags_have_amx):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(extra=extra))
+    flags = optimize._cpu_flags(str(cpuinfo))
+    assert {"avx2", "avx512f", "avx512_bf16"} <= flags and "GenuineIntel" not in flags
+    assert ({"amx_bf16", "amx_tile"} <= flags) == flags_have_amx
+    assert optimize._cpu_flags(str(tmp_path / "missing")) == frozenset()
 
 
 @pytest.mark.parametrize("flags, faster", [

@@ -8,10 +8,13 @@ The .ui is also loaded for real with Qt (PySide6) and the Slicer-only widgets re
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,7 +25,7 @@ UI_FILE = MODULE / "Resources" / "UI" / "SegMate.ui"
 WIDGET_FILE = MODULE / "SegMate.py"
 sys.path.insert(0, str(MODULE))
 
-# The controls the issue asks for, by name and class.
+# The controls the panel offers, by name and class.
 REQUIRED_CONTROLS = {
     "inputVolumeSelector": "qMRMLNodeComboBox",
     "modelComboBox": "QComboBox",
@@ -138,9 +141,34 @@ def test_module_file_follows_the_scripted_module_template():
     assert bases["SegMateWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
     assert bases["SegMateLogic"] == ["ScriptedLoadableModuleLogic", "SegMateLib.SegMateLogic"]
     assert bases["SegMateTest"] == ["ScriptedLoadableModuleTest"]
-    source = WIDGET_FILE.read_text(encoding="utf-8")
-    assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in source
-    assert "registerCustomSampleDataSource(**source)" in source
+    module_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SegMate")
+    connects = [[ast.unparse(a) for a in n.args] for n in ast.walk(module_class)
+                if isinstance(n, ast.Call) and ast.unparse(n.func) == "slicer.app.connect"]
+    assert connects == [["'startupCompleted()'", "registerSampleData"]]  # after Sample Data has loaded
+
+
+def test_sample_data_registration_adds_every_bundled_ct_to_sample_data(monkeypatch):
+    """registerSampleData, run as Slicer runs it once start-up completes, with a stand-in SampleData module."""
+    import logging
+    import types
+
+    import SegMateLib
+
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "registerSampleData")
+    namespace = {"SegMateLib": SegMateLib, "logging": logging}
+    exec(compile(ast.Module([function], []), str(WIDGET_FILE), "exec"), namespace)
+    registered: list[dict] = []
+    sample_data = types.ModuleType("SampleData")
+    sample_data.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: registered.append(kw))
+    monkeypatch.setitem(sys.modules, "SampleData", sample_data)
+    namespace["registerSampleData"]()
+    samples = json.loads((REPO / "Resources" / "SampleData" / "samples.json").read_text(encoding="utf-8"))
+    assert [kw["sampleName"] for kw in registered] == [sample["name"] for sample in samples]
+    for kw, sample in zip(registered, samples):
+        assert kw["category"] == "SegMate" and kw["fileNames"] == sample["file"]
+        assert Path(urllib.request.url2pathname(urllib.parse.urlparse(kw["uris"]).path)).is_file()
+        assert kw["checksums"] == f"SHA256:{sample['sha256']}"
 
 
 # What Slicer runs of SegMate at start-up (SegMate.py's module level, registerSampleData) and when the panel

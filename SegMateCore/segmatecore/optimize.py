@@ -83,9 +83,10 @@ NONE = Optimizations(reparameterize=False, fold_batchnorm=False, fuse_convolutio
 
 
 @lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
+def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty where there is no such file)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
                     return frozenset(line.split(":", 1)[1].split())
@@ -98,9 +99,9 @@ def cpu_bf16_is_faster() -> bool:
     """True where bf16 inference beats fp32 on this CPU: an x86 CPU with AMX (tile matrix units)
     and a PyTorch with oneDNN.
 
-    Without AMX, oneDNN's bf16 kernels (AVX512-BF16 dot products) ran no faster than its fp32 ones,
-    and the conversions cost extra: on such a CPU, FastViT-T12 at 512 ran at 142 ms per slice in
-    bf16 against 104 in fp32, the other backbones 1.4-1.5x slower too (docs/benchmark.md).
+    Without AMX, oneDNN's bf16 kernels (AVX512-BF16 dot products, or none at all on AVX2) run no
+    faster than its fp32 ones and the conversions cost extra, so bf16 is slower there
+    (docs/benchmark.md, "What limits each figure").
     """
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         return False
@@ -115,9 +116,8 @@ def bf16_warning(device: torch.device, precision: str) -> str | None:
     """The warning for a user who asked for bf16 where it makes inference slower, else None."""
     if precision != "bf16" or device.type != "cpu" or cpu_bf16_is_faster():
         return None
-    return ("precision bf16: this CPU has no AMX, so bf16 runs no faster than fp32 here (about 1.4x "
-            "slower on a CPU with AVX512-BF16 alone) and its masks may differ at their edges; "
-            "use precision auto (fp32) instead.")
+    return ("precision bf16: this CPU has no AMX, so bf16 runs slower than fp32 here and its masks "
+            "may differ at their edges; use precision auto (fp32) instead.")
 
 
 def compute_dtype(device: torch.device, precision: str, optimizations: Optimizations = DEFAULT) -> torch.dtype:
