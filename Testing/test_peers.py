@@ -79,7 +79,7 @@ def test_light_unetr_segments_even_and_odd_sizes():
 @pytest.mark.parametrize("key", [k for k, spec in PEERS.items() if spec.paper is not None])
 def test_parameters_at_the_papers_configuration(key):
     """Within 10 % of the paper's count, or of the deviation documented where the paper's network
-    cannot hold it (docs/benchmark.md)."""
+    cannot hold it (docs/peers.md)."""
     spec = PEERS[key]
     params_m = count(spec.build(spec.paper.input_shape[1], spec.paper.num_classes)) / 1e6
     deviation = params_m / spec.paper.params_m - 1

@@ -21,7 +21,7 @@ evaluation, section 4.2):
   upsampled by two transposed convolutions and an MLP of each query, bilinearly interpolated to
   the output size (eq. 8).
 
-Choices where the paper is open (docs/benchmark.md, "The peers"):
+Choices where the paper is open (docs/peers.md):
 
 - *DGLA is one head, d = C1*: eq. 5 multiplies SiLU(x W_x) (width d) with V' (width C1)
   elementwise, and the paper's depth ablation (Table 6: +0.0825 M per layer) is exactly

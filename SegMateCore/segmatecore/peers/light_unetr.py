@@ -19,7 +19,7 @@ high-frequency kernels k1 = 3 and k2 = 5, CGLU expansion 2:
 - **decoder**: upsampling, the encoder feature of the same level added (the skip connection),
   then the level's blocks; the head upsamples by 4 to the input resolution with the classes.
 
-Choices where the paper is open (docs/benchmark.md, "The peers"):
+Choices where the paper is open (docs/peers.md):
 
 - *The decoder mirrors the encoder's levels 3, 2, 1 with their depths (3, 2, 1 blocks)*, skips
   are added, and the head is a 4x4x4 stride-4 transposed convolution C1 -> C1 and a 1x1x1

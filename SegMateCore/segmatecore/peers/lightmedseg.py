@@ -29,7 +29,7 @@ Built from the paper's section 3, block by block, with its widths:
   of a 1x1x1 convolution; squeeze-and-excitation.
 - **head**: a 1x1x1 convolution to the classes.
 
-Choices where the paper is open or contradicts itself (docs/benchmark.md, "The peers"):
+Choices where the paper is open or contradicts itself (docs/peers.md):
 
 - *Where the decoder's four levels sit, and the head.* Section 3.6 has the four 2x2x2 upsamplings
   restore D/16 -> D/8 -> D/4 -> D/2 -> D (its last stage output is B x C0 x D x H x W) and then adds a
@@ -46,7 +46,7 @@ Choices where the paper is open or contradicts itself (docs/benchmark.md, "The p
   width (level 4's then upsampled trilinearly).
 - *Parameters*: the blocks above at the paper's widths hold 0.27 M parameters, not 0.48 M; the
   paper's own per-module figures (anchor detector 8.6 K, structural prior 11.7 K, router 24 K)
-  are met, and no block it describes holds the other 0.2 M (docs/benchmark.md).
+  are met, and no block it describes holds the other 0.2 M (docs/peers.md).
 """
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ class PaperFigures:
     ``count`` names the convention its "GFLOPs" follow, one of :class:`NetworkCost`'s fields:
     ``gmacs`` (torch.utils.flop_counter), ``gmacs_layers`` (convolution and linear layers) or
     ``gmacs_layers_transposed_at_output`` (the same, transposed convolutions charged per output
-    voxel). ``evidence`` says why that convention (docs/benchmark.md). ``params_deviation`` is set
+    voxel). ``evidence`` says why that convention (docs/peers.md). ``params_deviation`` is set
     only where the network the paper describes cannot hold the paper's parameter count; the
     check then holds the network to that documented deviation instead of 10 %."""
 
@@ -49,7 +49,7 @@ class PaperFigures:
     count: str
     evidence: str
     params_deviation: float | None = None   # where the paper's count cannot be met: the deviation found
-    params_note: str = ""                    # ... and why (docs/benchmark.md)
+    params_note: str = ""                    # ... and why (docs/peers.md)
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ LIGHTMEDSEG = PeerSpec(
                        params_note="the blocks section 3 describes, at the widths it gives, hold 0.265 M; the "
                                    "paper's per-module figures (anchor detector 8.6 K, structural prior 11.7 K, "
                                    "router 24 K) are met, and no block it describes holds the rest "
-                                   "(docs/benchmark.md)"),
+                                   "(docs/peers.md)"),
     accuracy=(PublishedAccuracy("BraTS (brain MRI, 4 modalities)", "3 tumour regions", 83.4, "Table 1"),
               PublishedAccuracy("ACDC (cardiac MRI)", "RV, myocardium, LV", 91.24, "Table 2")))
 
