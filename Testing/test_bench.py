@@ -38,6 +38,8 @@ def test_every_row_has_the_documented_fields(quick):
     results, _ = quick
     assert results["batch_size"] == DEFAULT_BATCH["cpu"]  # what `segmate predict` runs, unless told otherwise
     assert results["ct"]["size"] == list(QUICK_SIZE)
+    # results are committed and shared: the bundled CT is named relative to the repository
+    assert results["ct"]["source"] == "Resources/SampleData/totalsegmentator_example_ct.nii.gz"
     assert results["machine"]["cpu"] == cpu_description()  # every figure says which CPU made it
     for row in results["rows"]:
         missing = [f for f in ROW_FIELDS if f not in row]

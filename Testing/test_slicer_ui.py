@@ -278,7 +278,7 @@ def test_python_code_parses_as_python_3_10():
 
 
 def test_ui_loads_in_qt_with_stand_ins():
-    import PySide6  # noqa: F401  (pinned in requirements.txt)
+    import PySide6  # noqa: F401  (pinned in requirements-dev.txt)
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sys.path.insert(0, str(MODULE / "Utilities"))

@@ -191,6 +191,21 @@ def peer_configs(peers: Sequence[str], device: str = "cpu", quick: bool = False)
 
 # ------------------------------------------------------------------------------------------- inputs
 
+def recorded_ct_path(path: Path) -> str:
+    """The CT's path as the results record it: never an absolute path of the machine that ran them.
+
+    Results are committed and shared, so a bundled resource is named ``Resources/...``, a file below
+    the working folder by its relative path, and any other file by its name alone.
+    """
+    from .resources import resources_dir
+
+    path = Path(path).resolve()
+    for root, prefix in ((resources_dir().resolve(), Path("Resources")), (Path.cwd().resolve(), Path())):
+        if path.is_relative_to(root):
+            return (prefix / path.relative_to(root)).as_posix()
+    return path.name
+
+
 def sample_ct_path() -> Path:
     """The bundled TotalSegmentator example CT (the shared data copy when the bundle is absent)."""
     from .resources import resource_path
@@ -742,7 +757,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
                     row[key] = round(row[key], 3)
         machine["matmul_gmacs_per_s"] = add_compute_floors(rows, setup.depth, device, quick)
         machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
-    return {"machine": machine, "ct": {"source": str(source), "size": list(size), "quick": quick},
+    return {"machine": machine, "ct": {"source": recorded_ct_path(source), "size": list(size), "quick": quick},
             "batch_size": batch_size, "rows": rows}
 
 
