@@ -102,3 +102,17 @@ def test_held_out_results_are_recorded_in_the_model_file(tmp_path):
     assert held_out["cases"] == 2 and held_out["split"] == "test"
     with safe_open(str(path), framework="pt") as fh:
         assert fh.get_tensor(next(iter(fh.keys()))).dtype == torch.float16
+
+
+def test_held_out_results_in_the_catalogues_form():
+    from segmatecore.evaluate import catalogue_metrics, summarise
+
+    rows = [{"case": f"c{n}", "organ": organ, "mode": "label_free", "dice": d, "hd95_mm": h, "iou": 0.5,
+             "precision": 0.5, "recall": 0.5}
+            for n, (organ, d, h) in enumerate([("larynx", 0.61234, 2.04), ("larynx", 0.4, 4.0), ("mandible", 0.9, 1.0)])]
+    summary = {**summarise(rows), "data": ["runs/data/openkbp7"], "split": "test", "cases": 3}
+    metrics = catalogue_metrics(summary, "segmate evaluate --split test")
+    assert metrics["organs"] == {"larynx": {"dice": 0.506, "hd95_mm": 3.0, "cases": 2},
+                                 "mandible": {"dice": 0.9, "hd95_mm": 1.0, "cases": 1}}
+    assert metrics["cases"] == 3 and metrics["command"] == "segmate evaluate --split test"
+    assert "runs/data/openkbp7" in metrics["dataset"] and "test" in metrics["dataset"]

@@ -144,6 +144,17 @@ def record_in_model(model_path: str | Path, summary: dict[str, Any], command: st
     return held_out
 
 
+def catalogue_metrics(summary: dict[str, Any], command: str) -> dict[str, Any]:
+    """The label-free results in the model catalogue's form (``segmate models entry --metrics``):
+    mean Dice to 3 decimals, mean HD95 to 0.1 mm and the number of cases per organ."""
+    organs = summary["modes"]["label_free"]
+    return {"dataset": f"split {summary['split']!r} of {', '.join(summary['data'])}", "cases": summary["cases"],
+            "command": command,
+            "organs": {k: {"dice": round(v["dice"]["mean"], 3), "hd95_mm": round(v["hd95_mm"]["mean"], 1),
+                           "cases": v["dice"]["n"]}
+                       for k, v in organs.items() if v["dice"].get("n")}}
+
+
 def _stats(values: list[float]) -> dict[str, float | int]:
     v = np.array([x for x in values if not math.isnan(x)], dtype=float)
     if not v.size:

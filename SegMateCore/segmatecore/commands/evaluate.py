@@ -9,7 +9,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="a SegMate .safetensors model")
     p.add_argument("--data", nargs="+", required=True, help="prepared dataset folder(s) (segmate prepare)")
     p.add_argument("--split", default="test", help="train, val or test (default %(default)s)")
-    p.add_argument("-o", "--output", required=True, help="folder for metrics.csv, summary.md, summary.json, boxplot.png")
+    p.add_argument("-o", "--output", required=True, help="folder for metrics.csv, summary.md, summary.json, catalogue_metrics.json, boxplot.png")
     p.add_argument("--organs", type=organ_list, default=None, metavar="a,b,...",
                    help="score only these organs of the model (default: every organ it was trained on)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
@@ -23,6 +23,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import json
+    from pathlib import Path
+
     from tqdm import tqdm
 
     from ..evaluate import evaluate
@@ -45,7 +48,12 @@ def run(args) -> int:
             d, h = m["dice"], m["hd95_mm"]
             print(f"{mode:15s} {key:13s} n={d['n']:3d} Dice {d.get('mean', float('nan')):.3f} "
                   f"(median {d.get('median', float('nan')):.3f})  HD95 {h.get('mean', float('nan')):.1f} mm")
-    print(f"wrote {args.output}/metrics.csv, summary.md, summary.json, boxplot.png")
+    from ..evaluate import catalogue_metrics
+
+    if "label_free" in summary["modes"]:
+        metrics = catalogue_metrics(summary, args.command_line)
+        Path(args.output, "catalogue_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.output}/metrics.csv, summary.md, summary.json, catalogue_metrics.json, boxplot.png")
     if args.record_in_model:
         from ..evaluate import record_in_model
 
