@@ -104,3 +104,12 @@ def test_help_imports_no_torch(argv):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "usage: segmate" in run.stdout
+
+
+def test_the_option_values_the_parser_offers_are_the_engines():
+    from segmatecore import choices
+    from segmatecore.models.encoder import BACKBONES
+    from segmatecore.peers import PEERS
+
+    assert tuple(PEERS) == choices.PEER_KEYS
+    assert set(choices.BENCH_BACKBONES) <= {spec.key for spec in BACKBONES.values()}
