@@ -307,20 +307,31 @@ def test_quiet_prints_only_errors(tmp_path, intensity_network, capsys):
     assert printed.err.startswith("missing: FAILED: ") and len(printed.err.strip().splitlines()) == 1
 
 
-def test_low_memory_sets_batch_one_and_no_feature_cache_unless_given_explicitly(tmp_path, intensity_network):
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+def test_low_memory_sets_batch_one_and_no_feature_cache_unless_given_explicitly(tmp_path, intensity_network,
+                                                                                monkeypatch):
+    from segmatecore import inference
 
-    def model_settings(*args: str) -> dict:
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    real_segment, seen = inference.segment, []
+
+    def recording_segment(*args, **kwargs):
+        seen.append({k: kwargs[k] for k in ("batch_size", "feature_cache_mb")})
+        return real_segment(*args, **kwargs)
+
+    monkeypatch.setattr("segmatecore.inference.segment", recording_segment)
+
+    def settings(*args: str) -> tuple[dict, dict]:
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
         assert cli.main(["predict", str(path), "-o", str(out), "--format", "report", "--device", "cpu", *args]) == 0
-        return json.loads((out / "case" / "report.json").read_text())["model"]
+        return seen[-1], json.loads((out / "case" / "report.json").read_text())["model"]
 
-    default = model_settings()
-    assert default["batch_size"] == 2 and default["feature_cache"] is not None
-    low = model_settings("--low-memory")
-    assert low["batch_size"] == 1 and low["feature_cache"] is None
-    explicit = model_settings("--low-memory", "--batch-size", "3")
-    assert explicit["batch_size"] == 3 and explicit["feature_cache"] is None
+    asked, ran = settings()
+    assert asked == {"batch_size": None, "feature_cache_mb": 512.0} and ran["batch_size"] == 2
+    asked, ran = settings("--low-memory")
+    assert asked == {"batch_size": 1, "feature_cache_mb": 0.0} and ran["batch_size"] == 1
+    assert ran["feature_cache"] is None
+    asked, ran = settings("--low-memory", "--batch-size", "3")
+    assert asked == {"batch_size": 3, "feature_cache_mb": 0.0} and ran["batch_size"] == 3
 
 
 def test_the_notice_of_a_model_not_for_clinical_use_is_one_line_and_a_clinical_model_has_none(
