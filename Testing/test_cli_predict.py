@@ -265,3 +265,83 @@ def test_peak_memory_of_predict_on_a_512x512x300_volume(shared_data, tmp_path):
                                         "--device", "cpu"])
     print(f"\npeak RSS of segmate predict on 512x512x300 (FastViT-T12, 512 x 512 input, CPU): {peak / 2**30:.2f} GiB")
     assert code == 0 and peak < 2.5e9
+
+
+def test_naming_tg263_names_the_segments_with_the_same_rule_as_the_slicer_module(tmp_path, intensity_network):
+    from segmatecore.organs import segment_name
+
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    out = tmp_path / "out"
+    assert cli.main(["predict", str(path), "-o", str(out), "--organs", "liver,left_kidney", "--format", "seg.nrrd",
+                     "--naming", "tg263"]) == 0
+    names = slicerio.segment_names(slicerio.read_segmentation(str(out / "case" / "segmentation.seg.nrrd"),
+                                                              skip_voxels=True))
+    assert names == ["Liver", "Kidney_L"] == [segment_name(organ(k), "tg263") for k in ("liver", "left_kidney")]
+
+
+def test_skip_existing_leaves_complete_cases_alone_and_says_so(tmp_path, intensity_network, capsys):
+    inputs = [str(synthetic_ct(tmp_path / "in" / f"{name}.nii.gz")) for name in ("a", "b")]
+    out = tmp_path / "out"
+    assert cli.main(["predict", *inputs, "-o", str(out), "--format", "nifti,report"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*.json")}
+    (out / "b" / "labels.nii.gz").unlink()  # b is incomplete: it is segmented again
+    capsys.readouterr()
+    assert cli.main(["predict", *inputs, "-o", str(out), "--format", "nifti,report", "--skip-existing"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"a: skipped, its outputs exist in {out / 'a'}" in lines
+    assert any(line.startswith("b: ok, ") for line in lines)
+    assert lines[-1] == "2 of 2 case(s) done, 1 skipped"
+    assert (out / "a" / "report.json").read_bytes() == before[out / "a" / "report.json"]  # not rewritten
+    assert (out / "b" / "labels.nii.gz").is_file()
+
+
+def test_quiet_prints_only_errors(tmp_path, intensity_network, capsys):
+    good = synthetic_ct(tmp_path / "in" / "good.nii.gz")
+    missing = tmp_path / "in" / "missing.nii.gz"
+    assert cli.main(["predict", str(good), "-o", str(tmp_path / "out"), "--format", "report", "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == ""
+    assert cli.main(["predict", str(good), str(missing), "-o", str(tmp_path / "out"), "--format", "report", "-q"]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.startswith("missing: FAILED: ") and len(printed.err.strip().splitlines()) == 1
+
+
+def test_low_memory_sets_batch_one_and_no_feature_cache_unless_given_explicitly(tmp_path, intensity_network,
+                                                                                monkeypatch):
+    from segmatecore import inference
+
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    real_segment, seen = inference.segment, []
+
+    def recording_segment(*args, **kwargs):
+        seen.append({k: kwargs[k] for k in ("batch_size", "feature_cache_mb")})
+        return real_segment(*args, **kwargs)
+
+    monkeypatch.setattr("segmatecore.inference.segment", recording_segment)
+
+    def settings(*args: str) -> tuple[dict, dict]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert cli.main(["predict", str(path), "-o", str(out), "--format", "report", "--device", "cpu", *args]) == 0
+        return seen[-1], json.loads((out / "case" / "report.json").read_text())["model"]
+
+    asked, ran = settings()
+    assert asked == {"batch_size": None, "feature_cache_mb": 512.0} and ran["batch_size"] == 2
+    asked, ran = settings("--low-memory")
+    assert asked == {"batch_size": 1, "feature_cache_mb": 0.0} and ran["batch_size"] == 1
+    assert ran["feature_cache"] is None
+    asked, ran = settings("--low-memory", "--batch-size", "3")
+    assert asked == {"batch_size": 3, "feature_cache_mb": 0.0} and ran["batch_size"] == 3
+
+
+def test_the_notice_of_a_model_not_for_clinical_use_is_one_line_and_a_clinical_model_has_none(
+        tmp_path, intensity_network, monkeypatch, capsys):
+    path = synthetic_ct(tmp_path / "case.nii.gz")
+    assert cli.main(["predict", str(path), "-o", str(tmp_path / "demo"), "--format", "report"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("notice: ") and "not for clinical use" in first
+    clinical = {"backbone": "intensity-test", "id": "approved", "version": "1.0", "clinical_use": True,
+                "intended_use": "thorax CT"}
+    monkeypatch.setattr("segmatecore.inference.load_segmentation_model", lambda name: (intensity_network, clinical))
+    assert cli.main(["predict", str(path), "-o", str(tmp_path / "clinical"), "--format", "report"]) == 0
+    assert "not for clinical use" not in capsys.readouterr().out

@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 from pydicom.uid import generate_uid
+from conftest import DICOM_SERIES
 from rt_utils import RTStructBuilder
 
 import segmatecore
@@ -311,45 +312,6 @@ def test_preview_refuses_a_ct_that_is_not_the_segmented_one(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- RTSTRUCT
-
-DICOM_SERIES = "totalseg_example/example_ct_dicom"
-
-
-@pytest.fixture(scope="module")
-def dicom_with_uids(shared_data, tmp_path_factory) -> Path:
-    """The real CT series with the SOP Instance UIDs that anonymisation blanked restored from each file's
-    meta header, plus study and series UIDs, as a PACS export would have them. Stored uncompressed, so
-    the tests do not spend their time decoding JPEG 2000."""
-    folder = tmp_path_factory.mktemp("ct_dicom")
-    study, series = generate_uid(entropy_srcs=["segmate-study"]), generate_uid(entropy_srcs=["segmate-series"])
-    for source in sorted((shared_data / DICOM_SERIES).iterdir()):
-        ds = pydicom.dcmread(source)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.decompress()
-        ds.save_as(folder / source.name)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def dicom_labelmap(shared_data, dicom_with_uids) -> sitk.Image:
-    """Real organ shapes on the series grid: TotalSegmentator's output for this series, in our label values."""
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(dicom_with_uids)))
-    ct = reader.Execute()
-    totalseg = sitk.ReadImage(str(shared_data / "totalseg_example/example_seg_dicom.nii.gz"))
-    totalseg = sitk.Resample(totalseg, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    class_map = json.loads((shared_data / "totalseg_example/class_map_total.json").read_text())["total"]
-    index = {name: int(i) for i, name in class_map.items()}
-    source = sitk.GetArrayFromImage(totalseg)
-    labels = np.zeros_like(source)
-    for o in PAPER.organs:
-        labels[np.isin(source, [index[n] for n in o.totalsegmentator])] = PAPER.label(o.key)
-    labelmap = sitk.GetImageFromArray(labels)
-    labelmap.CopyInformation(ct)
-    return labelmap
-
 
 def _expected_rtutils_masks(labelmap: sitk.Image, series_data) -> np.ndarray:
     """The labelmap as [row, column, slice] of rt-utils' sorted series, mapped by each slice's position."""

@@ -54,6 +54,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .choices import BENCH_BACKBONES
 from .feature_cache import DEFAULT_MAX_MB
 from .optimize import DEFAULT, NONE, Optimizations, cpu_description
 from .peers.nnunet import NNUNET_MODEL
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 
 BENCH_SIZE = (512, 512, 162)
 QUICK_SIZE = (64, 64, 12)
-BACKBONES = ("fastvit_t12", "mambaout_tiny", "efficientnetv2_m")
+BACKBONES = BENCH_BACKBONES
 SEED = 0
 DICE_BAR = 0.99
 NETWORK_SLICES = 16

@@ -78,6 +78,20 @@ def load_catalogue() -> dict[str, Any]:
     return data
 
 
+def default_model_organs() -> tuple[str, list[str]] | None:
+    """The default model's id and organ keys, read without validating the catalogue (None if unreadable).
+
+    For help texts only: a damaged catalogue must not break ``segmate --help``, and reading it this
+    way needs no JSON Schema; loading a model validates the catalogue as usual.
+    """
+    try:
+        data = json.loads(catalogue_path().read_text(encoding="utf-8"))
+        entry = next(m for m in data["models"] if m["id"] == data["default_model"])
+        return str(entry["id"]), [str(k) for k in entry["organs"]]
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+
+
 def catalogue_entries() -> list[dict[str, Any]]:
     return load_catalogue()["models"]
 

@@ -29,8 +29,19 @@ COMMANDS = [
 ]
 
 
+EXIT_CODES = """exit codes:
+  0    done
+  1    the command ran but part of its work failed (e.g. some case of segmate predict)
+  2    usage error: a bad option or value, an unknown organ, model or device, an unreadable input
+  130  interrupted (Ctrl-C)
+
+'segmate COMMAND --help' describes a command's options."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segmate", description="SegMate: lightweight organ-at-risk segmentation of CT.")
+    """The parser of every subcommand; building it imports no PyTorch (commands import it when they run)."""
+    parser = argparse.ArgumentParser(prog="segmate", description="SegMate: lightweight organ-at-risk segmentation of CT.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"segmate {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -48,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.command_line = "segmate " + shlex.join(argv)  # what a model's provenance records
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.ERROR if getattr(args, "quiet", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    logging.getLogger().setLevel(level)  # also when an earlier call in this process configured logging
     try:
         return int(args.func(args) or 0)
     except (UserError, ValueError, FileNotFoundError, KeyError) as exc:

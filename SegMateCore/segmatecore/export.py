@@ -1,4 +1,4 @@
-"""Output files of a segmentation: NIfTI labels, Slicer .seg.nrrd, DICOM RTSTRUCT, JSON report, PNG preview.
+"""Output files of a segmentation: NIfTI labels, Slicer .seg.nrrd, DICOM RTSTRUCT and SEG, JSON report, PNG preview.
 
 Every writer writes to a temporary file beside the target and renames it into place, so an
 interrupted run never leaves a half-written file; :func:`write_outputs` also stages a case's files
@@ -20,8 +20,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from .choices import DICOM_FORMATS
 from .geometry import to_canonical
-from .organs import Organ, category, organ
+from .intended_use import NOT_FOR_CLINICAL_USE
+from .organs import Organ, category, organ, segment_name
+
+NOT_CLINICAL_LABEL = "NOT CLINICAL USE"  # the structure set label (SH: 16 characters) of such a model
 
 OUTPUT_FILES = {
     "nifti": "labels.nii.gz",
@@ -29,6 +33,7 @@ OUTPUT_FILES = {
     "report": "report.json",
     "preview": "preview.png",
     "rtstruct": "rtstruct.dcm",
+    "dicomseg": "seg.dcm",
 }
 DEFAULT_FORMATS = ("nifti", "seg.nrrd", "report", "preview")
 
@@ -114,14 +119,6 @@ def slicer_terminology(o: Organ) -> dict[str, Any]:
     return terminology
 
 
-def segment_name(o: Organ, naming: str) -> str:
-    if naming == "standard":
-        return o.display_name
-    if naming == "tg263":
-        return o.tg263
-    raise ValueError(f"Unknown segment naming {naming!r}; use 'standard' or 'tg263'.")
-
-
 # --------------------------------------------------------------------------------------------- NIfTI, .seg.nrrd
 
 def write_labels_nifti(labelmap: sitk.Image, path: str | os.PathLike) -> Path:
@@ -136,12 +133,24 @@ def write_labels_nifti(labelmap: sitk.Image, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def seg_nrrd_fields(made_by: Mapping[str, Any]) -> dict[str, str]:
+    """NRRD header fields (``key:=value``) that say what made a segmentation (``SegmentationResult.made_by()``)."""
+    fields = {"SegMate_Version": made_by.get("segmate_version"), "SegMate_ModelId": made_by.get("model_id"),
+              "SegMate_ModelVersion": made_by.get("model_version"), "SegMate_IntendedUse": made_by.get("intended_use"),
+              "SegMate_ClinicalUse": "true" if made_by.get("clinical_use") else "false"}
+    if not made_by.get("clinical_use"):
+        fields["SegMate_Notice"] = NOT_FOR_CLINICAL_USE
+    return {k: " ".join(str(v).split()) for k, v in fields.items() if v is not None}  # one line each
+
+
 def write_seg_nrrd(labelmap: sitk.Image, legend: Mapping[str, int], path: str | os.PathLike,
-                   naming: str = "standard", tags: dict[str, dict[str, str]] | None = None) -> Path:
+                   naming: str = "standard", tags: dict[str, dict[str, str]] | None = None,
+                   header: Mapping[str, str] | None = None) -> Path:
     """Slicer segmentation with one segment per organ: name, recommended colour and SNOMED-CT terminology.
 
     ``tags`` (organ key -> {tag: value}, e.g. ``SegmentationResult.segment_tags()``) are stored with
-    each segment, where Slicer shows and keeps them.
+    each segment, where Slicer shows and keeps them; ``header`` fields (e.g. :func:`seg_nrrd_fields`)
+    go into the NRRD header.
 
     The voxels are the labelmap's own (``legend``: organ key -> label value; labels of organs not
     listed become background) on exactly its grid, so Slicer shows it aligned with the CT.
@@ -166,6 +175,7 @@ def write_seg_nrrd(labelmap: sitk.Image, legend: Mapping[str, int], path: str | 
                       "terminology": slicer_terminology(o),
                       **({"tags": dict(tags[o.key])} if tags and o.key in tags else {})}
                      for (o, value), name in zip(chosen, names)],
+        **{str(k): str(v) for k, v in (header or {}).items()},
     }
     with _atomic_target(path) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation, index_order="C")
@@ -194,12 +204,16 @@ def build_report(result: Any) -> dict[str, Any]:
     summary = result.to_dict()
     model = dict(summary.pop("model", {}) or {})
     chosen = _resolve_legend(result.labels)
+    made_by = result.made_by()
+    model.pop("intended_use", None), model.pop("clinical_use", None)
     return {
         "segmate_version": __version__,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({} if made_by["clinical_use"] else {"notice": f"{NOT_FOR_CLINICAL_USE}: {made_by['intended_use']}"}),
         **summary,
         "model": {"id": model.pop("id", None), "version": model.pop("version", None),
-                  "backbone": model.pop("backbone", None), **model},
+                  "backbone": model.pop("backbone", None), "intended_use": made_by["intended_use"],
+                  "clinical_use": made_by["clinical_use"], **model},
         "segments": [{"value": value, "key": o.key, "name": o.display_name, "tg263": o.tg263, "color": list(o.color),
                       "volume_ml": summary["volumes_ml"].get(o.key, 0.0)} for o, value in chosen],
     }
@@ -425,16 +439,42 @@ def rtutils_mask_order(labelmap: sitk.Image, series_data: Sequence[Any]) -> np.n
     return np.transpose(sitk.GetArrayFromImage(on_grid), (1, 2, 0))  # [slice, row, col] -> [row, col, slice]
 
 
+def dicom_texts(made_by: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the DICOM objects (RTSTRUCT, SEG) say about what made them, within their VRs' lengths.
+
+    ``made_by`` is ``SegmentationResult.made_by()``; None (a bare labelmap) counts as a model of
+    unknown use, so not for clinical use. Keys: ``label`` (SH, 16 characters), ``series_description``
+    and ``model`` (LO, 64), ``software_versions`` (LO values), ``description`` (ST, 1024),
+    ``clinical`` (bool), and the ``made_by`` fields themselves.
+    """
+    from . import __version__
+
+    made_by = dict(made_by or {})
+    made_by.setdefault("segmate_version", __version__)
+    clinical = bool(made_by.get("clinical_use"))
+    model = " ".join(str(v) for v in (made_by.get("model_id"), made_by.get("model_version")) if v) or "custom model"
+    use = " ".join(str(made_by.get("intended_use") or "").split())
+    description = (f"Made by SegMate {made_by['segmate_version']} with model {model}."
+                   + ("" if clinical else f" {NOT_FOR_CLINICAL_USE.capitalize()}.")
+                   + (f" Intended use: {use}" if use else ""))
+    return {**made_by, "clinical": clinical, "model": model[:64],
+            "label": "SegMate" if clinical else NOT_CLINICAL_LABEL,
+            "series_description": "SegMate organs at risk" + ("" if clinical else f", {NOT_FOR_CLINICAL_USE}"),
+            "software_versions": [f"SegMate {made_by['segmate_version']}"[:64], model[:64]],
+            "description": description[:1024]}
+
+
 def write_rtstruct(labelmap: sitk.Image, legend: Mapping[str, int], dicom_dir: str | os.PathLike,
-                   path: str | os.PathLike, series_uid: str | None = None) -> Path:
+                   path: str | os.PathLike, series_uid: str | None = None,
+                   made_by: Mapping[str, Any] | None = None) -> Path:
     """DICOM RTSTRUCT (rt-utils) referencing the CT series, one ROI per non-empty organ, TG-263 names.
 
     Organs without any voxel get no ROI (many RT systems reject ROIs without contours); the report
-    lists their volume as 0.
+    lists their volume as 0. ``made_by`` (``SegmentationResult.made_by()``) goes into the structure
+    set's label and description, the series description and the software versions: for a model not
+    for clinical use they say so (:func:`dicom_texts`).
     """
     from rt_utils import RTStructBuilder
-
-    from . import __version__
 
     labelmap = _check_labelmap(labelmap)
     chosen = _resolve_legend(legend)
@@ -448,12 +488,14 @@ def write_rtstruct(labelmap: sitk.Image, legend: Mapping[str, int], dicom_dir: s
         if mask.any():
             rtstruct.add_roi(mask=mask, color=list(o.color), name=o.tg263, description=o.display_name,
                              roi_generation_algorithm=0)
+    texts = dicom_texts(made_by)
     ds = rtstruct.ds
     ds.Manufacturer = "SegMate"
     ds.ManufacturerModelName = "SegMate"
-    ds.SoftwareVersions = __version__
-    ds.StructureSetLabel = "SegMate"
-    ds.SeriesDescription = "SegMate organs at risk"
+    ds.SoftwareVersions = texts["software_versions"]
+    ds.StructureSetLabel = texts["label"]
+    ds.StructureSetDescription = texts["description"]
+    ds.SeriesDescription = texts["series_description"]
     for observation in ds.RTROIObservationsSequence:
         observation.RTROIInterpretedType = "ORGAN"
     with _atomic_target(path) as tmp:
@@ -468,8 +510,10 @@ def write_outputs(result: Any, outdir: str | os.PathLike, formats: Sequence[str]
                   naming: str = "standard", series_uid: str | None = None) -> dict[str, Path]:
     """Write a case's files into ``outdir`` (names in :data:`OUTPUT_FILES`); all of them or, on error, none.
 
-    ``image`` (the CT) is needed for the preview; ``dicom_dir`` for the RTSTRUCT (default: the
-    folder the result's DICOM series was read from).
+    ``image`` (the CT) is needed for the preview; ``dicom_dir`` for the RTSTRUCT and the DICOM SEG
+    (default: the folder the result's DICOM series was read from). ``naming`` ("standard" or
+    "tg263") names the segments of the .seg.nrrd and the DICOM SEG; RTSTRUCT ROIs always carry
+    TG-263 names, as radiotherapy systems expect.
     """
     formats = list(dict.fromkeys([formats] if isinstance(formats, str) else formats))
     unknown = [f for f in formats if f not in OUTPUT_FILES]
@@ -479,20 +523,23 @@ def write_outputs(result: Any, outdir: str | os.PathLike, formats: Sequence[str]
     segment_name(_resolve_legend(result.labels)[0][0], naming)  # validates naming before anything is written
     if "preview" in formats and image is None:
         raise ValueError("The preview needs the CT image: pass image=..., or leave 'preview' out of formats.")
-    if "rtstruct" in formats:
+    dicom_formats = [f for f in formats if f in DICOM_FORMATS]
+    if dicom_formats:
         dicom_dir = dicom_dir or getattr(result, "dicom_dir", None)
         if dicom_dir is None:
-            raise ValueError("RTSTRUCT needs the DICOM series the CT was read from: pass dicom_dir=..., or leave "
-                             "'rtstruct' out of formats.")
+            raise ValueError(f"{', '.join(dicom_formats)} needs the DICOM series the CT was read from: pass "
+                             f"dicom_dir=..., or leave {', '.join(dicom_formats)} out of formats.")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     writers = {
         "nifti": lambda p: write_labels_nifti(result.labelmap, p),
         "seg.nrrd": lambda p: write_seg_nrrd(result.labelmap, result.labels, p, naming=naming,
-                                             tags=result.segment_tags()),
+                                             tags=result.segment_tags(), header=seg_nrrd_fields(result.made_by())),
         "report": lambda p: write_report(result, p),
         "preview": lambda p: write_preview(image, result.labelmap, result.labels, p, title=_case_title(result)),
-        "rtstruct": lambda p: write_rtstruct(result.labelmap, result.labels, dicom_dir, p, series_uid=series_uid),
+        "rtstruct": lambda p: write_rtstruct(result.labelmap, result.labels, dicom_dir, p, series_uid=series_uid,
+                                             made_by=result.made_by()),
+        "dicomseg": lambda p: _write_dicom_seg(result, dicom_dir, p, naming, series_uid),
     }
     with tempfile.TemporaryDirectory(dir=outdir, prefix=".segmate-partial-") as staging:
         for fmt in formats:
@@ -503,6 +550,14 @@ def write_outputs(result: Any, outdir: str | os.PathLike, formats: Sequence[str]
             os.replace(Path(staging) / OUTPUT_FILES[fmt], target)
             written[fmt] = target
     return written
+
+
+def _write_dicom_seg(result: Any, dicom_dir: str | os.PathLike, path: Path, naming: str,
+                     series_uid: str | None) -> Path:
+    from .dicomseg import write_dicom_seg
+
+    return write_dicom_seg(result.labelmap, result.labels, dicom_dir, path, series_uid=series_uid, naming=naming,
+                           made_by=result.made_by())
 
 
 def _case_title(result: Any) -> str:

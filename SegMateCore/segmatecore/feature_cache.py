@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from .choices import FEATURE_CACHE_MB
 from .models import Encoded
 
-DEFAULT_MAX_MB = 512
+DEFAULT_MAX_MB = FEATURE_CACHE_MB
 
 
 class FeatureCache:

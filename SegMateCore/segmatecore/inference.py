@@ -22,7 +22,9 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
+from .choices import PRECISIONS, Z_NORM_MODES
 from .geometry import from_canonical, to_canonical
+from .intended_use import intended_use
 from .io import LoadedVolume, load_volume
 from .feature_cache import DEFAULT_MAX_MB, FeatureCache
 from .models import Encoded, SegMateOutput
@@ -37,8 +39,6 @@ from .zsmoothing import ZSmoother, sigmas_in_slices
 
 log = logging.getLogger(__name__)
 
-Z_NORM_MODES = ("auto", "volume", "none")
-PRECISIONS = ("auto", "fp32", "bf16")
 # Hand freed heap back to the OS every this many batches: glibc otherwise keeps the per-batch
 # buffers (tens of MB each at 512 x 512) in a fragmented heap that grew by 1.2 GB over 1,000 slices.
 TRIM_EVERY_BATCHES = 8
@@ -104,7 +104,8 @@ def load_segmentation_model(model: str | os.PathLike | nn.Module | None) -> tupl
     from .checkpoint import load_model
 
     if model is not None and Path(model).is_file():
-        path, entry = Path(model), None
+        path = Path(model)
+        entry = _catalogue_entry_of_file(path)
     else:
         from .catalogue import catalogue_entries, default_model_id, resolve_model
 
@@ -127,13 +128,31 @@ def ready_for_inference(net: nn.Module, device: torch.device, precision: str, ow
                                  copy_model=not owned)[0]
 
 
+# What load_segmentation_model() knows about a model from its file and the catalogue and segment()
+# cannot know when it is given a prepared network; callers that prepare the network once add these
+# to each result's model_info (segmate predict, the Slicer worker).
+MODEL_FILE_FACTS = ("id", "version", "path", "provenance", "backbone", "input_size", "intended_use", "clinical_use")
+
+
+def _catalogue_entry_of_file(path: Path) -> dict[str, Any] | None:
+    """The catalogue entry a model file is named after (a catalogue model's file is <id>.safetensors)."""
+    from .catalogue import CatalogueError, catalogue_entries
+
+    try:
+        return next((e for e in catalogue_entries() if e["id"] == path.stem), None)
+    except CatalogueError:
+        return None
+
+
 def _model_info(meta: dict[str, Any], path: Path | None, entry: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the report says about the model: catalogue id and version when known, else from its metadata."""
+    """What the outputs say about the model: catalogue id and version when known, else from its
+    metadata; its intended use and whether it is for clinical use (:mod:`segmatecore.intended_use`)."""
     provenance = meta.get("provenance", {}) or {}
     entry = entry or {}
     return {"backbone": meta.get("backbone"),
             "id": entry.get("id") or meta.get("id") or provenance.get("id") or (path.stem if path else None),
             "version": entry.get("version") or meta.get("version") or provenance.get("version"),
+            **intended_use(meta, entry),
             "input_size": list(meta["preprocessing"]["input_size"]), "provenance": provenance,
             "path": str(path) if path else None}
 

@@ -117,6 +117,12 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Loade
     return LoadedVolume(read_image_file(path), str(path))
 
 
+def is_dicom_input(path: str | os.PathLike) -> bool:
+    """Whether an input is read as a DICOM series: a folder, or a DICOM file (which reads its series)."""
+    path = Path(path)
+    return path.is_dir() or (path.is_file() and _is_dicom_file(path))
+
+
 def _is_dicom_file(path: Path) -> bool:
     """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
     with path.open("rb") as fh:

@@ -39,11 +39,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import cpu_fusion
+from .choices import RUNTIMES
 from .models import SegMateNet
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "openvino")
 
 
 @dataclass(frozen=True)

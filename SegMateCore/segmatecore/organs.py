@@ -72,6 +72,20 @@ def category() -> dict[str, str]:
     return organ_table()["category"]
 
 
+#: How segments are named: the organ's standard name ("Left lung") or its AAPM TG-263 name ("Lung_L").
+NAMINGS = ("standard", "tg263")
+
+
+def segment_name(o: Organ, naming: str = "standard") -> str:
+    """An organ's segment name in ``naming`` (see :data:`NAMINGS`); the one rule that ``segmate
+    predict``, the export functions and the Slicer module all name segments by."""
+    if naming == "standard":
+        return o.display_name
+    if naming == "tg263":
+        return o.tg263
+    raise ValueError(f"Unknown segment naming {naming!r}; use one of {', '.join(NAMINGS)}.")
+
+
 def mirror_key(key: str) -> str:
     """The key of the same structure on the other side ("left_parotid" -> "right_parotid")."""
     for side, other in (("left_", "right_"), ("right_", "left_")):

@@ -61,6 +61,16 @@ class SegmentationResult:
         model = " ".join(str(v) for v in (info.get("id"), info.get("version")) if v) or "custom model"
         return f"SegMate {__version__}, model {model}".replace("|", "/").replace(":", " ")  # tag delimiters
 
+    def made_by(self) -> dict[str, Any]:
+        """What made this result, as every output file records it: SegMate's version, the model's id
+        and version, its intended use and whether it is for clinical use (False unless the model says so)."""
+        from . import __version__
+        from .intended_use import UNSTATED, is_clinical
+
+        info = self.model_info or {}
+        return {"segmate_version": __version__, "model_id": info.get("id"), "model_version": info.get("version"),
+                "intended_use": info.get("intended_use") or UNSTATED, "clinical_use": is_clinical(info)}
+
     def segment_tags(self) -> dict[str, dict[str, str]]:
         """Organ key -> {tag: value}: the source, threshold and z smoothing each organ was drawn with."""
         info = self.model_info or {}

@@ -84,6 +84,8 @@ def _organKeysByCodes() -> dict:
 
 def segmentName(organ, naming: str = "slicer") -> str:
     """The segment name: Slicer's standard name ("Left lung") or the AAPM TG-263 name ("Lung_L")."""
+    from segmatecore.organs import segment_name
+
     if naming not in NAMING_CHOICES:
         raise ValueError(f"Unknown naming {naming!r}; use one of {', '.join(NAMING_CHOICES)}.")
-    return organ.tg263 if naming == "tg263" else organ.display_name
+    return segment_name(organ, "tg263" if naming == "tg263" else "standard")

@@ -33,7 +33,7 @@ from .volume_files import readVolume, writeVolume  # noqa: E402
 DEFAULT_IDLE_TIMEOUT_S = 600.0
 # Facts about the model that SegMateCore reports from the model file and the catalogue; the worker
 # passes a prepared network to segment(), which then knows only the network's own metadata.
-MODEL_FILE_FACTS = ("id", "version", "path", "provenance", "backbone", "input_size")
+MODEL_FILE_FACTS = ("id", "version", "path", "provenance", "backbone", "input_size", "intended_use", "clinical_use")
 DOWNLOAD_REPORT_BYTES = 1 << 22
 
 

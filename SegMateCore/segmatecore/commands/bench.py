@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import add_device_option
+
 
 def register(sub) -> None:
-    from ..bench import BACKBONES
-    from ..peers import PEERS
+    from ..choices import BENCH_BACKBONES as BACKBONES
+    from ..choices import PEER_KEYS as PEERS
 
     p = sub.add_parser("bench", help="speed and memory per CT volume against its peers (3D nnU-Net, LightMedSeg, "
                                      "HRMedSeg, Light-UNETR), in one run",
@@ -26,7 +28,7 @@ def register(sub) -> None:
                    help=f"backbones to measure (default: {' '.join(BACKBONES)}; none: only the peer)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="precision of the skip_outside_extent row (auto: fp32 on the CPU, fp16 on CUDA)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    add_device_option(p, "device to measure on")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS), metavar="PEER",
                    help=f"peers segmenting the same CT with the end-to-end rows (default: {' '.join(PEERS)}; "
                         "none: no peer)")
@@ -62,6 +64,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..bench import SCOPES, format_row, merge, plot, run_benchmark
+    from ..inference import resolve_device
+
+    args.device = str(resolve_device(args.device))  # the rows name the device they ran on
 
     if (args.batch_size is not None and args.batch_size < 1) or (args.network_slices is not None and args.network_slices < 1):
         raise ValueError("--batch-size and --network-slices must be at least 1.")

@@ -5,6 +5,8 @@ See :mod:`segmatecore.train.calibrate`; the demonstration model's recipe ends wi
 """
 from __future__ import annotations
 
+from . import add_device_option
+
 
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="fit each organ's mask threshold and z smoothing on validation cases",
@@ -21,7 +23,7 @@ def register(sub) -> None:
                    help="Gaussian sigmas along z to try with every threshold (default 0 2 4 6 8; 0 = thresholds only)")
     p.add_argument("--provenance", default=None,
                    help="JSON file merged into the model's provenance metadata (e.g. the recipe's stages)")
-    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default %(default)s)")
+    add_device_option(p)
     p.add_argument("-o", "--output", required=True, help="the calibrated model (may be --model itself)")
     p.set_defaults(func=run)
 

@@ -1,7 +1,7 @@
 """``segmate evaluate --model M --data OUT [--split test] -o DIR``: Dice, HD95, IoU, precision, recall."""
 from __future__ import annotations
 
-from . import organ_list
+from . import add_device_option, add_organs_option
 
 
 def register(sub) -> None:
@@ -10,9 +10,9 @@ def register(sub) -> None:
     p.add_argument("--data", nargs="+", required=True, help="prepared dataset folder(s) (segmate prepare)")
     p.add_argument("--split", default="test", help="train, val or test (default %(default)s)")
     p.add_argument("-o", "--output", required=True, help="folder for metrics.csv, summary.md, summary.json, catalogue_metrics.json, boxplot.png")
-    p.add_argument("--organs", type=organ_list, default=None, metavar="a,b,...",
-                   help="score only these organs of the model (default: every organ it was trained on)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    add_organs_option(p, "score only these organs of the model, comma-separated (default: every organ it was "
+                         "trained on)")
+    add_device_option(p)
     p.add_argument("--ground-truth-z", action="store_true",
                    help="also run with z_norm from the ground-truth organ extent, for comparison")
     p.add_argument("--tta", action="store_true",

@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import organ_list
+from . import add_device_option, add_organs_option
 
 
 def add_common(p, *, defaults: dict) -> None:
     """Options shared by ``train`` and ``finetune``; ``defaults`` holds the values that differ."""
     p.add_argument("--data", nargs="+", required=True, help="prepared dataset folder(s) (segmate prepare)")
-    p.add_argument("--organs", type=organ_list, default=None, metavar="KEY,KEY,...",
-                   help="the model's organs in channel order (default: " + defaults["organs"] + ")")
-    p.add_argument("--extent-organs", type=organ_list, default=None, metavar="KEY,KEY,...",
-                   help="organs whose extent defines z_norm (default: the organs annotated in at least 90%% "
-                        "of the training cases)")
+    add_organs_option(p, "the model's organs in channel order, comma-separated (default: " + defaults["organs"] + ")")
+    add_organs_option(p, "organs whose extent defines z_norm, comma-separated (default: the organs annotated in at "
+                         "least 90%% of the training cases)", flag="--extent-organs")
     p.add_argument("--run-dir", default=defaults["run_dir"], help="checkpoints, logs and TensorBoard (default %(default)s)")
     p.add_argument("-o", "--output", default=None, help="final model file (.safetensors), the best validation weights")
     p.add_argument("--input-size", type=int, default=512, help="in-plane size, a multiple of 32 (paper: 512)")
@@ -36,7 +34,7 @@ def add_common(p, *, defaults: dict) -> None:
     p.add_argument("--no-deep-supervision", action="store_true", help="train without the deep-supervision heads")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per training process")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    add_device_option(p)
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (AMP fp16 is the default there)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="precision of the final model file")
     p.add_argument("--val-max-slices", type=int, default=None, help="validate on at most N slices per case")
