@@ -36,14 +36,14 @@ def register(sub) -> None:
                                                                                  "with no name)")
     p.add_argument("--check-peers", action="store_true",
                    help="measure nothing: print each peer's parameters and GFLOPs against its paper's, at the "
-                        "paper's input size and in the paper's counting convention (docs/benchmark.md)")
+                        "paper's input size and in the paper's counting convention (docs/peers.md)")
     p.add_argument("--no-bundled", dest="bundled", action="store_false",
                    help="leave out the rows of the bundled trained model (the default job, at its own input size)")
     p.add_argument("--no-openvino", dest="openvino", action="store_false",
                    help="leave out the OpenVINO rows even where OpenVINO is installed")
     p.add_argument("--ct", metavar="PATH", help="another CT to resample and use (default: the bundled sample)")
-    p.add_argument("--batch-size", type=int, help="slices per batch, SegMate's and HRMedSeg's (default: segment()'s own, 2 on the CPU; "
-                                                  "the runs in docs/benchmark.md used 4)")
+    p.add_argument("--batch-size", type=int, help="slices per batch, SegMate's and HRMedSeg's (default: segment()'s own, 2 on the CPU, "
+                                                  "as in every run in docs/benchmark.md)")
     p.add_argument("--network-slices", type=int, help="slices timed in the network-alone rows (default 16)")
     p.add_argument("--threads", type=int, help="PyTorch threads in every row (default: PyTorch's own)")
     p.add_argument("--scope", choices=("all", "network", "end_to_end"), default="all",
