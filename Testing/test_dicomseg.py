@@ -13,12 +13,14 @@ import pytest
 import SimpleITK as sitk
 
 from segmatecore import cli
+from segmatecore.catalogue import catalogue_entry, default_model_id
 from segmatecore.dicomseg import write_dicom_seg
 from segmatecore.organs import OrganSet, PAPER_ORGANS, category, organ
 
 PAPER = OrganSet(PAPER_ORGANS)
 CT_3SLICE = "dcmqi_ct3slice/ct-3slice"
-DEMO_MADE_BY = {"segmate_version": "0.1.0", "model_id": "segmate_hn_fastvit_t12", "model_version": "0.2.0",
+BUNDLED_VERSION = catalogue_entry(default_model_id())["version"]  # the bundled model's, as it changes
+DEMO_MADE_BY = {"segmate_version": "0.1.0", "model_id": "segmate_hn_fastvit_t12", "model_version": BUNDLED_VERSION,
                 "intended_use": "Research and demonstration; not for clinical use.", "clinical_use": False}
 
 
@@ -81,7 +83,7 @@ def test_dicom_seg_of_a_real_series_has_its_geometry_codes_colours_and_voxels(tm
         assert np.allclose(rgb, o.color, atol=1.5)
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
-        assert algorithm.AlgorithmName == "SegMate segmate_hn_fastvit_t12" and algorithm.AlgorithmVersion == "0.2.0"
+        assert algorithm.AlgorithmName == "SegMate segmate_hn_fastvit_t12" and algorithm.AlgorithmVersion == BUNDLED_VERSION
 
     sources = series_in_reader_order(dicom_with_uids)
     assert {str(r.ReferencedSOPInstanceUID) for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} \
@@ -112,7 +114,7 @@ def test_predict_writes_a_dicom_seg_of_a_dicom_series_and_every_output_says_the_
     assert cli.main(["predict", str(series), "-o", str(out), "--device", "cpu", "--format", formats,
                      "--naming", "tg263"]) == 0
     printed = capsys.readouterr().out
-    assert "segmate_hn_fastvit_t12 0.2.0 is not for clinical use" in printed.splitlines()[0]
+    assert f"segmate_hn_fastvit_t12 {BUNDLED_VERSION} is not for clinical use" in printed.splitlines()[0]
     case = out / series.name
     report = json.loads((case / "report.json").read_text())
     organ_keys = list(report["labels"])
@@ -128,17 +130,17 @@ def test_predict_writes_a_dicom_seg_of_a_dicom_series_and_every_output_says_the_
 
     # What made every output, and that it is not for clinical use.
     assert "not for clinical use" in seg.SeriesDescription and len(seg.SeriesDescription) <= 64
-    assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "0.2.0"
+    assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == BUNDLED_VERSION
     rtstruct = pydicom.dcmread(case / "rtstruct.dcm")
     assert rtstruct.StructureSetLabel == "NOT CLINICAL USE"  # SH: 16 characters at most
     assert "Not for clinical use" in rtstruct.StructureSetDescription
-    assert "segmate_hn_fastvit_t12 0.2.0" in rtstruct.StructureSetDescription
+    assert f"segmate_hn_fastvit_t12 {BUNDLED_VERSION}" in rtstruct.StructureSetDescription
     assert "not for clinical use" in rtstruct.SeriesDescription and len(rtstruct.SeriesDescription) <= 64
     assert "not for clinical use" in report["notice"]
-    assert (report["model"]["id"], report["model"]["version"]) == ("segmate_hn_fastvit_t12", "0.2.0")
+    assert (report["model"]["id"], report["model"]["version"]) == ("segmate_hn_fastvit_t12", BUNDLED_VERSION)
     assert report["model"]["clinical_use"] is False and report["segmate_version"]
     header = nrrd.read_header(str(case / "segmentation.seg.nrrd"))
-    assert header["SegMate_ModelId"] == "segmate_hn_fastvit_t12" and header["SegMate_ModelVersion"] == "0.2.0"
+    assert header["SegMate_ModelId"] == "segmate_hn_fastvit_t12" and header["SegMate_ModelVersion"] == BUNDLED_VERSION
     assert header["SegMate_Notice"] == "not for clinical use" and header["SegMate_ClinicalUse"] == "false"
     assert header["SegMate_Version"] == report["segmate_version"]
 

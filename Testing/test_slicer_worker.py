@@ -162,8 +162,10 @@ def network_progress(event) -> bool:
 # ----------------------------------------------------------------------------------------------- one warm worker
 
 
-def test_progress_arrives_while_the_network_runs_and_the_second_run_skips_the_model_load(scene, client, ct,
+def test_progress_arrives_while_the_network_runs_and_the_second_run_skips_the_model_load(scene, client,
                                                                                          run_folders, capsys):
+    # the whole sample CT, so that the network runs over many of the panel's polls
+    ct = sitk.ReadImage(str(SAMPLE))
     volume = volumeNodeFromImage(ct, "CT", scene)
     logic = SegMateLogic()
     durations, loads = [], []
