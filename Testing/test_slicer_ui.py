@@ -81,7 +81,7 @@ def test_ui_parses_and_every_widget_the_code_uses_exists():
     assert len(widgets) == len([w for w in ET.parse(UI_FILE).getroot().iter("widget")]), "widget names must be unique"
 
 
-def test_ui_has_every_control_of_the_issue():
+def test_ui_has_every_control_the_panel_offers():
     widgets = ui_widgets()
     for name, cls in REQUIRED_CONTROLS.items():
         assert name in widgets and widgets[name].get("class") == cls, name

@@ -163,7 +163,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 @dataclass
 class BatchRunner:
-    """Runs a per-batch function over slice indices with the device policy of the issue.
+    """Runs a per-batch function over slice indices with SegMate's device policy.
 
     On an out-of-memory error it halves the batch and retries; at batch 1 on a GPU it moves the
     model to the CPU and carries on, each time with a warning. ``cancel`` is checked between batches.
