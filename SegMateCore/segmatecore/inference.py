@@ -129,9 +129,16 @@ def ready_for_inference(net: nn.Module, device: torch.device, precision: str, ow
 
 
 # What load_segmentation_model() knows about a model from its file and the catalogue and segment()
-# cannot know when it is given a prepared network; callers that prepare the network once add these
-# to each result's model_info (segmate predict, the Slicer worker).
+# cannot know when it is given a prepared network (see add_model_facts).
 MODEL_FILE_FACTS = ("id", "version", "path", "provenance", "backbone", "input_size", "intended_use", "clinical_use")
+
+
+def add_model_facts(result: SegmentationResult, info: dict[str, Any]) -> SegmentationResult:
+    """Give a result the model facts of ``load_segmentation_model``'s ``info`` (id, version, intended
+    use...), for callers that prepare the network once and pass it to segment() for many cases
+    (segmate predict, the Slicer worker): every output then says which model made it."""
+    result.model_info.update({key: info[key] for key in MODEL_FILE_FACTS if key in info})
+    return result
 
 
 def _catalogue_entry_of_file(path: Path) -> dict[str, Any] | None:

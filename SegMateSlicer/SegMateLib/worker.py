@@ -31,9 +31,6 @@ from .corepath import ensureSegMateCoreImportable  # noqa: E402
 from .volume_files import readVolume, writeVolume  # noqa: E402
 
 DEFAULT_IDLE_TIMEOUT_S = 600.0
-# Facts about the model that SegMateCore reports from the model file and the catalogue; the worker
-# passes a prepared network to segment(), which then knows only the network's own metadata.
-MODEL_FILE_FACTS = ("id", "version", "path", "provenance", "backbone", "input_size", "intended_use", "clinical_use")
 DOWNLOAD_REPORT_BYTES = 1 << 22
 
 
@@ -175,7 +172,7 @@ class Worker:
         start = time.perf_counter()
         imported = "segmatecore.inference" in sys.modules
         import segmatecore
-        from segmatecore.inference import resolve_device
+        from segmatecore.inference import add_model_facts, resolve_device
 
         from .devices import torchDevice
 
@@ -194,7 +191,7 @@ class Worker:
                                      progress=events.progress, z_norm=args.get("zNorm", "auto"),
                                      batch_size=args.get("batchSize"), postprocess=args.get("postprocess"),
                                      tta=bool(args.get("tta")), precision=precision, **options)
-        result.model_info.update({key: info[key] for key in MODEL_FILE_FACTS if key in info})
+        add_model_facts(result, info)  # segment() got a prepared network: say which model it is
         geometry = writeVolume(result.labelmap, Path(args["output"]))
         return {"labelmap": str(args["output"]), "geometry": geometry, "organs": list(result.organs),
                 "labels": dict(result.labels), "volumes_ml": dict(result.volumes_ml), "timings": dict(result.timings),

@@ -264,7 +264,7 @@ def check_dicom_formats(formats: list[str], inputs: list[str]) -> None:
 
 
 def run(args) -> int:
-    from ..inference import (MODEL_FILE_FACTS, choose_organs, load_segmentation_model, ready_for_inference,
+    from ..inference import (add_model_facts, choose_organs, load_segmentation_model, ready_for_inference,
                              resolve_device, segment)
     from ..intended_use import notice
     from ..io import load_volume
@@ -296,8 +296,9 @@ def run(args) -> int:
         postprocess["z_smoothing_mm"] = smoothing
     mask_thresholds(keys, model.metadata, postprocess)  # a bad value is a usage error, reported once
     z_smoothing_mm(keys, model.metadata, postprocess)
-    if notice(info):
-        say(notice(info), flush=True)
+    model_notice = notice(info)
+    if model_notice:
+        say(model_notice, flush=True)
 
     failed = skipped = 0
     for source, name in cases:
@@ -312,7 +313,7 @@ def run(args) -> int:
                              z_norm=args.z_norm, batch_size=batch_size, precision=args.precision,
                              postprocess=postprocess, skip_outside_extent=args.skip_outside_extent, tta=args.tta,
                              feature_cache_mb=feature_cache_mb)
-            result.model_info.update({key: info[key] for key in MODEL_FILE_FACTS if key in info})
+            add_model_facts(result, info)
             case_formats = formats
             if "rtstruct" in formats and not result.dicom_dir:
                 case_formats = [f for f in formats if f != "rtstruct"]

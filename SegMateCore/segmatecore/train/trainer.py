@@ -298,7 +298,8 @@ class Trainer:
         """A resumed run keeps the organs of its checkpoint; a fine-tune those of the model it starts from."""
         checkpoint = Path(self.cfg.run_dir) / "checkpoint.pt"
         if self.cfg.resume and checkpoint.is_file():
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            # memory-mapped: only the organ list is read here; load_state reads the weights once, later
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
             return state.get("organs") or state["config"].get("organs")
         if not self.cfg.init_model:
             return None
