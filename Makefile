@@ -26,7 +26,7 @@ setup: $(STAMP)
 setup-dev: $(DEV_STAMP)
 
 demo: $(STAMP)
-	$(PY) -m segmatecore.demo
+	$(PY) -m segmatecore.cli.demo
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

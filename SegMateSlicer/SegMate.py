@@ -609,7 +609,7 @@ class SegMateWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onSegmentationDone(self, job) -> None:
         """The run ended: write its segments (main thread, complete result only) or say why it did not."""
-        from segmatecore.result import SegmentationCancelled
+        from segmatecore.inference.result import SegmentationCancelled
 
         self._job = None
         inputVolume, self._jobInput = self._jobInput, None

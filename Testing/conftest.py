@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 from pydicom.uid import generate_uid
 
-from segmatecore.organs import OrganSet, PAPER_ORGANS
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -12,9 +12,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from segmatecore.checkpoint import default_metadata
+from segmatecore.models.checkpoint import default_metadata
 from segmatecore.models import SegMateOutput
-from segmatecore.organs import PAPER_ORGANS
+from segmatecore.data.organs import PAPER_ORGANS
 
 HEAD_NECK_ORGANS = ("spinal_cord", "esophagus", "brainstem", "left_parotid", "right_parotid", "larynx", "mandible")
 

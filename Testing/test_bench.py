@@ -11,12 +11,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from segmatecore.bench import (DICE_BAR, PEER_MODEL, QUICK_SIZE, ROW_FIELDS, markdown_tables, resample_to_size,
+from segmatecore.bench.runner import (DICE_BAR, PEER_MODEL, QUICK_SIZE, ROW_FIELDS, markdown_tables, resample_to_size,
                                row_seconds)
-from segmatecore.catalogue import catalogue_entry, default_model_id
-from segmatecore.cli import main
-from segmatecore.organs import PAPER_ORGANS
-from segmatecore.peers import (build_nnunet_3d_fullres, gaussian_importance, run_nnunet_peer,
+from segmatecore.hub.catalogue import catalogue_entry, default_model_id
+from segmatecore.cli.main import main
+from segmatecore.data.organs import PAPER_ORGANS
+from segmatecore.bench.peers import (build_nnunet_3d_fullres, gaussian_importance, run_nnunet_peer,
                                sliding_window_starts)
 
 
@@ -32,8 +32,8 @@ def quick(tmp_path_factory):
 
 
 def test_every_row_has_the_documented_fields(quick):
-    from segmatecore.inference import DEFAULT_BATCH
-    from segmatecore.optimize import cpu_description
+    from segmatecore.inference.engine import DEFAULT_BATCH
+    from segmatecore.runtime.optimize import cpu_description
 
     results, _ = quick
     assert results["batch_size"] == DEFAULT_BATCH["cpu"]  # what `segmate predict` runs, unless told otherwise
@@ -67,7 +67,7 @@ def test_values_are_sane(quick):
 
 
 def test_every_peer_segments_the_ct_and_reports_its_cost_against_segmate(quick):
-    from segmatecore.peers import PEERS
+    from segmatecore.bench.peers import PEERS
 
     results, _ = quick
     rows = results["rows"]
@@ -100,7 +100,7 @@ def test_every_peer_segments_the_ct_and_reports_its_cost_against_segmate(quick):
 
 
 def test_each_optimisation_is_a_row_that_agrees_with_fp32(quick):
-    from segmatecore.catalogue import catalogue_entry, default_model_id
+    from segmatecore.hub.catalogue import catalogue_entry, default_model_id
 
     rows = quick[0]["rows"]
     names = [r["name"] for r in rows]
@@ -135,7 +135,7 @@ def test_each_optimisation_is_a_row_that_agrees_with_fp32(quick):
 
 def test_the_bundled_model_runs_end_to_end_at_its_own_input_size(quick):
     """Besides the random paper-configuration rows, the default job: the trained model users get."""
-    from segmatecore.catalogue import catalogue_entry, default_model_id
+    from segmatecore.hub.catalogue import catalogue_entry, default_model_id
 
     entry = catalogue_entry(default_model_id())
     rows = [r for r in quick[0]["rows"] if r["model"].startswith(entry["id"])]
@@ -174,7 +174,7 @@ def test_plot_is_written_with_two_panels(quick):
 def test_plot_shows_every_row_and_every_peer_on_both_panels(quick, tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from segmatecore.bench import plot
+    from segmatecore.bench.runner import plot
 
     results, _ = quick
     drawn: list = []
@@ -313,7 +313,8 @@ def test_resample_to_size_keeps_the_physical_extent():
 
 def test_no_openvino_leaves_out_every_openvino_row(tmp_path, monkeypatch):
     """OpenVINO is installed (pinned); --no-openvino must still keep its slow conversion out of a run."""
-    from segmatecore import bench, openvino_runtime
+    from segmatecore.bench import runner as bench
+    from segmatecore.runtime import openvino as openvino_runtime
 
     assert openvino_runtime.available()
     measured: list = []
@@ -334,7 +335,7 @@ def test_profile_shows_the_network_inference_runs():
     """`segmate bench --profile`: the prepared network (fused convolutions), masks and presence only,
     so the boundary head's full-size upsampling is not counted (two upsamplings, the decoder's and
     the masks'; three with every head)."""
-    from segmatecore.bench import profile_network
+    from segmatecore.bench.runner import profile_network
 
     # every operator listed (top=200): at 64 x 64 the upsampling may not be among the 15 slowest
     table = profile_network("fastvit_t12", precision="fp32", runtime="torch", input_size=64, batch_size=2, top=200)
@@ -345,7 +346,7 @@ def test_profile_shows_the_network_inference_runs():
 
 def test_each_row_records_the_share_of_cpu_time_the_hypervisor_stole():
     """A row that ran while the host gave the VM's CPUs to others must say so (Linux /proc/stat)."""
-    from segmatecore.bench import machine_cpu_seconds, steal_percent
+    from segmatecore.bench.runner import machine_cpu_seconds, steal_percent
 
     assert steal_percent((100.0, 10.0), (200.0, 30.0)) == 20.0
     assert steal_percent(None, (200.0, 30.0)) is None and steal_percent((5.0, 1.0), (5.0, 1.0)) is None
@@ -367,7 +368,7 @@ def test_a_rows_peak_memory_is_its_own_not_the_parents(tmp_path):
         pytest.skip("needs Linux /proc")
     ballast = np.ones(2**27)  # 1 GiB touched in this (parent) process
     parent_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    code = "from segmatecore.bench import _kernel_peak_mb; print(_kernel_peak_mb())"
+    code = "from segmatecore.bench.runner import _kernel_peak_mb; print(_kernel_peak_mb())"
     child_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     del ballast
     assert 50 < child_mb < parent_peak_mb - 512, (child_mb, parent_peak_mb)
@@ -376,7 +377,7 @@ def test_a_rows_peak_memory_is_its_own_not_the_parents(tmp_path):
 def test_saved_results_of_earlier_runs_are_completed_each_from_its_own_run():
     """`--from-json` on results saved before rows had kind, GMACs per volume and the SegMate ratios:
     each run's rows get them from that run alone, so ratios never mix machines or days."""
-    from segmatecore.bench import merge, ranking_table
+    from segmatecore.bench.runner import merge, ranking_table
 
     def run(segmate_s: float, peer_s: float) -> dict:
         common = {"scope": "end_to_end", "reference": None, "s_network": 1.0, "peak_private_mb": 500.0}

@@ -9,13 +9,13 @@ import torch
 from intensity_model import IntensityModel, band_centre
 from validation_cases import prepare_validation_copies
 from segmatecore import load_model, read_metadata, segment
-from segmatecore.checkpoint import CheckpointError, default_metadata, validate_metadata
-from segmatecore.cli import main
-from segmatecore.evaluate import canonical_image
-from segmatecore.postprocess import labels_from_probabilities, mask_thresholds
+from segmatecore.models.checkpoint import CheckpointError, default_metadata, validate_metadata
+from segmatecore.cli.main import main
+from segmatecore.evaluation.evaluate import canonical_image
+from segmatecore.inference.postprocess import labels_from_probabilities, mask_thresholds
 from segmatecore.train.calibrate import calibrate_masks
 from segmatecore.train.dataset import load_cases
-from segmatecore.train.prepare import prepare
+from segmatecore.data.prepare import prepare
 
 SHAPE = (10, 64, 64)  # z, y, x
 # The intensity model's cord logit is 0.2 * (50 - |HU - centre|): the labelled core (at the centre)

@@ -21,8 +21,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from segmatecore import catalogue, cli
-from segmatecore.checkpoint import CheckpointError, default_metadata, read_metadata, save_model
+from segmatecore.hub import catalogue
+from segmatecore.cli import main as cli
+from segmatecore.models.checkpoint import CheckpointError, default_metadata, read_metadata, save_model
 from segmatecore.models import backbone_spec, create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -264,7 +265,7 @@ def _flip_one_weight_byte(path: Path) -> None:
 
 def test_a_model_damaged_on_disk_is_refused_at_load(env, model_files):
     """One flipped bit in an installed weight file still loads as safetensors; the SHA-256 must catch it."""
-    from segmatecore.inference import load_segmentation_model
+    from segmatecore.inference.engine import load_segmentation_model
 
     installed = catalogue.download("tiny_good", progress=False)
     assert load_segmentation_model("tiny_good")[0].metadata["trained_organs"] == TRAINED

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from segmatecore import CheckpointError, create_model, load_model, read_metadata, save_model
-from segmatecore.checkpoint import default_metadata
+from segmatecore.models.checkpoint import default_metadata
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_header_length_beyond_file_is_refused(tmp_path):
 def test_update_metadata_copies_the_tensors_as_stored_and_refuses_bad_metadata(model, tmp_path):
     from safetensors import safe_open
 
-    from segmatecore.checkpoint import update_metadata
+    from segmatecore.models.checkpoint import update_metadata
 
     path = save_model(model, tmp_path / "m.safetensors", dtype=torch.float16)
     out = tmp_path / "updated.safetensors"

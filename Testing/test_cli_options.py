@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from segmatecore import cli
-from segmatecore.catalogue import catalogue_path
+from segmatecore.cli import main as cli
+from segmatecore.hub.catalogue import catalogue_path
 
 
 def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
@@ -109,7 +109,7 @@ def test_help_imports_no_torch(argv):
 def test_the_option_values_the_parser_offers_are_the_engines():
     from segmatecore import choices
     from segmatecore.models.encoder import BACKBONES
-    from segmatecore.peers import PEERS
+    from segmatecore.bench.peers import PEERS
 
     assert tuple(PEERS) == choices.PEER_KEYS
     assert set(choices.BENCH_BACKBONES) <= {spec.key for spec in BACKBONES.values()}

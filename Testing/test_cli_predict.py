@@ -2,7 +2,7 @@
 
 The first test runs the real command line (a subprocess) with a random-init FastViT-T12 saved as
 a .safetensors file (there are no trained weights yet), on the real example CT and DICOM series.
-The others call segmatecore.cli.main in-process with the intensity test network, for speed.
+The others call segmatecore.cli.main.main() in-process with the intensity test network, for speed.
 """
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ import slicerio
 import torch
 from intensity_model import IntensityModel, band_centre
 
-from segmatecore import cli, create_model, save_model
-from segmatecore.checkpoint import default_metadata
-from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore import create_model, save_model
+from segmatecore.cli import main as cli
+from segmatecore.models.checkpoint import default_metadata
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
-SEGMATE = [sys.executable, "-m", "segmatecore.cli"]
+SEGMATE = [sys.executable, "-m", "segmatecore.cli.main"]
 CASE_FILES = {"labels.nii.gz", "segmentation.seg.nrrd", "report.json", "preview.png"}
 
 
@@ -43,7 +44,7 @@ def random_model_file(tmp_path_factory) -> Path:
 def intensity_network(monkeypatch):
     """Make `--model` load the intensity test network, whatever the argument."""
     model = IntensityModel(input_size=32)
-    monkeypatch.setattr("segmatecore.inference.load_segmentation_model",
+    monkeypatch.setattr("segmatecore.inference.engine.load_segmentation_model",
                         lambda name: (model, {"backbone": "intensity-test", "id": str(name), "version": None}))
     return model
 
@@ -176,7 +177,7 @@ def test_a_failure_while_writing_leaves_no_case_folder_and_keeps_the_previous_on
         (Path(outdir) / "labels.nii.gz").write_bytes(b"half")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("segmatecore.export.write_outputs", write_then_fail)
+    monkeypatch.setattr("segmatecore.export.writers.write_outputs", write_then_fail)
     assert cli.main(["predict", str(path), "-o", str(out), "--format", "nifti"]) == 1
     assert "case: FAILED: OSError: No space left on device" in capsys.readouterr().out
     assert (out / "case" / "labels.nii.gz").read_bytes() == before
@@ -268,7 +269,7 @@ def test_peak_memory_of_predict_on_a_512x512x300_volume(shared_data, tmp_path):
 
 
 def test_naming_tg263_names_the_segments_with_the_same_rule_as_the_slicer_module(tmp_path, intensity_network):
-    from segmatecore.organs import segment_name
+    from segmatecore.data.organs import segment_name
 
     path = synthetic_ct(tmp_path / "case.nii.gz")
     out = tmp_path / "out"
@@ -309,7 +310,7 @@ def test_quiet_prints_only_errors(tmp_path, intensity_network, capsys):
 
 def test_low_memory_sets_batch_one_and_no_feature_cache_unless_given_explicitly(tmp_path, intensity_network,
                                                                                 monkeypatch):
-    from segmatecore import inference
+    from segmatecore.inference import engine as inference
 
     path = synthetic_ct(tmp_path / "case.nii.gz")
     real_segment, seen = inference.segment, []
@@ -318,7 +319,7 @@ def test_low_memory_sets_batch_one_and_no_feature_cache_unless_given_explicitly(
         seen.append({k: kwargs[k] for k in ("batch_size", "feature_cache_mb")})
         return real_segment(*args, **kwargs)
 
-    monkeypatch.setattr("segmatecore.inference.segment", recording_segment)
+    monkeypatch.setattr("segmatecore.inference.engine.segment", recording_segment)
 
     def settings(*args: str) -> tuple[dict, dict]:
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
@@ -342,6 +343,6 @@ def test_the_notice_of_a_model_not_for_clinical_use_is_one_line_and_a_clinical_m
     assert first.startswith("notice: ") and "not for clinical use" in first
     clinical = {"backbone": "intensity-test", "id": "approved", "version": "1.0", "clinical_use": True,
                 "intended_use": "thorax CT"}
-    monkeypatch.setattr("segmatecore.inference.load_segmentation_model", lambda name: (intensity_network, clinical))
+    monkeypatch.setattr("segmatecore.inference.engine.load_segmentation_model", lambda name: (intensity_network, clinical))
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "clinical"), "--format", "report"]) == 0
     assert "not for clinical use" not in capsys.readouterr().out

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segmatecore.bench import PEER_MODEL, add_compute_floors
-from segmatecore.compute_peak import compute_floor_s, machine_peaks, matmul_gmacs_per_s
+from segmatecore.bench.runner import PEER_MODEL, add_compute_floors
+from segmatecore.bench.compute_peak import compute_floor_s, machine_peaks, matmul_gmacs_per_s
 
 
 def test_the_peak_is_the_best_round_in_multiply_accumulates_per_second():
@@ -72,7 +72,7 @@ def test_a_clock_that_never_advances_does_not_divide_by_zero():
 
 
 def test_the_peaks_read_as_one_line_per_run():
-    from segmatecore.compute_peak import peaks_text
+    from segmatecore.bench.compute_peak import peaks_text
 
     assert peaks_text({"2": {"float32": 165.3, "bfloat16": 83.2}, "1": {"float32": 83.0, "bfloat16": 41.3}}) == \
         "2 threads: float32 165 GMAC/s, bfloat16 83 GMAC/s; 1 thread: float32 83 GMAC/s, bfloat16 41 GMAC/s"

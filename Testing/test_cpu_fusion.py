@@ -1,6 +1,6 @@
 """Convolutions fused with their activation, grouped convolutions split into depthwise ones, and
 MambaOut's gated blocks rewritten must compute what the original model computes
-(segmatecore.cpu_fusion)."""
+(segmatecore.runtime.cpu_fusion)."""
 from __future__ import annotations
 
 import copy
@@ -10,10 +10,10 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from segmatecore import cpu_fusion
-from segmatecore.bench import benchmark_model, calibration_slices
-from segmatecore.cpu_fusion import FusedConv2d, FusedGatedBlock, fuse_convolutions
-from segmatecore.optimize import DEFAULT, prepare_for_inference
+from segmatecore.runtime import cpu_fusion
+from segmatecore.bench.runner import benchmark_model, calibration_slices
+from segmatecore.runtime.cpu_fusion import FusedConv2d, FusedGatedBlock, fuse_convolutions
+from segmatecore.runtime.optimize import DEFAULT, prepare_for_inference
 from segmatecore.resources import resource_path
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),

@@ -14,9 +14,9 @@ import SimpleITK as sitk
 import torch
 
 from segmatecore import segment
-from segmatecore.bench import DICE_BAR, sample_ct_path
-from segmatecore.cli import main
-from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.bench.runner import DICE_BAR, sample_ct_path
+from segmatecore.cli.main import main
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
@@ -78,8 +78,8 @@ def test_mirroring_and_the_feature_cache_run_on_the_gpu(ct):
 
 def test_every_network_call_on_the_gpu_runs_a_full_batch(ct, cpu_fp32):
     """New batch shapes cost seconds on a GPU, so short batches are filled up (inference._Pipeline)."""
-    from segmatecore.catalogue import default_model_id, resolve_model
-    from segmatecore.checkpoint import load_model
+    from segmatecore.hub.catalogue import default_model_id, resolve_model
+    from segmatecore.models.checkpoint import load_model
 
     model = load_model(resolve_model(default_model_id()))
     rows = []

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from segmatecore.organs import PAPER_ORGANS, lateral_swap
-from segmatecore.preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
+from segmatecore.data.organs import PAPER_ORGANS, lateral_swap
+from segmatecore.data.preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
 from segmatecore.train.dataset import (Augmenter, BalancedSampler, SliceDataset, balanced_weights, load_cases,
                                        z_norm_for)
-from segmatecore.train.prepare import prepare
+from segmatecore.data.prepare import prepare
 from test_prepare import make_nifti_pairs
 
 KEYS = list(PAPER_ORGANS)

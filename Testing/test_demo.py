@@ -1,4 +1,4 @@
-"""``make demo`` (segmatecore.demo) and the bundled sample data it segments."""
+"""``make demo`` (segmatecore.cli.demo) and the bundled sample data it segments."""
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from segmatecore import demo
-from segmatecore.checkpoint import default_metadata, save_model
+from segmatecore.cli import demo
+from segmatecore.models.checkpoint import default_metadata, save_model
 from segmatecore.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]

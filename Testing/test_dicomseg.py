@@ -12,10 +12,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from segmatecore import cli
-from segmatecore.catalogue import catalogue_entry, default_model_id
-from segmatecore.dicomseg import write_dicom_seg
-from segmatecore.organs import OrganSet, PAPER_ORGANS, category, organ
+from segmatecore.cli import main as cli
+from segmatecore.hub.catalogue import catalogue_entry, default_model_id
+from segmatecore.export.dicom_seg import write_dicom_seg
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, category, organ
 
 PAPER = OrganSet(PAPER_ORGANS)
 CT_3SLICE = "dcmqi_ct3slice/ct-3slice"

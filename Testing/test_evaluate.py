@@ -10,10 +10,10 @@ import SimpleITK as sitk
 
 from intensity_model import IntensityModel, band_centre
 from segmatecore import segment
-from segmatecore.evaluate import GroundTruthZNorm, canonical_image, evaluate
-from segmatecore.geometry import to_canonical
+from segmatecore.evaluation.evaluate import GroundTruthZNorm, canonical_image, evaluate
+from segmatecore.data.geometry import to_canonical
 from segmatecore.train.dataset import load_cases, z_norm_for
-from segmatecore.train.prepare import prepare
+from segmatecore.data.prepare import prepare
 
 SHAPE = (12, 64, 64)  # z, y, x: 64 x 64 slices need no resizing at input size 64
 
@@ -88,7 +88,7 @@ def test_held_out_results_are_recorded_in_the_model_file(tmp_path):
     from safetensors import safe_open
 
     from segmatecore import create_model, read_metadata, save_model
-    from segmatecore.evaluate import record_in_model, summarise
+    from segmatecore.evaluation.evaluate import record_in_model, summarise
 
     path = save_model(create_model("fastvit_t12"), tmp_path / "m.safetensors",
                       {"trained_organs": ["spinal_cord"]}, dtype=torch.float16)
@@ -105,7 +105,7 @@ def test_held_out_results_are_recorded_in_the_model_file(tmp_path):
 
 
 def test_held_out_results_in_the_catalogues_form():
-    from segmatecore.evaluate import catalogue_metrics, summarise
+    from segmatecore.evaluation.evaluate import catalogue_metrics, summarise
 
     rows = [{"case": f"c{n}", "organ": organ, "mode": "label_free", "dice": d, "hd95_mm": h, "iou": 0.5,
              "precision": 0.5, "recall": 0.5}

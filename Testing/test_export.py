@@ -18,11 +18,11 @@ from conftest import DICOM_SERIES
 from rt_utils import RTStructBuilder
 
 import segmatecore
-from segmatecore.export import (OUTPUT_FILES, ijk_to_lps, oriented_views, write_labels_nifti, write_outputs,
+from segmatecore.export.writers import (OUTPUT_FILES, ijk_to_lps, oriented_views, write_labels_nifti, write_outputs,
                                 write_preview, write_report, write_rtstruct, write_seg_nrrd)
-from segmatecore.geometry import canonical_frame, from_canonical
-from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
-from segmatecore.result import SegmentationResult
+from segmatecore.data.geometry import canonical_frame, from_canonical
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.inference.result import SegmentationResult
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 

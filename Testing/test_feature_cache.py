@@ -7,8 +7,8 @@ import SimpleITK as sitk
 import torch
 
 from segmatecore import segment
-from segmatecore.bench import benchmark_model, calibration_slices
-from segmatecore.feature_cache import FeatureCache
+from segmatecore.bench.runner import benchmark_model, calibration_slices
+from segmatecore.runtime.feature_cache import FeatureCache
 from segmatecore.models import Encoded
 
 
@@ -145,7 +145,7 @@ def test_on_a_gpu_every_network_call_runs_a_full_batch_and_the_labels_stay_the_s
     """A GPU prepares its kernels once per batch shape, so there segment() repeats the last slice of
     a short batch up to the batch size and drops the extra outputs (checked here on the CPU with the
     GPU's policy; Testing/test_cuda.py runs it on a GPU)."""
-    from segmatecore import inference
+    from segmatecore.inference import engine as inference
 
     plain = run(ct, network, batch_size=4, **options)
     assert any(n != 4 for n in network.encoded_slices + network.decoded_slices)  # the case has short batches

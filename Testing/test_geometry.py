@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from intensity_model import IntensityModel
 
 from segmatecore import segment
-from segmatecore.geometry import closest_canonical_axes, from_canonical, to_canonical
-from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.data.geometry import closest_canonical_axes, from_canonical, to_canonical
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 

@@ -1,7 +1,7 @@
 """segment(): real CTs end to end, the z_norm estimate, streaming, device policy, progress and cancel.
 
 There are no trained weights yet, so two things are tested apart:
-- the z_norm *estimation logic* (segmatecore.zpass) on per-slice presence sequences derived from
+- the z_norm *estimation logic* (segmatecore.inference.zpass) on per-slice presence sequences derived from
   the real reference masks in ../shared/data (what a perfect presence head would say, plus
   isolated false positives and missed slices), against the extent those masks give;
 - the *plumbing* end to end through segment(), with the intensity test network (whose presence
@@ -19,14 +19,15 @@ import SimpleITK as sitk
 import torch
 from intensity_model import DEFAULT_BANDS, IntensityModel, band_centre
 
-from segmatecore import SegmentationCancelled, create_model, optimize, segment
-from segmatecore.checkpoint import default_metadata
-from segmatecore.geometry import to_canonical
-from segmatecore.inference import _gate_mask, autocast_dtype, resolve_device
-from segmatecore.io import load_volume
-from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
-from segmatecore.validation import InputError
-from segmatecore.zpass import ZPassConfig, estimate_extent, robust_extent
+from segmatecore import SegmentationCancelled, create_model, segment
+from segmatecore.runtime import optimize
+from segmatecore.models.checkpoint import default_metadata
+from segmatecore.data.geometry import to_canonical
+from segmatecore.inference.engine import _gate_mask, autocast_dtype, resolve_device
+from segmatecore.data.io import load_volume
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.data.validation import InputError
+from segmatecore.inference.zpass import ZPassConfig, estimate_extent, robust_extent
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 

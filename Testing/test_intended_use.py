@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from segmatecore.catalogue import catalogue_entry, default_model_id, model_file
-from segmatecore.checkpoint import read_metadata
-from segmatecore.export import dicom_texts
-from segmatecore.intended_use import intended_use, notice
+from segmatecore.hub.catalogue import catalogue_entry, default_model_id, model_file
+from segmatecore.models.checkpoint import read_metadata
+from segmatecore.export.writers import dicom_texts
+from segmatecore.models.intended_use import intended_use, notice
 
 
 def test_the_bundled_model_is_a_demonstration_model_not_for_clinical_use():

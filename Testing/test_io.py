@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segmatecore.io import case_name, list_dicom_series, load_volume
-from segmatecore.validation import InputError
+from segmatecore.data.io import case_name, list_dicom_series, load_volume
+from segmatecore.data.validation import InputError
 
 
 def small_ct(shape=(5, 12, 10), dtype=np.int16) -> sitk.Image:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segmatecore.models import SegMateOutput
-from segmatecore.organs import OrganSet, PAPER_ORGANS
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 from segmatecore.train.losses import SegMateLoss, bce_loss, class_weights_for
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults

@@ -33,7 +33,7 @@ SAMPLE_SECONDS = 0.01
 def synthetic_ct(shape=SHAPE) -> np.ndarray:
     """[k, j, i] int16: air, an elliptic 40 HU body, and a block at each organ's test-network intensity."""
     from intensity_model import band_centre
-    from segmatecore.organs import PAPER_ORGANS
+    from segmatecore.data.organs import PAPER_ORGANS
 
     slices, rows, cols = shape
     ct = np.full(shape, -1000, dtype=np.int16)
@@ -100,7 +100,7 @@ def child_main(ct_path: str, network: str) -> None:
 
     import segmatecore
     from intensity_model import IntensityModel
-    from segmatecore.checkpoint import default_metadata
+    from segmatecore.models.checkpoint import default_metadata
 
     torch.set_num_threads(1)  # memory does not depend on it; on a shared CPU a second thread mostly waits
     name, size = network.rsplit("-", 1)

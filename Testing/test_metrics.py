@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from segmatecore.metrics import hd95, organ_metrics, overlap_metrics, surface_distances
+from segmatecore.evaluation.metrics import hd95, organ_metrics, overlap_metrics, surface_distances
 
 SPACING = (0.5, 2.0, 3.0)  # mm along canonical x, y, z
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from segmatecore import SegMateOutput, create_model
-from segmatecore.info import count_parameters, gmacs_per_slice
+from segmatecore.models.cost import count_parameters, gmacs_per_slice
 from segmatecore.models import backbone_spec
 
 torch.manual_seed(0)

@@ -7,7 +7,7 @@ import torch
 
 from reference_fill import reference_outputs, reference_state_dict
 from segmatecore import create_model
-from segmatecore.research import convert_research_state_dict
+from segmatecore.models.research import convert_research_state_dict
 
 BACKBONES = ["tf_efficientnetv2_m", "mambaout_tiny", "fastvit_t12"]
 STAGES = ["slicefusion", "encoder0", "encoder1", "encoder2", "encoder3", "aspp", "film", "dec4", "dec3", "dec2",

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from intensity_model import IntensityModel
-from segmatecore import openvino_runtime
-from segmatecore.bench import DICE_BAR, benchmark_model, calibration_slices, dice
-from segmatecore import optimize
-from segmatecore.optimize import (DEFAULT, NONE, Optimizations, bf16_warning, compute_dtype, cpu_bf16_is_faster,
+from segmatecore.runtime import openvino as openvino_runtime
+from segmatecore.bench.runner import DICE_BAR, benchmark_model, calibration_slices, dice
+from segmatecore.runtime import optimize
+from segmatecore.runtime.optimize import (DEFAULT, NONE, Optimizations, bf16_warning, compute_dtype, cpu_bf16_is_faster,
                                   fold_batchnorm, prepare_for_inference)
-from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
 from segmatecore.resources import resource_path
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
@@ -295,7 +295,7 @@ def test_the_default_path_never_imports_openvino():
     import subprocess
     import sys
 
-    code = ("import sys, torch; from segmatecore import create_model; from segmatecore.optimize import prepare_for_inference;"
+    code = ("import sys, torch; from segmatecore import create_model; from segmatecore.runtime.optimize import prepare_for_inference;"
             "prepare_for_inference(create_model('fastvit_t12'), torch.device('cpu'), 'auto');"
             "print('openvino' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

@@ -22,11 +22,12 @@ import torch
 import vtk
 from intensity_model import HEAD_NECK_ORGANS, IntensityModel, bands_for
 
-from segmatecore import cli, create_model, save_model, segment
-from segmatecore.checkpoint import default_metadata, load_model, read_metadata
-from segmatecore.evaluate import evaluate
-from segmatecore.organs import PAPER_ORGANS, OrganSet, organ
-from segmatecore.train.prepare import prepare
+from segmatecore import create_model, save_model, segment
+from segmatecore.cli import main as cli
+from segmatecore.models.checkpoint import default_metadata, load_model, read_metadata
+from segmatecore.evaluation.evaluate import evaluate
+from segmatecore.data.organs import PAPER_ORGANS, OrganSet, organ
+from segmatecore.data.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SegMateSlicer"))
@@ -103,7 +104,7 @@ def by_name(monkeypatch, networks):
         net = name if isinstance(name, torch.nn.Module) else networks[str(name)]
         return net, {"id": str(name), "version": None}
 
-    monkeypatch.setattr("segmatecore.inference.load_segmentation_model", load)
+    monkeypatch.setattr("segmatecore.inference.engine.load_segmentation_model", load)
 
 
 def test_command_line_outputs_carry_each_models_legend(tmp_path, by_name):

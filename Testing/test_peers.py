@@ -12,13 +12,13 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from segmatecore.peers import PEERS, patch_count, peer_spec
-from segmatecore.peers.costs import NetworkCost, network_cost
-from segmatecore.peers.hrmedseg import HRMedSeg, run_hrmedseg_peer
-from segmatecore.peers.light_unetr import LightUNETR
-from segmatecore.peers.lightmedseg import LightMedSeg
-from segmatecore.peers.paper_check import PaperCheck, paper_check_markdown
-from segmatecore.peers.volume import run_patch_peer
+from segmatecore.bench.peers import PEERS, patch_count, peer_spec
+from segmatecore.bench.peers.costs import NetworkCost, network_cost
+from segmatecore.bench.peers.hrmedseg import HRMedSeg, run_hrmedseg_peer
+from segmatecore.bench.peers.light_unetr import LightUNETR
+from segmatecore.bench.peers.lightmedseg import LightMedSeg
+from segmatecore.bench.peers.paper_check import PaperCheck, paper_check_markdown
+from segmatecore.bench.peers.volume import run_patch_peer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -93,7 +93,7 @@ def test_every_peer_meets_its_papers_figures_in_the_papers_convention():
     """`segmate bench --check-peers` at the papers' input sizes (counted on the meta device): GFLOPs
     within 10 % in each paper's convention, parameters within 10 % or the documented deviation, and
     the convention is the only one that meets the figure (SegMate's own count does not)."""
-    from segmatecore.peers.paper_check import paper_checks
+    from segmatecore.bench.peers.paper_check import paper_checks
 
     checks = {c.spec.key: c for c in paper_checks()}
     assert set(checks) == {"lightmedseg", "hrmedseg", "light_unetr"}
@@ -167,7 +167,7 @@ def test_3d_peers_segment_a_whole_ct_by_sliding_window(key):
 def test_sliding_window_blends_overlapping_patches_into_the_volume():
     """A network that echoes its input: the Gaussian-weighted blend of overlapping patches must give
     the volume back exactly, and its negation in the second channel."""
-    from segmatecore.peers import sliding_window_logits
+    from segmatecore.bench.peers import sliding_window_logits
 
     class Echo(nn.Module):
         def __init__(self):

@@ -8,9 +8,9 @@ import pytest
 
 import torch
 
-from segmatecore.postprocess import (MARGIN, _largest_component, clean_organs, fill_holes, labels_from_probabilities,
+from segmatecore.inference.postprocess import (MARGIN, _largest_component, clean_organs, fill_holes, labels_from_probabilities,
                                      labels_on_grid, labels_on_grid_from_logits)
-from segmatecore.preprocess import resize_slices
+from segmatecore.data.preprocess import resize_slices
 
 
 def test_largest_component_keeps_only_the_biggest_piece_among_many_specks():
@@ -87,7 +87,7 @@ def test_clean_organs_fills_a_liver_hole_but_never_over_another_organ():
 @pytest.fixture
 def resized(monkeypatch) -> list[int]:
     """The channel count of every in-plane resize post-processing makes, in order."""
-    from segmatecore import postprocess
+    from segmatecore.inference import postprocess
 
     calls: list[int] = []
 

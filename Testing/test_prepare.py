@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segmatecore.cli import main
-from segmatecore.geometry import to_canonical
-from segmatecore.organs import OrganSet, PAPER_ORGANS
-from segmatecore.train.prepare import assign_splits, decode_labels, load_index, prepare
+from segmatecore.cli.main import main
+from segmatecore.data.geometry import to_canonical
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS
+from segmatecore.data.prepare import assign_splits, decode_labels, load_index, prepare
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 

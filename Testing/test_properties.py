@@ -24,8 +24,8 @@ from vtk.util import numpy_support
 
 import segmatecore
 from intensity_model import IntensityModel
-from segmatecore.geometry import closest_canonical_axes
-from segmatecore.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.data.geometry import closest_canonical_axes
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegMateSlicer"))
 from SegMateLib.logic import SegMateLogic  # noqa: E402

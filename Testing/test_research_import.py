@@ -7,7 +7,7 @@ import torch
 
 from reference_fill import reference_outputs, reference_state_dict
 from segmatecore import load_model
-from segmatecore.cli import main
+from segmatecore.cli.main import main
 
 
 @pytest.mark.parametrize("layout", ["bare", "wrapped_ddp"])

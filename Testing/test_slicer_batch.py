@@ -27,7 +27,7 @@ sys.path.insert(0, str(SCRIPT.parent))
 import segmate_batch as batch  # noqa: E402
 import segmatecore  # noqa: E402
 from intensity_model import IntensityModel, band_centre  # noqa: E402
-from segmatecore.organs import OrganSet, PAPER_ORGANS, organ  # noqa: E402
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ  # noqa: E402
 
 from SegMateLib.batch import CSV_NAME, findCases, parseOrgans, runBatch  # noqa: E402
 
@@ -143,7 +143,7 @@ def test_precision_and_feature_cache_options_reach_the_logic(case_folder, tmp_pa
 
 
 def test_command_line_run_with_a_model_file(scene, case_folder, tmp_path):
-    from segmatecore.checkpoint import default_metadata, save_model
+    from segmatecore.models.checkpoint import default_metadata, save_model
     from segmatecore.models import create_model
 
     network = create_model("fastvit_t12")

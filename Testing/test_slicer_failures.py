@@ -18,7 +18,7 @@ from vtk.util import numpy_support
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegMateSlicer"))
 
 from intensity_model import IntensityModel, band_centre  # noqa: E402
-from segmatecore.validation import InputError  # noqa: E402
+from segmatecore.data.validation import InputError  # noqa: E402
 from SegMateLib.logic import SegMateLogic  # noqa: E402
 from SegMateLib.segments import binaryLabelmapName  # noqa: E402
 

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO / "SegMateSlicer"))
 
 import segmatecore  # noqa: E402
 from intensity_model import IntensityModel, band_centre  # noqa: E402
-from segmatecore.organs import OrganSet, PAPER_ORGANS, category, organ  # noqa: E402
-from segmatecore.result import SegmentationCancelled  # noqa: E402
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, category, organ  # noqa: E402
+from segmatecore.inference.result import SegmentationCancelled  # noqa: E402
 
 import SegMateLib  # noqa: E402
 from SegMateLib import dependencies, diagnostics, sample_data  # noqa: E402
@@ -279,8 +279,8 @@ def test_mirror_tta_reaches_segmatecore_from_the_logic(scene, model):
 def test_precision_and_feature_reuse_reach_segmatecore_from_the_logic(scene):
     """The panel's Precision and "Reuse the first pass's features" choices change what segment() runs:
     without reuse the main pass encodes every slice again and the segments are the same."""
-    from segmatecore.checkpoint import default_metadata
-    from segmatecore.inference import PRECISIONS
+    from segmatecore.models.checkpoint import default_metadata
+    from segmatecore.inference.engine import PRECISIONS
     from segmatecore.models import create_model
 
     assert tuple(SegMateLib.PRECISION_CHOICES) == PRECISIONS  # the panel offers exactly SegMateCore's choices
@@ -511,7 +511,7 @@ def test_saved_seg_nrrd_reads_back_with_slicerio(scene, tmp_path, model):
 
 
 def test_imported_model_is_offered_with_its_trained_organs(tmp_path, monkeypatch):
-    from segmatecore.checkpoint import default_metadata, save_model
+    from segmatecore.models.checkpoint import default_metadata, save_model
     from segmatecore.models import create_model
 
     monkeypatch.setenv("SEGMATE_HOME", str(tmp_path / "home"))
@@ -522,7 +522,7 @@ def test_imported_model_is_offered_with_its_trained_organs(tmp_path, monkeypatch
     installed = logic.importModelFile(str(source))
     assert installed.parent == logic.modelFolder()
     choices = modelChoices()
-    from segmatecore.catalogue import default_model_id
+    from segmatecore.hub.catalogue import default_model_id
 
     assert choices[0].id == default_model_id() and choices[0].default  # the catalogue's default comes first
     choice = next(c for c in choices if c.id == "my_cord_model")

@@ -189,7 +189,7 @@ SegMateLib.elapsedText(3.0)
 import SegMateLib.worker_client
 loaded = sorted(set(sys.modules) - before)
 print("heavy:", sorted(name for name in loaded if name.split(".")[0] in ("torch", "SimpleITK", "numpy", "timm")
-                       or name == "segmatecore.inference"))
+                       or name == "segmatecore.inference.engine"))
 print("segmatelib:", " ".join(name for name in loaded if name.startswith("SegMateLib.")))
 print("counts:", len(sources), len(organs))
 """
@@ -289,8 +289,8 @@ def test_ui_loads_in_qt_with_stand_ins():
     found = {name for name in used if panel.findChild(object, name) is not None}
     assert found == used
     organ_list = panel.findChild(object, "organListWidget")
-    from segmatecore.catalogue import catalogue_entry, default_model_id
-    from segmatecore.organs import organ
+    from segmatecore.hub.catalogue import catalogue_entry, default_model_id
+    from segmatecore.data.organs import organ
 
     organs = catalogue_entry(default_model_id())["organs"]  # the panel lists the chosen model's organs
     assert [organ_list.item(i).text() for i in range(organ_list.count())] == [organ(k).display_name for k in organs]

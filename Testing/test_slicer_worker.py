@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SegMateSlicer"))
 
 import segmatecore  # noqa: E402
-from segmatecore.result import SegmentationCancelled  # noqa: E402
+from segmatecore.inference.result import SegmentationCancelled  # noqa: E402
 
 from SegMateLib import protocol, worker  # noqa: E402
 from SegMateLib.logic import SegMateLogic  # noqa: E402
@@ -425,7 +425,7 @@ def test_model_download_runs_in_the_worker_with_progress(tmp_path, monkeypatch):
     import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    from segmatecore.catalogue import file_sha256
+    from segmatecore.hub.catalogue import file_sha256
 
     resources = tmp_path / "Resources"
     shutil.copytree(REPO / "Resources", resources, ignore=shutil.ignore_patterns("SampleData"))

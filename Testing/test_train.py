@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from segmatecore import load_model, read_metadata
-from segmatecore.cli import main
-from segmatecore.train.prepare import prepare
+from segmatecore.cli.main import main
+from segmatecore.data.prepare import prepare
 from test_prepare import make_nifti_pairs
 
 TINY = ["--input-size", "64", "--batch-size", "2", "--samples-per-epoch", "4",
@@ -92,7 +92,7 @@ def test_two_process_ddp_run_under_torchrun(data, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "segmatecore.cli", "train", "--backbone", "fastvit_t12", "--data", str(data), *TINY,
+           "-m", "segmatecore.cli.main", "train", "--backbone", "fastvit_t12", "--data", str(data), *TINY,
            "--max-steps", "2", "--device", "cpu", "--run-dir", str(run), "-o", str(run / "model.safetensors")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,9 +9,9 @@ from torch import nn
 
 from intensity_model import IntensityModel, band_centre
 from segmatecore import segment
-from segmatecore.inference import _average_with_mirror
+from segmatecore.inference.engine import _average_with_mirror
 from segmatecore.models import SegMateOutput
-from segmatecore.organs import OrganSet, PAPER_ORGANS, lateral_swap
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, lateral_swap
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
@@ -92,10 +92,10 @@ def test_lateral_swap_pairs_left_and_right_and_refuses_half_a_pair():
 def test_cli_options_reach_segment_and_evaluate_refuses_to_record_tta_figures(tmp_path, capsys, monkeypatch):
     import json
 
-    from segmatecore import cli
+    from segmatecore.cli import main as cli
     from test_cli_predict import synthetic_ct
 
-    monkeypatch.setattr("segmatecore.inference.load_segmentation_model",
+    monkeypatch.setattr("segmatecore.inference.engine.load_segmentation_model",
                         lambda model: (IntensityModel(input_size=32), {"id": "intensity-test"}))
     path = synthetic_ct(tmp_path / "case.nii.gz")
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "out"), "--format", "report", "--tta"]) == 0

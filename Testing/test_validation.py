@@ -9,8 +9,8 @@ import psutil
 import pytest
 import SimpleITK as sitk
 
-from segmatecore.io import load_volume
-from segmatecore.validation import (
+from segmatecore.data.io import load_volume
+from segmatecore.data.validation import (
     MAX_VOXELS,
     InputError,
     validate_dicom_series,

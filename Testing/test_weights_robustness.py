@@ -22,10 +22,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from segmatecore import catalogue, checkpoint
-from segmatecore.checkpoint import CheckpointError, default_metadata, load_model, read_metadata, save_model
+from segmatecore.hub import catalogue
+from segmatecore.models import checkpoint
+from segmatecore.models.checkpoint import CheckpointError, default_metadata, load_model, read_metadata, save_model
 from segmatecore.models import backbone_spec, create_model
-from segmatecore.research import load_research_checkpoint
+from segmatecore.models.research import load_research_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(derandomize=True, deadline=None, database=None,

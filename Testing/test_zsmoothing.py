@@ -12,16 +12,16 @@ from scipy.ndimage import gaussian_filter1d
 from intensity_model import IntensityModel, band_centre
 from validation_cases import prepare_validation_copies
 from segmatecore import read_metadata, segment
-from segmatecore.checkpoint import CheckpointError, default_metadata, validate_metadata
-from segmatecore.cli import main
-from segmatecore.evaluate import canonical_image
-from segmatecore.geometry import to_canonical
-from segmatecore.postprocess import z_smoothing_mm
-from segmatecore.organs import OrganSet, PAPER_ORGANS
+from segmatecore.models.checkpoint import CheckpointError, default_metadata, validate_metadata
+from segmatecore.cli.main import main
+from segmatecore.evaluation.evaluate import canonical_image
+from segmatecore.data.geometry import to_canonical
+from segmatecore.inference.postprocess import z_smoothing_mm
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 from segmatecore.train.calibrate import CaseSweep, calibrate_masks
 from segmatecore.train.dataset import load_cases
-from segmatecore.train.prepare import decode_labels
-from segmatecore.zsmoothing import ZSmoother
+from segmatecore.data.prepare import decode_labels
+from segmatecore.inference.zsmoothing import ZSmoother
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
@@ -184,7 +184,7 @@ def test_calibrate_command_records_the_smoothing_and_info_shows_it(flicker_cases
 
 
 def test_running_out_of_memory_after_smoothing_fails_clearly_instead_of_losing_slices(monkeypatch):
-    from segmatecore import inference
+    from segmatecore.inference import engine as inference
 
     model = IntensityModel(organs=["spinal_cord"], input_size=48)
     image = flicker_image()

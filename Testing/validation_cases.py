@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from segmatecore.train.prepare import prepare
+from segmatecore.data.prepare import prepare
 
 
 def prepare_validation_copies(root: Path, ct: np.ndarray, labels: np.ndarray, label_map: dict[str, int],

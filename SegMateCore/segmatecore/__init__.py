@@ -1,7 +1,7 @@
 """SegMateCore: the SegMate organ-at-risk segmentation engine (no Slicer imports).
 
-The public names are imported on first use (PEP 562), so ``import segmatecore.organs`` or
-``segmatecore.result`` does not import PyTorch: the Slicer panel reads the organ table and writes
+The public names are imported on first use (PEP 562), so ``import segmatecore.data.organs`` or
+``segmatecore.inference.result`` does not import PyTorch: the Slicer panel reads the organ table and writes
 results without loading the network's libraries into Slicer's process.
 """
 from importlib import import_module
@@ -9,9 +9,10 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "CheckpointError": "checkpoint", "load_model": "checkpoint", "read_metadata": "checkpoint",
-    "save_model": "checkpoint", "SegMateNet": "models", "SegMateOutput": "models", "create_model": "models",
-    "segment": "inference", "SegmentationCancelled": "result", "SegmentationResult": "result",
+    "CheckpointError": "models.checkpoint", "load_model": "models.checkpoint", "read_metadata": "models.checkpoint",
+    "save_model": "models.checkpoint", "SegMateNet": "models", "SegMateOutput": "models", "create_model": "models",
+    "segment": "inference.engine", "SegmentationCancelled": "inference.result",
+    "SegmentationResult": "inference.result",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -27,7 +27,7 @@ class Case:
 
 
 def _isVolumeFile(path: Path) -> bool:
-    from segmatecore.io import VOLUME_SUFFIXES
+    from segmatecore.data.io import VOLUME_SUFFIXES
 
     name = path.name.lower()
     return not name.endswith(SEGMENTATION_SUFFIX) and any(name.endswith(s) for s in VOLUME_SUFFIXES) \
@@ -35,7 +35,7 @@ def _isVolumeFile(path: Path) -> bool:
 
 
 def _holdsDicom(folder: Path) -> bool:
-    from segmatecore.io import list_dicom_series
+    from segmatecore.data.io import list_dicom_series
 
     return bool(list_dicom_series(folder, recursive=True))
 
@@ -45,7 +45,7 @@ def findCases(inputPath: Path) -> list[Case]:
 
     DICOM files lying directly in the folder make the folder itself one case.
     """
-    from segmatecore.io import case_name, list_dicom_series
+    from segmatecore.data.io import case_name, list_dicom_series
 
     inputPath = Path(inputPath)
     if not inputPath.exists():
@@ -97,7 +97,7 @@ def _removeNodes(scene, nodes: Iterable[Any]) -> None:
 
 def segmentCase(case: Case, outputFolder: Path, logic, scene, **options) -> dict[str, Any]:
     """Segment one case and save it; returns its CSV row (status ok)."""
-    from segmatecore.io import read_volume
+    from segmatecore.data.io import read_volume
 
     from .volume_image import volumeNodeFromImage
 

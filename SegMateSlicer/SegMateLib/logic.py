@@ -21,7 +21,7 @@ from .corepath import ensureSegMateCoreImportable
 from .devices import DEVICE_CHOICES, torchDevice
 from .terminology import NAMING_CHOICES
 
-# segmatecore.inference.PRECISIONS, named here so that the panel can list them without importing PyTorch
+# segmatecore.inference.engine.PRECISIONS, named here so that the panel can list them without importing PyTorch
 PRECISION_CHOICES = {"auto": "Automatic", "fp32": "fp32", "bf16": "bf16"}
 
 __all__ = ["DEVICE_CHOICES", "NAMING_CHOICES", "PRECISION_CHOICES", "SegMateLogic", "SegMateRun", "torchDevice"]
@@ -191,19 +191,19 @@ class SegMateLogic:
 
     @staticmethod
     def downloadModel(modelId: str, progress: Optional[Callable[[int, int], None]] = None):
-        from segmatecore.catalogue import download
+        from segmatecore.hub.catalogue import download
 
         return download(modelId, progress=progress or False)
 
     @staticmethod
     def importModelFile(path: str):
-        from segmatecore.catalogue import install_from_file
+        from segmatecore.hub.catalogue import install_from_file
 
         return install_from_file(path)
 
     @staticmethod
     def modelFolder():
-        from segmatecore.catalogue import cache_dir
+        from segmatecore.hub.catalogue import cache_dir
 
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
@@ -211,7 +211,7 @@ class SegMateLogic:
 
     @staticmethod
     def clearModelCache():
-        from segmatecore.catalogue import clear_cache
+        from segmatecore.hub.catalogue import clear_cache
 
         return clear_cache()
 
@@ -220,6 +220,6 @@ class SegMateLogic:
     def organTable(organKeys=None):
         """The organs ``organKeys`` (a model's, in its channel order) with their names and colours;
         every structure SegMate knows when None. Read from organs.json, without PyTorch."""
-        from segmatecore.organs import known_organs, organ
+        from segmatecore.data.organs import known_organs, organ
 
         return known_organs() if organKeys is None else tuple(organ(key) for key in organKeys)

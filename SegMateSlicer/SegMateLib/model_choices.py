@@ -1,6 +1,6 @@
 """The models the panel offers: the SegMateCore catalogue (bundled, downloadable, imported) as choices.
 
-Thin on purpose: listing, importing, downloading and clearing are ``segmatecore.catalogue``'s job;
+Thin on purpose: listing, importing, downloading and clearing are ``segmatecore.hub.catalogue``'s job;
 this only shapes its entries for a combo box and says which organs each model was trained on.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _choice(entry: dict[str, Any]) -> ModelChoice:
 
 
 def _trainedOrgansFromFile(path: str) -> Optional[list[str]]:
-    from segmatecore.checkpoint import CheckpointError, read_metadata
+    from segmatecore.models.checkpoint import CheckpointError, read_metadata
 
     try:
         meta = read_metadata(path)
@@ -76,7 +76,7 @@ def _trainedOrgansFromFile(path: str) -> Optional[list[str]]:
 
 def modelChoices() -> list[ModelChoice]:
     """Every model the catalogue lists, the default first."""
-    from segmatecore.catalogue import list_models
+    from segmatecore.hub.catalogue import list_models
 
     choices = [_choice(entry) for entry in list_models()]
     return sorted(choices, key=lambda choice: not choice.default)

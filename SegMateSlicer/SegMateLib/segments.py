@@ -20,10 +20,10 @@ _SEGMENT_TAGS = ("SOURCE_TAG", "THRESHOLD_TAG", "Z_SMOOTHING_TAG")
 
 
 def __getattr__(name: str):
-    """The segment tag names, defined in segmatecore.result, imported only when asked for: this
+    """The segment tag names, defined in segmatecore.inference.result, imported only when asked for: this
     module loads when Slicer starts, before PyTorch (which segmatecore needs) may be installed."""
     if name in _SEGMENT_TAGS:
-        from segmatecore import result
+        from segmatecore.inference import result
 
         return getattr(result, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -134,7 +134,7 @@ def writeOrganSegments(segmentationNode, volumeNode, labelmap: sitk.Image, legen
     The labelmap must be on the volume's voxel grid (``segmatecore.segment`` guarantees it for an
     image made by ``imageFromVolumeNode``). Organs absent from the labelmap still get a segment, empty.
     """
-    from segmatecore.organs import organ
+    from segmatecore.data.organs import organ
 
     checkSameGrid(labelmap, volumeNode)
     _checkTransforms(segmentationNode, volumeNode)  # every refusal comes before the first change

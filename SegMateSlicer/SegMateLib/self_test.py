@@ -19,7 +19,7 @@ def _syntheticCase():
     """(CT array, labelmap array, IJK-to-RAS matrix): an oblique grid, three organ blocks, one organ absent."""
     import numpy as np
 
-    from segmatecore.organs import organ
+    from segmatecore.data.organs import organ
 
     ct = np.full(SHAPE, -1000, dtype=np.int16)
     labels = np.zeros(SHAPE, dtype=np.uint8)
@@ -78,8 +78,8 @@ def checkResultWriting(scene=None) -> None:
     import SimpleITK as sitk
     import slicer
 
-    from segmatecore.organs import organ
-    from segmatecore.result import SegmentationResult
+    from segmatecore.data.organs import organ
+    from segmatecore.inference.result import SegmentationResult
 
     from .logic import SegMateLogic
     from .terminology import organKeyForTerminology

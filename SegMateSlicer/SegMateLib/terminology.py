@@ -1,6 +1,6 @@
 """Segment names and SNOMED-CT terminology of SegMate's organs, as Slicer's Terminologies module expects.
 
-The codes come from the organ table (Resources/organs.json, read by ``segmatecore.organs``); the
+The codes come from the organ table (Resources/organs.json, read by ``segmatecore.data.organs``); the
 entry string is made and parsed by Slicer's own ``vtkSlicerTerminologiesModuleLogic``, so it has
 exactly the format Slicer, DICOM SEG export and slicerio read, for example::
 
@@ -30,8 +30,8 @@ def _code(entry: Optional[dict]) -> tuple[str, str, str]:
 
 
 def terminologyEntry(organ) -> str:
-    """The serialized terminology entry of an organ (a ``segmatecore.organs.Organ``)."""
-    from segmatecore.organs import category
+    """The serialized terminology entry of an organ (a ``segmatecore.data.organs.Organ``)."""
+    from segmatecore.data.organs import category
 
     category_value, category_scheme, category_meaning = _code(category())
     type_value, type_scheme, type_meaning = _code(organ.type)
@@ -77,14 +77,14 @@ def organKeyForTerminology(serializedEntry: str) -> Optional[str]:
 
 @lru_cache(maxsize=1)
 def _organKeysByCodes() -> dict:
-    from segmatecore.organs import known_organs
+    from segmatecore.data.organs import known_organs
 
     return {codesOf(terminologyEntry(organ)): organ.key for organ in known_organs()}
 
 
 def segmentName(organ, naming: str = "slicer") -> str:
     """The segment name: Slicer's standard name ("Left lung") or the AAPM TG-263 name ("Lung_L")."""
-    from segmatecore.organs import segment_name
+    from segmatecore.data.organs import segment_name
 
     if naming not in NAMING_CHOICES:
         raise ValueError(f"Unknown naming {naming!r}; use one of {', '.join(NAMING_CHOICES)}.")

@@ -97,7 +97,7 @@ class ModelCache:
         key = (str(modelPath.resolve()), stat.st_size, stat.st_mtime_ns, str(device), precision)
         if key == self._key:
             return self._network, self._info, 0.0
-        from segmatecore.inference import load_segmentation_model, ready_for_inference
+        from segmatecore.inference.engine import load_segmentation_model, ready_for_inference
 
         onLoad()
         self._key = self._network = None  # the previous network is released before the next one loads
@@ -110,7 +110,7 @@ class ModelCache:
 
 def _modelPath(model: Optional[str], allowDownload: bool, events: RequestEvents) -> Path:
     """The model file, downloaded first (with progress) when the panel confirmed the download."""
-    from segmatecore.catalogue import (ModelNotInstalledError, catalogue_entries, download, is_bundled,
+    from segmatecore.hub.catalogue import (ModelNotInstalledError, catalogue_entries, download, is_bundled,
                                        resolve_model)
 
     try:
@@ -170,9 +170,9 @@ class Worker:
         and SegMateCore, paid by the first request of a worker), so a panel can tell what a click cost.
         """
         start = time.perf_counter()
-        imported = "segmatecore.inference" in sys.modules
+        imported = "segmatecore.inference.engine" in sys.modules
         import segmatecore
-        from segmatecore.inference import add_model_facts, resolve_device
+        from segmatecore.inference.engine import add_model_facts, resolve_device
 
         from .devices import torchDevice
 
@@ -209,8 +209,8 @@ class Worker:
         return {"models": [asdict(choice) for choice in modelChoices()]}
 
     def importModel(self, args: dict[str, Any], events: RequestEvents) -> dict[str, Any]:
-        """Check a model file and copy it into the model cache (``segmatecore.catalogue.install_from_file``)."""
-        from segmatecore.catalogue import install_from_file
+        """Check a model file and copy it into the model cache (``segmatecore.hub.catalogue.install_from_file``)."""
+        from segmatecore.hub.catalogue import install_from_file
 
         installed = install_from_file(args["path"])
         return {"path": str(installed), "id": installed.stem}

@@ -23,7 +23,7 @@ TEMP_PREFIX = "segmate-run-"
 
 def resultFromWorker(answer: dict[str, Any], labelmap) -> Any:
     """A ``segmatecore.SegmentationResult`` from the worker's result message and the labelmap read back."""
-    from segmatecore.result import SegmentationResult
+    from segmatecore.inference.result import SegmentationResult
 
     return SegmentationResult(labelmap=labelmap, organs=list(answer["organs"]),
                               labels={k: int(v) for k, v in answer["labels"].items()}, volumes_ml=dict(answer["volumes_ml"]),
@@ -131,7 +131,7 @@ class WorkerSegmentationJob:
             raise RuntimeError("finish() was already called for this segmentation job.")
         self._finishCalled = True
         if isinstance(self.error, WorkerCancelled):
-            from segmatecore.result import SegmentationCancelled
+            from segmatecore.inference.result import SegmentationCancelled
 
             raise SegmentationCancelled(str(self.error)) from None
         if self.error is not None:

@@ -1,7 +1,7 @@
 """Building blocks of SegMateNet, one small nn.Module each.
 
 Widths and ordering follow the SegMate paper; the research checkpoint layout is mapped onto
-these names by :mod:`segmatecore.research`.
+these names by :mod:`segmatecore.models.research`.
 """
 from __future__ import annotations
 

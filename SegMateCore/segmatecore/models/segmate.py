@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ASPP, ConvBnAct, DecoderBlock, FiLM, SliceFusion
-from .encoder import TimmEncoder, backbone_spec
+from segmatecore.models.blocks import ASPP, ConvBnAct, DecoderBlock, FiLM, SliceFusion
+from segmatecore.models.encoder import TimmEncoder, backbone_spec
 
 NUM_ORGANS = 9
 ALIGN_WIDTHS = (40, 64, 128, 176)
@@ -40,7 +40,7 @@ class Encoded(NamedTuple):
     """A batch's encoder output: aligned skips (finest first), ASPP context before FiLM, input size.
 
     Nothing in it depends on z_norm, so the label-free first pass's encodings serve the second
-    pass unchanged (segmatecore.inference.FeatureCache).
+    pass unchanged (segmatecore.inference.engine.FeatureCache).
     """
 
     skips: tuple[torch.Tensor, ...]

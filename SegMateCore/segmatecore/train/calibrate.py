@@ -6,12 +6,12 @@ contours (precision 0.63, recall 0.86). Calibration runs every validation case t
 :func:`segmatecore.segment` exactly as ``segmate predict`` does (label-free z pass, presence gate)
 and, for each organ the cases annotate, counts the overlap with the reference at every threshold
 of a grid, after smoothing the probabilities along z by each sigma of a second grid
-(:mod:`segmatecore.zsmoothing`; a 2.5D network's thin organs flicker from slice to slice). The
+(:mod:`segmatecore.inference.zsmoothing`; a 2.5D network's thin organs flicker from slice to slice). The
 pair with the best mean per-case Dice wins. Only a window of slices exists at a time: the sink
 turns each batch into counts.
 
 Each organ is swept with the other organs at 0.5 and the same smoothing (their masks compete for a
-voxel the same way as in :func:`segmatecore.postprocess.labels_from_probabilities`). The counts are taken before the
+voxel the same way as in :func:`segmatecore.inference.postprocess.labels_from_probabilities`). The counts are taken before the
 component and hole clean-up, which the tubular organs (cord, oesophagus) do not get anyway.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..postprocess import THRESHOLD
-from ..zsmoothing import ZSmoother
+from segmatecore.inference.postprocess import THRESHOLD
+from segmatecore.inference.zsmoothing import ZSmoother
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,10 @@ def calibrate_masks(model: torch.nn.Module, data_dirs: Sequence[str | Path], spl
     ``min_cases`` cases. Of equally good pairs the least smoothing, then the threshold nearest 0.5,
     wins: a flat curve is no reason to move.
     """
-    from .. import segment
-    from ..evaluate import canonical_image
-    from ..inference import ready_for_inference, resolve_device
-    from .dataset import load_cases
+    from segmatecore.inference.engine import segment
+    from segmatecore.evaluation.evaluate import canonical_image
+    from segmatecore.inference.engine import ready_for_inference, resolve_device
+    from segmatecore.train.dataset import load_cases
 
     if THRESHOLD not in grid:
         grid = sorted({*grid, THRESHOLD})

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..organs import OrganSet
-from ..preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
-from .prepare import load_index
+from segmatecore.data.organs import OrganSet
+from segmatecore.data.preprocess import Preprocessing, normalize_hu, resize_slices, stack_25d
+from segmatecore.data.prepare import load_index
 
 AUGMENT_LEVELS = ("none", "light", "paper")
 

@@ -1,6 +1,6 @@
 """Refit the presence head for the label-free z pass, on frozen features of the training split.
 
-The z pass (:mod:`segmatecore.zpass`) reads the presence head with FiLM off. Trained jointly with
+The z pass (:mod:`segmatecore.inference.zpass`) reads the presence head with FiLM off. Trained jointly with
 the masks under organ-balanced sampling (most samples hold an organ), the head can learn "present"
 almost everywhere: it then finds organs on every slice and the z_norm estimate falls back to the
 whole volume. The masks do not suffer from the same sampling (every slice has plenty of
@@ -46,12 +46,12 @@ def collect_features(net: torch.nn.Module, data_dirs: Sequence[str | Path], spli
 
     ``out_of_field`` (default :data:`OUT_OF_FIELD`) adds, per dataset kind, organs counted as absent.
     """
-    from ..evaluate import canonical_image
-    from ..geometry import to_canonical
-    from ..inference import BatchRunner, _Pipeline
-    from ..preprocess import Preprocessing
-    from .dataset import load_cases
-    from .prepare import load_index
+    from segmatecore.evaluation.evaluate import canonical_image
+    from segmatecore.data.geometry import to_canonical
+    from segmatecore.inference.engine import BatchRunner, _Pipeline
+    from segmatecore.data.preprocess import Preprocessing
+    from segmatecore.train.dataset import load_cases
+    from segmatecore.data.prepare import load_index
 
     pre = Preprocessing.from_metadata(net.metadata)
     captured: list[torch.Tensor] = []

@@ -29,13 +29,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ..checkpoint import default_metadata, save_model
-from ..models import SegMateNet, create_model
-from ..organs import OrganSet, known_keys
-from ..preprocess import Preprocessing
-from .dataset import BalancedSampler, PreparedCase, SliceDataset, balanced_weights, load_cases
-from .losses import LossWeights, SegMateLoss
-from .prepare import load_index
+from segmatecore.models.checkpoint import default_metadata, save_model
+from segmatecore.models import SegMateNet, create_model
+from segmatecore.data.organs import OrganSet, known_keys
+from segmatecore.data.preprocess import Preprocessing
+from segmatecore.train.dataset import BalancedSampler, PreparedCase, SliceDataset, balanced_weights, load_cases
+from segmatecore.train.losses import LossWeights, SegMateLoss
+from segmatecore.data.prepare import load_index
 
 log = logging.getLogger("segmate.train")
 
@@ -303,7 +303,7 @@ class Trainer:
             return state.get("organs") or state["config"].get("organs")
         if not self.cfg.init_model:
             return None
-        from ..checkpoint import read_metadata
+        from segmatecore.models.checkpoint import read_metadata
         return list(read_metadata(self.cfg.init_model)["organs"])
 
     def _build_model(self) -> SegMateNet:
@@ -311,7 +311,7 @@ class Trainer:
         model = create_model(cfg.backbone, deep_supervision=cfg.deep_supervision, pretrained=cfg.pretrained,
                              num_classes=len(self.organs))
         if cfg.init_model:
-            from ..checkpoint import load_model
+            from segmatecore.models.checkpoint import load_model
             source = load_model(cfg.init_model, reparameterize=False)
             if source.backbone != model.backbone:
                 raise ValueError(f"{cfg.init_model} is a {source.backbone} model; use --backbone {source.backbone}.")
@@ -507,7 +507,7 @@ class Trainer:
         result = {"steps": self.step, "epochs": self.epoch, "best": self.best, "history": self.history,
                   "output": None}
         if self.dist.main and cfg.output:
-            from ..checkpoint import load_model
+            from segmatecore.models.checkpoint import load_model
             best = load_model(self.run_dir / "best.safetensors", reparameterize=False)
             meta = self.metadata({"validation": self.best, "history": self.history})
             dtype = {"fp16": torch.float16, "fp32": None}[cfg.dtype]

@@ -1,0 +1,1 @@
+"""The ``segmate`` command line and ``make demo``."""

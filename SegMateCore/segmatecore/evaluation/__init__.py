@@ -1,0 +1,1 @@
+"""Accuracy of a model on prepared data: the metrics and ``segmate evaluate``."""

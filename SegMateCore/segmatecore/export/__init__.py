@@ -1,0 +1,1 @@
+"""Writing results: one module per output format, and the atomic write every format uses."""

@@ -1,0 +1,257 @@
+"""Inference-time preparation of a loaded model for a device and precision.
+
+Every step here was kept because ``segmate bench`` showed it makes inference faster on the CPU
+while the outputs stay equal to fp32 (Dice >= 0.99 per organ); docs/benchmark.md has the figures:
+
+- FastViT re-parameterisation (timm's ``reparameterize_model``) and BatchNorm folding into the
+  preceding convolution (``torch.nn.utils.fusion.fuse_conv_bn_eval``);
+- on the CPU, convolutions rewritten into forms oneDNN runs faster with the same arithmetic
+  (:mod:`segmatecore.runtime.cpu_fusion`): an activation fused into the convolution before it,
+  FastViT's grouped downsampling convolutions run as depthwise ones, and MambaOut's gated blocks
+  without the copy and the concatenation of timm's version;
+- channels-last memory layout, which oneDNN's convolutions prefer;
+- bf16 weights and activations. Only AMX makes them faster: with AMX, oneDNN runs bf16
+  convolutions and matmuls about twice as fast as fp32; with AVX512-BF16 alone it runs them in
+  bf16 too, but no faster than fp32 (FastViT-T12 at 512 took 142 against 104 ms per slice on such a
+  CPU, docs/benchmark.md). It is opt-in (``precision="bf16"``): it missed the Dice >= 0.99 bar
+  against fp32 on the benchmark network (min 0.987), so ``auto`` stays fp32 on the CPU, and
+  :func:`bf16_warning` tells a user who asks for it on a CPU without AMX;
+- opt-in (``runtime="openvino"``): the network compiled by OpenVINO (see
+  :mod:`segmatecore.runtime.openvino`), which fuses what eager PyTorch runs op by op. On an AMX
+  machine it was faster with one thread and under heavy load, not with two threads on a lightly
+  loaded one; on a CPU without AMX it was 12-14 % faster in fp32 for FastViT-T12 and
+  EfficientNetV2-M but peaked about 370 MiB higher, and its first run pays a conversion, so eager
+  PyTorch stays the default.
+
+The caller runs the returned model under ``torch.inference_mode()`` (as ``segment`` does).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from segmatecore.runtime import cpu_fusion
+from segmatecore.choices import RUNTIMES
+from segmatecore.models import SegMateNet
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class Optimizations:
+    """Which inference-time speed-ups to apply. The defaults are the ones the benchmark kept.
+
+    ``bf16`` makes ``precision="auto"`` use bf16 on a CPU with AMX (off: bf16 missed the
+    Dice bar, docs/benchmark.md); ``precision="bf16"`` always uses bf16 and ``"fp32"`` never does. ``threads`` None leaves PyTorch's default (one per
+    physical core). ``runtime`` ``openvino`` compiles the network with OpenVINO on the CPU;
+    ``auto`` does so when OpenVINO is installed; ``torch`` (the default) runs eager PyTorch.
+    """
+
+    reparameterize: bool = True
+    fold_batchnorm: bool = True
+    fuse_convolutions: bool = True
+    channels_last: bool = True
+    bf16: bool = False
+    threads: int | None = None
+    runtime: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"Unknown runtime {self.runtime!r}; use {', '.join(RUNTIMES)}.")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}.")
+
+    def with_(self, **changes) -> "Optimizations":
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT = Optimizations()
+NONE = Optimizations(reparameterize=False, fold_batchnorm=False, fuse_convolutions=False, channels_last=False,
+                     bf16=False, runtime="torch")
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty where there is no such file)."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_bf16_is_faster() -> bool:
+    """True where bf16 inference beats fp32 on this CPU: an x86 CPU with AMX (tile matrix units)
+    and a PyTorch with oneDNN.
+
+    Without AMX, oneDNN's bf16 kernels (AVX512-BF16 dot products, or none at all on AVX2) run no
+    faster than its fp32 ones and the conversions cost extra, so bf16 is slower there
+    (docs/benchmark.md, "What limits each figure").
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    flags = _cpu_flags()
+    if flags:
+        return {"amx_bf16", "amx_tile"} <= flags
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check is not None and check())
+
+
+def bf16_warning(device: torch.device, precision: str) -> str | None:
+    """The warning for a user who asked for bf16 where it makes inference slower, else None."""
+    if precision != "bf16" or device.type != "cpu" or cpu_bf16_is_faster():
+        return None
+    return ("precision bf16: this CPU has no AMX, so bf16 runs slower than fp32 here and its masks "
+            "may differ at their edges; use precision auto (fp32) instead.")
+
+
+def compute_dtype(device: torch.device, precision: str, optimizations: Optimizations = DEFAULT) -> torch.dtype:
+    """The dtype the network computes in for ``precision`` (auto, fp32, bf16) on ``device``."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"Unknown precision {precision!r}; use auto, fp32 or bf16.")
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
+        return torch.float16
+    if precision == "auto" and device.type == "cpu" and optimizations.bf16 and cpu_bf16_is_faster():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _conv_bn_pairs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[tuple[str, str]]:
+    """(convolution, batch norm) module names where the norm is the only reader of the convolution's
+    output (:func:`segmatecore.runtime.cpu_fusion.conv_output_readers`)."""
+    readers = cpu_fusion.conv_output_readers(model, lambda: model(*example), also=(nn.BatchNorm2d,))
+    pairs = []
+    for conv, names in readers.items():
+        if len(names) == 1:
+            (bn,) = names
+            if isinstance(model.get_submodule(bn), nn.BatchNorm2d):
+                pairs.append((conv, bn))
+    return pairs
+
+
+def _norm_remainder(bn: nn.BatchNorm2d) -> nn.Module:
+    """What is left of a batch norm once its affine transform lives in the convolution.
+
+    timm's BatchNormAct2d applies dropout and an activation after normalising; they stay.
+    """
+    if type(bn) is nn.BatchNorm2d:
+        return nn.Identity()
+    rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if isinstance(m, nn.Module)]
+    return nn.Sequential(*rest) if rest else nn.Identity()
+
+
+def _example(model: nn.Module, size: int = 64, random: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A one-slice (input, z) pair on the model's device and dtype, zeros or fixed-seed noise."""
+    parameter = next(model.parameters())
+    shape = (1, 3, size, size)
+    # noise of a tenth of the normalised CT's spread: unit-variance noise drives a deep random network
+    # (EfficientNetV2-M's 70 blocks) into a regime where a change of 1e-6 moves its outputs by 60 %
+    x = (0.1 * torch.randn(shape, generator=torch.Generator().manual_seed(0)) if random else torch.zeros(shape))
+    return (x.to(parameter.device, parameter.dtype),
+            torch.full((1,), 0.5, device=parameter.device, dtype=parameter.dtype))
+
+
+def fold_batchnorm(model: nn.Module, example_size: int = 64) -> int:
+    """Fold every eval-mode BatchNorm2d into the convolution that feeds it; returns how many were folded."""
+    if model.training:
+        raise ValueError("BatchNorm folding needs a model in eval mode (model.eval()).")
+    example = _example(model, example_size)
+    pairs = _conv_bn_pairs(model, example)
+    for conv_name, bn_name in pairs:
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        if bn.running_mean is None or not isinstance(conv, nn.Conv2d):
+            continue
+        for name, module in ((conv_name, fuse_conv_bn_eval(conv, bn)), (bn_name, _norm_remainder(bn))):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, module)
+    return len(pairs)
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads for PyTorch (None: leave the default, one per physical core)."""
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def prepare_torch(model: SegMateNet, device: torch.device, dtype: torch.dtype,
+                  optimizations: Optimizations = DEFAULT) -> SegMateNet:
+    """The eager PyTorch path: re-parameterise, fold, fuse, cast and lay out ``model`` (in place)."""
+    model.eval()
+    if optimizations.reparameterize:
+        model.reparameterize()
+    if optimizations.fold_batchnorm:
+        log.debug("folded %d batch norms", fold_batchnorm(model))
+    if optimizations.fuse_convolutions and device.type == "cpu":
+        log.debug("fused %d convolutions", cpu_fusion.fuse_convolutions(model, _example(model, random=True)))
+    model.to(device)
+    if optimizations.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        model.to(torch.bfloat16)  # SegMateNet.encode casts its input to the weights' dtype
+    model.inference_prepared = True
+    return model
+
+
+def prepare_for_inference(model: nn.Module, device: torch.device, precision: str = "auto", *,
+                          optimizations: Optimizations | None = None, copy_model: bool = True
+                          ) -> tuple[nn.Module, torch.dtype | None]:
+    """Return (model ready to run, autocast dtype for the caller or None).
+
+    A SegMateNet gets the optimisations above, on a copy unless ``copy_model`` is False (folding
+    cannot be undone, so a model that is still being trained must not be prepared in place). Any
+    other module (a test network, say) is only put in eval mode on ``device``.
+    With bf16 on the CPU the network is cast to bf16 and casts its own input, so no autocast is
+    needed; on CUDA the caller autocasts to fp16 (``auto``) or bf16.
+    """
+    optimizations = optimizations or DEFAULT
+    device = torch.device(device)
+    dtype = compute_dtype(device, precision, optimizations)
+    autocast = dtype if device.type != "cpu" and dtype != torch.float32 else None
+    if not isinstance(model, SegMateNet) or getattr(model, "inference_prepared", False):
+        dtype = compute_dtype(device, precision, optimizations.with_(bf16=False))
+        return model.eval().to(device), (dtype if dtype != torch.float32 else None)
+    if device.type == "cpu":
+        set_threads(optimizations.threads)
+    if copy_model:
+        model = copy.deepcopy(model)
+    if device.type == "cpu" and optimizations.runtime != "torch":
+        from segmatecore.runtime import openvino as openvino_runtime
+
+        if openvino_runtime.available():
+            return openvino_runtime.compile_network(model, dtype, optimizations), None
+        if optimizations.runtime == "openvino":
+            raise ValueError("The OpenVINO runtime was requested but OpenVINO is not installed "
+                             "(pip install openvino); or use runtime 'torch'.")
+    return prepare_torch(model, device, dtype, optimizations), autocast
+
+
+def cpu_description() -> str:
+    """The CPU model, core count and bf16 support, for benchmark reports."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = sorted({"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"} & _cpu_flags())
+    return f"{name}, {os.cpu_count()} logical CPUs, {' '.join(flags) or 'no AVX flags read'}"
