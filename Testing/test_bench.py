@@ -32,7 +32,7 @@ def quick(tmp_path_factory):
 
 
 def test_every_row_has_the_documented_fields(quick):
-    from segmatecore.inference.engine import DEFAULT_BATCH
+    from segmatecore.runtime.devices import DEFAULT_BATCH
     from segmatecore.runtime.optimize import cpu_description
 
     results, _ = quick

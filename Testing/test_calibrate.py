@@ -11,10 +11,10 @@ from validation_cases import prepare_validation_copies
 from segmatecore import load_model, read_metadata, segment
 from segmatecore.models.checkpoint import CheckpointError, default_metadata, validate_metadata
 from segmatecore.cli.main import main
-from segmatecore.evaluation.evaluate import canonical_image
+from segmatecore.data.geometry import canonical_image
 from segmatecore.inference.postprocess import labels_from_probabilities, mask_thresholds
 from segmatecore.train.calibrate import calibrate_masks
-from segmatecore.train.dataset import load_cases
+from segmatecore.data.prepared import load_cases
 from segmatecore.data.prepare import prepare
 
 SHAPE = (10, 64, 64)  # z, y, x

@@ -265,7 +265,7 @@ def _flip_one_weight_byte(path: Path) -> None:
 
 def test_a_model_damaged_on_disk_is_refused_at_load(env, model_files):
     """One flipped bit in an installed weight file still loads as safetensors; the SHA-256 must catch it."""
-    from segmatecore.inference.engine import load_segmentation_model
+    from segmatecore.hub.loading import load_with_facts as load_segmentation_model
 
     installed = catalogue.download("tiny_good", progress=False)
     assert load_segmentation_model("tiny_good")[0].metadata["trained_organs"] == TRAINED

@@ -94,7 +94,7 @@ def test_predict_help_lists_the_default_models_organs_and_the_exit_codes():
 @pytest.mark.parametrize("argv", [["--help"], ["predict", "--help"]])
 def test_help_imports_no_torch(argv):
     code = ("import sys\n"
-            "from segmatecore import cli\n"
+            "from segmatecore.cli import main as cli\n"
             "try:\n"
             f"    cli.main({argv!r})\n"
             "except SystemExit as exc:\n"

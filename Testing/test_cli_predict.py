@@ -44,7 +44,7 @@ def random_model_file(tmp_path_factory) -> Path:
 def intensity_network(monkeypatch):
     """Make `--model` load the intensity test network, whatever the argument."""
     model = IntensityModel(input_size=32)
-    monkeypatch.setattr("segmatecore.inference.engine.load_segmentation_model",
+    monkeypatch.setattr("segmatecore.inference.predictor.load_with_facts",
                         lambda name: (model, {"backbone": "intensity-test", "id": str(name), "version": None}))
     return model
 
@@ -310,16 +310,16 @@ def test_quiet_prints_only_errors(tmp_path, intensity_network, capsys):
 
 def test_low_memory_sets_batch_one_and_no_feature_cache_unless_given_explicitly(tmp_path, intensity_network,
                                                                                 monkeypatch):
-    from segmatecore.inference import engine as inference
+    from segmatecore.inference.predictor import SegMatePredictor
 
     path = synthetic_ct(tmp_path / "case.nii.gz")
-    real_segment, seen = inference.segment, []
+    real_init, seen = SegMatePredictor.__init__, []
 
-    def recording_segment(*args, **kwargs):
+    def recording_init(self, *args, **kwargs):
         seen.append({k: kwargs[k] for k in ("batch_size", "feature_cache_mb")})
-        return real_segment(*args, **kwargs)
+        real_init(self, *args, **kwargs)
 
-    monkeypatch.setattr("segmatecore.inference.engine.segment", recording_segment)
+    monkeypatch.setattr(SegMatePredictor, "__init__", recording_init)
 
     def settings(*args: str) -> tuple[dict, dict]:
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
@@ -343,6 +343,6 @@ def test_the_notice_of_a_model_not_for_clinical_use_is_one_line_and_a_clinical_m
     assert first.startswith("notice: ") and "not for clinical use" in first
     clinical = {"backbone": "intensity-test", "id": "approved", "version": "1.0", "clinical_use": True,
                 "intended_use": "thorax CT"}
-    monkeypatch.setattr("segmatecore.inference.engine.load_segmentation_model", lambda name: (intensity_network, clinical))
+    monkeypatch.setattr("segmatecore.inference.predictor.load_with_facts", lambda name: (intensity_network, clinical))
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "clinical"), "--format", "report"]) == 0
     assert "not for clinical use" not in capsys.readouterr().out

@@ -10,9 +10,13 @@ import SimpleITK as sitk
 
 from intensity_model import IntensityModel, band_centre
 from segmatecore import segment
-from segmatecore.evaluation.evaluate import GroundTruthZNorm, canonical_image, evaluate
+from segmatecore.data.geometry import canonical_image
+from segmatecore.evaluation.evaluate import evaluate
+from segmatecore.inference.predictor import SegMatePredictor
+from segmatecore.inference.zstrategy import GroundTruthZ
 from segmatecore.data.geometry import to_canonical
-from segmatecore.train.dataset import load_cases, z_norm_for
+from segmatecore.data.prepared import load_cases
+from segmatecore.train.dataset import z_norm_for
 from segmatecore.data.prepare import prepare
 
 SHAPE = (12, 64, 64)  # z, y, x: 64 x 64 slices need no resizing at input size 64
@@ -76,11 +80,13 @@ def test_evaluate_writes_csv_summary_and_boxplot(prepared, tmp_path):
 def test_ground_truth_z_norm_follows_the_organ_extent(prepared):
     case = load_cases([prepared], "test")[0]
     model = IntensityModel(organs=["spinal_cord", "esophagus"], input_size=64)
-    wrapper = GroundTruthZNorm(model, case.record["extent"], case.depth)
-    segment(canonical_image(case.image, case.record["spacing"]), model=wrapper, device="cpu", z_norm="volume")
+    image = canonical_image(case.image, case.record["spacing"])
+    result = SegMatePredictor(model, device="cpu").segment(image, z=GroundTruthZ(*case.record["extent"]))
     seen = np.concatenate([z.cpu().numpy() for z in model.z_seen if z is not None])
     expected = z_norm_for(np.arange(case.depth), case.record["extent"], case.depth)
     np.testing.assert_allclose(np.sort(seen), np.sort(expected), atol=1e-6)
+    assert result.z_range["mode"] == "ground_truth" and [result.z_range["first"], result.z_range["last"]] == \
+        list(case.record["extent"])
 
 
 def test_held_out_results_are_recorded_in_the_model_file(tmp_path):

@@ -6,9 +6,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from segmatecore import segment
 from segmatecore.bench.runner import benchmark_model, calibration_slices
-from segmatecore.runtime.feature_cache import FeatureCache
+from segmatecore.data.geometry import to_canonical
+from segmatecore.inference.labels import ProbabilitiesOnGrid
+from segmatecore.inference.predictor import SegMatePredictor
+from segmatecore.runtime.feature_cache import DEFAULT_MAX_MB, FeatureCache
 from segmatecore.models import Encoded
 
 
@@ -39,13 +41,18 @@ def network(ct):
     return model
 
 
-def run(ct, network, batch_size=4, **kwargs):
-    """Labels, main-pass probabilities and the number of slices the encoder ran."""
-    network.encoded_slices.clear()
-    network.decoded_slices.clear()
-    network.boundary_calls.clear()
-    probabilities = {}
+def run(ct, network, batch_size=4, feature_cache_mb=DEFAULT_MAX_MB, **kwargs):
+    """Labels, main-pass probabilities and the number of slices the encoder ran.
 
+    The probabilities come from a second run through the predictor's stream, the same passes; the
+    slice counts are the segmentation's own."""
+    predictor = SegMatePredictor(network, device="cpu", batch_size=batch_size, feature_cache_mb=feature_cache_mb)
+    counted = (network.encoded_slices, network.decoded_slices, network.boundary_calls)
+    for values in counted:
+        values.clear()
+    result = predictor.segment(ct, **kwargs)
+    kept = [list(values) for values in counted]
+    probabilities = {}
     network.resampled_slices = []
 
     def sink(t, p):
@@ -53,7 +60,10 @@ def run(ct, network, batch_size=4, **kwargs):
         for i, index in enumerate(t):
             probabilities[int(index)] = p[i].clone()
 
-    result = segment(ct, model=network, device="cpu", batch_size=batch_size, probability_sink=sink, **kwargs)
+    size = to_canonical(ct)[0].shape[:2]
+    predictor.stream(ct, ProbabilitiesOnGrid(sink, size), tta=kwargs.get("tta", False))
+    for values, before in zip(counted, kept):
+        values[:] = before
     return result, sitk.GetArrayFromImage(result.labelmap), probabilities, sum(network.encoded_slices)
 
 
@@ -127,11 +137,11 @@ def test_the_cache_keeps_whole_slices_under_its_cap_and_forgets_what_was_used():
 
     slice_bytes = (2 * 16 + 3) * 4
     cache = FeatureCache(max_bytes=3 * slice_bytes)
-    cache.put([5, 7], [encoded(2, 1.0)])
-    cache.put([9, 11], [encoded(2, 2.0)])
+    cache.put([5, 7], encoded(2, 1.0))
+    cache.put([9, 11], encoded(2, 2.0))
     assert sorted(cache.entries) == [5, 7, 9] and cache.full
-    assert torch.all(cache.get(9)[0].context == 2.0) and cache.get(11) is None
-    assert cache.get(5)[0].skips[0].shape == (1, 2, 4, 4)
+    assert torch.all(cache.get(9).context == 2.0) and cache.get(11) is None
+    assert cache.get(5).skips[0].shape == (1, 2, 4, 4)
     cache.release([5, 6])
     cache.keep_only([9])
     assert list(cache.entries) == [9] and cache.bytes == slice_bytes
@@ -145,11 +155,11 @@ def test_on_a_gpu_every_network_call_runs_a_full_batch_and_the_labels_stay_the_s
     """A GPU prepares its kernels once per batch shape, so there segment() repeats the last slice of
     a short batch up to the batch size and drops the extra outputs (checked here on the CPU with the
     GPU's policy; Testing/test_cuda.py runs it on a GPU)."""
-    from segmatecore.inference import engine as inference
+    from segmatecore.runtime import network as runtime_network
 
     plain = run(ct, network, batch_size=4, **options)
     assert any(n != 4 for n in network.encoded_slices + network.decoded_slices)  # the case has short batches
-    monkeypatch.setattr(inference, "FIXED_BATCH_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(runtime_network, "FIXED_BATCH_DEVICES", ("cuda", "cpu"))
     padded = run(ct, network, batch_size=4, **options)
     assert set(network.encoded_slices) == set(network.decoded_slices) == {4}
     assert_same(padded, plain)

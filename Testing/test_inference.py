@@ -23,7 +23,8 @@ from segmatecore import SegmentationCancelled, create_model, segment
 from segmatecore.runtime import optimize
 from segmatecore.models.checkpoint import default_metadata
 from segmatecore.data.geometry import to_canonical
-from segmatecore.inference.engine import _gate_mask, autocast_dtype, resolve_device
+from segmatecore.inference.gate import PresenceGate
+from segmatecore.runtime.devices import autocast_dtype, resolve_device
 from segmatecore.data.io import load_volume
 from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
 from segmatecore.data.validation import InputError
@@ -258,8 +259,8 @@ def test_the_presence_gate_keeps_an_organ_only_near_where_the_first_pass_found_i
     assert extent.organ_ranges[1] is None
     first, last = extent.organ_ranges[0]
     assert 9 <= first <= 10 and 20 <= last <= 21
-    assert not _gate_mask({0: extent.organ_ranges[0], 1: None}, np.array([5, 10, 20, 25]), 2)[:, 1].any()
-    assert _gate_mask({0: extent.organ_ranges[0]}, np.array([5, 10, 20, 25]), 2)[:, 0].tolist() == [0, 1, 1, 0]
+    assert not PresenceGate({0: extent.organ_ranges[0], 1: None}, 2).mask(np.array([5, 10, 20, 25]))[:, 1].any()
+    assert PresenceGate({0: extent.organ_ranges[0]}, 2).mask(np.array([5, 10, 20, 25]))[:, 0].tolist() == [0, 1, 1, 0]
 
 
 def test_organ_subset_labels_and_volumes():

@@ -104,7 +104,7 @@ def by_name(monkeypatch, networks):
         net = name if isinstance(name, torch.nn.Module) else networks[str(name)]
         return net, {"id": str(name), "version": None}
 
-    monkeypatch.setattr("segmatecore.inference.engine.load_segmentation_model", load)
+    monkeypatch.setattr("segmatecore.inference.predictor.load_with_facts", load)
 
 
 def test_command_line_outputs_carry_each_models_legend(tmp_path, by_name):

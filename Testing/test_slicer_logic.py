@@ -280,7 +280,7 @@ def test_precision_and_feature_reuse_reach_segmatecore_from_the_logic(scene):
     """The panel's Precision and "Reuse the first pass's features" choices change what segment() runs:
     without reuse the main pass encodes every slice again and the segments are the same."""
     from segmatecore.models.checkpoint import default_metadata
-    from segmatecore.inference.engine import PRECISIONS
+    from segmatecore.choices import PRECISIONS
     from segmatecore.models import create_model
 
     assert tuple(SegMateLib.PRECISION_CHOICES) == PRECISIONS  # the panel offers exactly SegMateCore's choices

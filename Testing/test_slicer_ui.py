@@ -189,7 +189,7 @@ SegMateLib.elapsedText(3.0)
 import SegMateLib.worker_client
 loaded = sorted(set(sys.modules) - before)
 print("heavy:", sorted(name for name in loaded if name.split(".")[0] in ("torch", "SimpleITK", "numpy", "timm")
-                       or name == "segmatecore.inference.engine"))
+                       or name == "segmatecore.inference.predictor"))
 print("segmatelib:", " ".join(name for name in loaded if name.startswith("SegMateLib.")))
 print("counts:", len(sources), len(organs))
 """

@@ -9,7 +9,7 @@ from torch import nn
 
 from intensity_model import IntensityModel, band_centre
 from segmatecore import segment
-from segmatecore.inference.engine import _average_with_mirror
+from segmatecore.inference.tta import average_with_mirror
 from segmatecore.models import SegMateOutput
 from segmatecore.data.organs import OrganSet, PAPER_ORGANS, lateral_swap
 
@@ -66,17 +66,17 @@ def test_average_with_mirror_averages_probabilities_of_the_unflipped_swapped_pas
     torch.manual_seed(0)
     keys = list(PAPER_ORGANS)
     seg = torch.randn(2, len(keys), 8, 6)
-    presence = torch.rand(2, len(keys))
+    presence = torch.randn(2, len(keys))  # logits, as every head returns
     swap = lateral_swap(PAPER_ORGANS)
     out = SegMateOutput(seg, torch.zeros(2, len(keys), 8, 6), presence, ())
     exact_mirror = SegMateOutput(seg.flip(-2)[:, swap], out.boundary, presence[:, swap], ())
-    same = _average_with_mirror(out, exact_mirror, swap)
+    same = average_with_mirror(out, exact_mirror, swap)
     torch.testing.assert_close(torch.sigmoid(same.seg), torch.sigmoid(seg), atol=1e-6, rtol=0)
-    torch.testing.assert_close(same.presence, presence)
-    other = SegMateOutput(torch.full_like(seg, -30.0), out.boundary, torch.zeros_like(presence), ())
-    half = _average_with_mirror(out, other, swap)
+    torch.testing.assert_close(torch.sigmoid(same.presence), torch.sigmoid(presence), atol=1e-6, rtol=0)
+    other = SegMateOutput(torch.full_like(seg, -30.0), out.boundary, torch.full_like(presence, -30.0), ())
+    half = average_with_mirror(out, other, swap)
     torch.testing.assert_close(torch.sigmoid(half.seg), torch.sigmoid(seg) / 2, atol=1e-5, rtol=0)
-    torch.testing.assert_close(half.presence, presence / 2)
+    torch.testing.assert_close(torch.sigmoid(half.presence), torch.sigmoid(presence) / 2, atol=1e-5, rtol=0)
 
 
 def test_lateral_swap_pairs_left_and_right_and_refuses_half_a_pair():
@@ -95,7 +95,7 @@ def test_cli_options_reach_segment_and_evaluate_refuses_to_record_tta_figures(tm
     from segmatecore.cli import main as cli
     from test_cli_predict import synthetic_ct
 
-    monkeypatch.setattr("segmatecore.inference.engine.load_segmentation_model",
+    monkeypatch.setattr("segmatecore.inference.predictor.load_with_facts",
                         lambda model: (IntensityModel(input_size=32), {"id": "intensity-test"}))
     path = synthetic_ct(tmp_path / "case.nii.gz")
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "out"), "--format", "report", "--tta"]) == 0

@@ -14,13 +14,15 @@ from validation_cases import prepare_validation_copies
 from segmatecore import read_metadata, segment
 from segmatecore.models.checkpoint import CheckpointError, default_metadata, validate_metadata
 from segmatecore.cli.main import main
-from segmatecore.evaluation.evaluate import canonical_image
+from segmatecore.data.geometry import canonical_image
 from segmatecore.data.geometry import to_canonical
 from segmatecore.inference.postprocess import z_smoothing_mm
 from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 from segmatecore.train.calibrate import CaseSweep, calibrate_masks
-from segmatecore.train.dataset import load_cases
+from segmatecore.data.prepared import load_cases
 from segmatecore.data.prepare import decode_labels
+from segmatecore.inference.labels import ProbabilitiesOnGrid
+from segmatecore.inference.predictor import SegMatePredictor
 from segmatecore.inference.zsmoothing import ZSmoother
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
@@ -184,7 +186,7 @@ def test_calibrate_command_records_the_smoothing_and_info_shows_it(flicker_cases
 
 
 def test_running_out_of_memory_after_smoothing_fails_clearly_instead_of_losing_slices(monkeypatch):
-    from segmatecore.inference import engine as inference
+    from segmatecore.inference import labels as inference
 
     model = IntensityModel(organs=["spinal_cord"], input_size=48)
     image = flicker_image()
@@ -226,7 +228,7 @@ def test_calibration_scores_what_segment_draws_when_the_network_grid_differs(fli
     image = canonical_image(case.image, case.record["spacing"])
     truth = case.masks(["spinal_cord"])  # canonical
     sweep = CaseSweep(truth, ["spinal_cord"], [0.3, 0.5], [0.0, 4.0], SPACING_Z)
-    segment(image, model=model, device="cpu", probability_sink=sweep)
+    SegMatePredictor(model, device="cpu").stream(image, ProbabilitiesOnGrid(sweep, image.GetSize()[:2]))
     counted = sweep.dice()[0]  # [smoothing, threshold]
     for s, mm in enumerate((0.0, 4.0)):
         for g, threshold in enumerate((0.3, 0.5)):

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "CheckpointError": "models.checkpoint", "load_model": "models.checkpoint", "read_metadata": "models.checkpoint",
     "save_model": "models.checkpoint", "SegMateNet": "models", "SegMateOutput": "models", "create_model": "models",
-    "segment": "inference.engine", "SegmentationCancelled": "inference.result",
+    "segment": "inference.predictor", "SegMatePredictor": "inference.predictor", "SegmentationCancelled": "inference.result",
     "SegmentationResult": "inference.result",
 }
 

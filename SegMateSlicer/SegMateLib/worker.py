@@ -75,37 +75,35 @@ class _WarningsToEvents(logging.Handler):
 
 
 class ModelCache:
-    """The last network prepared for inference, kept between requests.
+    """The last predictor (a model prepared for inference), kept between requests.
 
     The key is the model file (path, size, modification time), the device and the precision, the
-    three things that decide what ``prepare_for_inference`` made of it. Only one network is kept:
-    a panel uses one model at a time, and each costs hundreds of MB.
+    three things that decide what the predictor made of it. Only one is kept: a panel uses one
+    model at a time, and each costs hundreds of MB.
     """
 
     def __init__(self):
         self._key: Optional[tuple] = None
-        self._network = None
-        self._info: dict[str, Any] = {}
+        self._predictor = None
 
     def get(self, model: Optional[str], device, precision: str, modelPath: Path, onLoad: Callable[[], None]):
-        """(network, model facts, seconds spent loading: 0.0 when it was kept from an earlier request).
+        """(predictor, seconds spent loading: 0.0 when it was kept from an earlier request).
 
-        ``model`` is what the request named (None, a catalogue id or a path), so the facts are the
-        ones ``segment()`` reports for it; ``onLoad`` is called before a load that is needed.
+        ``model`` is what the request named (None, a catalogue id or a path), so the results name
+        the model the way ``segment()`` does; ``onLoad`` is called before a load that is needed.
         """
         stat = modelPath.stat()
         key = (str(modelPath.resolve()), stat.st_size, stat.st_mtime_ns, str(device), precision)
         if key == self._key:
-            return self._network, self._info, 0.0
-        from segmatecore.inference.engine import load_segmentation_model, ready_for_inference
+            return self._predictor, 0.0
+        from segmatecore.inference.predictor import SegMatePredictor
 
         onLoad()
-        self._key = self._network = None  # the previous network is released before the next one loads
+        self._key = self._predictor = None  # the previous network is released before the next one loads
         start = time.perf_counter()
-        network, info = load_segmentation_model(model)
-        network = ready_for_inference(network, device, precision, owned=True)
-        self._key, self._network, self._info = key, network, info
-        return network, info, time.perf_counter() - start
+        predictor = SegMatePredictor(model, device=device, precision=precision)
+        self._key, self._predictor = key, predictor
+        return predictor, time.perf_counter() - start
 
 
 def _modelPath(model: Optional[str], allowDownload: bool, events: RequestEvents) -> Path:
@@ -170,9 +168,9 @@ class Worker:
         and SegMateCore, paid by the first request of a worker), so a panel can tell what a click cost.
         """
         start = time.perf_counter()
-        imported = "segmatecore.inference.engine" in sys.modules
-        import segmatecore
-        from segmatecore.inference.engine import add_model_facts, resolve_device
+        imported = "segmatecore.inference.predictor" in sys.modules
+        from segmatecore.runtime.devices import default_batch_size, resolve_device
+        from segmatecore.runtime.feature_cache import DEFAULT_MAX_MB
 
         from .devices import torchDevice
 
@@ -182,16 +180,14 @@ class Worker:
         device = resolve_device(torchDevice(args.get("device", "auto")))
         precision = args.get("precision", "auto")
         path = _modelPath(model, bool(args.get("download")), events)
-        network, info, loadSeconds = self.models.get(model, device, precision, path,
-                                                     onLoad=lambda: events.progress("loading", 0, 1))
-        options = {}
-        if args.get("featureCacheMb") is not None:
-            options["feature_cache_mb"] = float(args["featureCacheMb"])
-        result = segmatecore.segment(image, model=network, organs=args.get("organs"), device=device,
-                                     progress=events.progress, z_norm=args.get("zNorm", "auto"),
-                                     batch_size=args.get("batchSize"), postprocess=args.get("postprocess"),
-                                     tta=bool(args.get("tta")), precision=precision, **options)
-        add_model_facts(result, info)  # segment() got a prepared network: say which model it is
+        predictor, loadSeconds = self.models.get(model, device, precision, path,
+                                                 onLoad=lambda: events.progress("loading", 0, 1))
+        predictor.batch_size = int(args.get("batchSize") or default_batch_size(device))
+        cacheMb = args.get("featureCacheMb")
+        predictor.feature_cache_mb = DEFAULT_MAX_MB if cacheMb is None else float(cacheMb)
+        result = predictor.segment(image, organs=args.get("organs"), z=args.get("zNorm", "auto"),
+                                   postprocess=args.get("postprocess"), tta=bool(args.get("tta")),
+                                   progress=events.progress)
         geometry = writeVolume(result.labelmap, Path(args["output"]))
         return {"labelmap": str(args["output"]), "geometry": geometry, "organs": list(result.organs),
                 "labels": dict(result.labels), "volumes_ml": dict(result.volumes_ml), "timings": dict(result.timings),

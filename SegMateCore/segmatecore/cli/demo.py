@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import SimpleITK as sitk
 
-    from segmatecore.inference.engine import segment
+    from segmatecore.inference.predictor import segment
     from segmatecore.export.writers import write_outputs
     from segmatecore.resources import resource_path
 

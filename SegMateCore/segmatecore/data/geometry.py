@@ -8,6 +8,7 @@ input's geometry onto the result, so size, spacing, origin and direction survive
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -102,4 +103,17 @@ def from_canonical(canonical: np.ndarray, frame: CanonicalFrame, reference: sitk
         raise ValueError(f"Canonical array shape {canonical.shape} does not match {frame.canonical_shape}.")
     image = sitk.GetImageFromArray(from_canonical_array(canonical, frame))
     image.CopyInformation(reference)
+    return image
+
+
+# SimpleITK (LPS) direction of a canonical [R, A, S] array: i toward the patient's right (-x),
+# j toward anterior (-y), k toward superior (+z).
+CANONICAL_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def canonical_image(hu: np.ndarray, spacing: Sequence[float]) -> sitk.Image:
+    """A prepared case's canonical HU array as a CT image that maps back onto the same array."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(np.asarray(hu), (2, 1, 0))))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(CANONICAL_DIRECTION)
     return image

@@ -1,8 +1,9 @@
 """``segmate evaluate``: per case and organ accuracy of a model on a prepared split.
 
-Every volume goes through :func:`segmatecore.segment`, the same path as ``segmate predict``, with
-the label-free z_norm. Optionally a second run feeds z_norm from the ground-truth organ extent
-(what the research code did) to show how much the label-free estimate costs.
+Every volume goes through one :class:`~segmatecore.inference.predictor.SegMatePredictor`, the same
+path as ``segmate predict``, with the label-free z_norm. Optionally a second run takes z from the
+ground-truth organ extent (:class:`~segmatecore.inference.zstrategy.GroundTruthZ`, what the
+research code did), on the same path, to show how much the label-free estimate costs.
 Only organs that a case annotates, and that the model was trained on, are scored.
 """
 from __future__ import annotations
@@ -18,47 +19,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from segmatecore.data.geometry import to_canonical
-from segmatecore.evaluation.metrics import organ_metrics
+from segmatecore.data.geometry import canonical_image, to_canonical
 from segmatecore.data.organs import OrganSet
+from segmatecore.data.prepared import load_cases
+from segmatecore.evaluation.metrics import organ_metrics
+from segmatecore.inference.predictor import SegMatePredictor
+from segmatecore.inference.zstrategy import GroundTruthZ
 
 METRICS = ("dice", "hd95_mm", "iou", "precision", "recall", "volume_error_pct")
 MODES = {"label_free": "z_norm estimated without labels (as segmate predict)",
          "ground_truth_z": "z_norm from the ground-truth organ extent (research evaluation)"}
-
-# SimpleITK (LPS) direction of a canonical [R, A, S] array: i toward the patient's right (-x),
-# j toward anterior (-y), k toward superior (+z).
-CANONICAL_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-
-
-def canonical_image(hu: np.ndarray, spacing: Sequence[float]) -> sitk.Image:
-    """A prepared case's canonical HU array as a CT image that maps back onto the same array."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(np.asarray(hu), (2, 1, 0))))
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetDirection(CANONICAL_DIRECTION)
-    return image
-
-
-class GroundTruthZNorm(torch.nn.Module):
-    """Runs ``model`` with z_norm from a case's ground-truth organ extent.
-
-    ``segment(..., z_norm="volume")`` passes z = t / (depth - 1) for slice t; this wrapper turns
-    that back into t and feeds (t - first) / max(last - first, 1), clipped, instead.
-    """
-
-    def __init__(self, model: torch.nn.Module, extent: Sequence[int], depth: int):
-        super().__init__()
-        self.model = model
-        self.metadata = model.metadata
-        self.first, self.last = int(extent[0]), int(extent[1])
-        self.depth = depth
-
-    def forward(self, x: torch.Tensor, z_norm: torch.Tensor | None = None):
-        if z_norm is None:
-            return self.model(x, None)
-        t = torch.round(z_norm.float() * max(self.depth - 1, 1))
-        z = ((t - self.first) / max(self.last - self.first, 1)).clamp(0.0, 1.0)
-        return self.model(x, z.to(z_norm.dtype))
 
 
 def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path], out_dir: str | Path,
@@ -69,16 +39,8 @@ def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path
 
     ``tta``: segment as ``segment(..., tta=True)`` does (mirrored and averaged), to measure what it buys.
     """
-    from segmatecore.inference.engine import segment
-    from segmatecore.models.checkpoint import load_model
-    from segmatecore.train.dataset import load_cases
-
-    from segmatecore.inference.engine import ready_for_inference, resolve_device
-
-    owned = isinstance(model, (str, Path))
-    net = load_model(model) if owned else model
-    meta = net.metadata
-    net = ready_for_inference(net, resolve_device(device), "auto", owned=owned)  # once, not per case
+    predictor = SegMatePredictor(model, device=device)  # prepared once, not per case
+    meta = predictor.metadata
     trained = list(meta.get("trained_organs") or meta["organs"])
     if organs is not None:
         OrganSet.of(meta).check_subset(list(organs))
@@ -98,13 +60,13 @@ def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path
         spacing = case.record["spacing"]
         image = canonical_image(case.image, spacing)
         truth = dict(zip(scored, case.masks(scored)))
-        runs = [("label_free", net, "auto")]
+        runs: list[tuple[str, str | GroundTruthZ]] = [("label_free", "auto")]
         extent = case.extent(extent_organs)
         if ground_truth_z and extent:
-            runs.append(("ground_truth_z", GroundTruthZNorm(net, extent, case.depth), "volume"))
-        for mode, runner, z_mode in runs:
+            runs.append(("ground_truth_z", GroundTruthZ(*extent)))
+        for mode, z in runs:
             tick = time.perf_counter()
-            result = segment(image, model=runner, organs=scored, device=device, z_norm=z_mode, tta=tta)
+            result = predictor.segment(image, organs=scored, z=z, tta=tta)
             seconds.append(time.perf_counter() - tick)
             labels = np.array(to_canonical(result.labelmap)[0])  # a copy: the view dies with the image
             for key in scored:

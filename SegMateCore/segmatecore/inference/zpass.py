@@ -97,7 +97,7 @@ def estimate_extent(presence: Callable[[np.ndarray], np.ndarray], num_slices: in
     The extent spans the columns ``extent_columns`` (default: all), the model's extent organs, as
     in its training; every column still gets its own range (``organ_ranges``, the presence gate).
 
-    ``presence`` is the network's first pass (FiLM off) in :mod:`segmatecore.inference.engine`; tests
+    ``presence`` is the network's first pass (FiLM off) in :mod:`segmatecore.inference.passes`; tests
     pass presence sequences derived from reference masks to check this logic on real anatomy.
     """
     slice_mm = slice_mm if slice_mm > 0 else 1.0

@@ -3,12 +3,12 @@
 A network trained with Dice and cross-entropy on coarse, partial labels need not be best cut at
 p = 0.5: the demonstration model drew the spinal cord about 1.4 times as wide as the clinical
 contours (precision 0.63, recall 0.86). Calibration runs every validation case through
-:func:`segmatecore.segment` exactly as ``segmate predict`` does (label-free z pass, presence gate)
+the predictor exactly as ``segmate predict`` does (label-free z pass, presence gate)
 and, for each organ the cases annotate, counts the overlap with the reference at every threshold
 of a grid, after smoothing the probabilities along z by each sigma of a second grid
 (:mod:`segmatecore.inference.zsmoothing`; a 2.5D network's thin organs flicker from slice to slice). The
-pair with the best mean per-case Dice wins. Only a window of slices exists at a time: the sink
-turns each batch into counts.
+pair with the best mean per-case Dice wins. Only a window of slices exists at a time: each batch
+of probabilities becomes counts.
 
 Each organ is swept with the other organs at 0.5 and the same smoothing (their masks compete for a
 voxel the same way as in :func:`segmatecore.inference.postprocess.labels_from_probabilities`). The counts are taken before the
@@ -23,7 +23,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from segmatecore.data.geometry import canonical_image
+from segmatecore.data.prepared import load_cases
+from segmatecore.inference.labels import ProbabilitiesOnGrid
 from segmatecore.inference.postprocess import THRESHOLD
+from segmatecore.inference.predictor import SegMatePredictor
 from segmatecore.inference.zsmoothing import ZSmoother
 
 log = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ class OverlapCounts:
         self.predicted = np.zeros(shape, dtype=np.int64)
 
     def __call__(self, t: np.ndarray, probabilities: torch.Tensor) -> None:
-        """segment()'s probability sink: [B, C, nx, ny] for slices ``t``."""
+        """the main pass's probabilities: [B, C, nx, ny] for slices ``t``."""
         p = probabilities.float().cpu()
         at_default = torch.where(p > THRESHOLD, p, torch.zeros_like(p))
         truth = torch.from_numpy(np.ascontiguousarray(np.moveaxis(self.truth[:, :, :, t], -1, 0)))  # [B, C, nx, ny]
@@ -70,7 +74,7 @@ class OverlapCounts:
 
 
 class CaseSweep:
-    """segment()'s probability sink for one case: overlap counts at every (z smoothing, threshold)."""
+    """the main pass's probabilities for one case: overlap counts at every (z smoothing, threshold)."""
 
     def __init__(self, truth: np.ndarray, keys: list[str], grid: Sequence[float], smoothing_mm: Sequence[float],
                  slice_spacing_mm: float):
@@ -100,16 +104,12 @@ def calibrate_masks(model: torch.nn.Module, data_dirs: Sequence[str | Path], spl
     ``min_cases`` cases. Of equally good pairs the least smoothing, then the threshold nearest 0.5,
     wins: a flat curve is no reason to move.
     """
-    from segmatecore.inference.engine import segment
-    from segmatecore.evaluation.evaluate import canonical_image
-    from segmatecore.inference.engine import ready_for_inference, resolve_device
-    from segmatecore.train.dataset import load_cases
 
     if THRESHOLD not in grid:
         grid = sorted({*grid, THRESHOLD})
     smoothing_mm = sorted({0.0, *(float(s) for s in smoothing_mm)})
-    meta = model.metadata
-    model = ready_for_inference(model, resolve_device(device), "auto", owned=False)  # once, not per case
+    predictor = SegMatePredictor(model, device=device)  # prepared once, not per case
+    meta = predictor.metadata
     trained = list(meta.get("trained_organs") or meta["organs"])
     per_organ: dict[str, list[np.ndarray]] = {}
     for case in load_cases(data_dirs, split):
@@ -119,8 +119,8 @@ def calibrate_masks(model: torch.nn.Module, data_dirs: Sequence[str | Path], spl
         truth = case.masks(keys)
         # The sink sees the probabilities before the model's own smoothing and thresholds.
         sweep = CaseSweep(truth, keys, grid, smoothing_mm, float(case.record["spacing"][2]))
-        segment(canonical_image(case.image, case.record["spacing"]), model=model, organs=keys, device=device,
-                probability_sink=sweep)
+        image = canonical_image(case.image, case.record["spacing"])
+        predictor.stream(image, ProbabilitiesOnGrid(sweep, image.GetSize()[:2]), organs=keys)
         for key, table in zip(keys, sweep.dice()):
             per_organ.setdefault(key, []).append(table)
         log.info("calibration: %s (%s)", case.id, ", ".join(keys))

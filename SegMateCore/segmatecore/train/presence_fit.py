@@ -19,6 +19,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from segmatecore.data.geometry import canonical_image, to_canonical
+from segmatecore.data.prepare import load_index
+from segmatecore.data.prepared import load_cases
+from segmatecore.data.preprocess import Preprocessing
+from segmatecore.inference.batches import SliceBatches, SliceInputs
+from segmatecore.runtime.network import SplitNetwork
+
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +53,9 @@ def collect_features(net: torch.nn.Module, data_dirs: Sequence[str | Path], spli
 
     ``out_of_field`` (default :data:`OUT_OF_FIELD`) adds, per dataset kind, organs counted as absent.
     """
-    from segmatecore.evaluation.evaluate import canonical_image
-    from segmatecore.data.geometry import to_canonical
-    from segmatecore.inference.engine import BatchRunner, _Pipeline
-    from segmatecore.data.preprocess import Preprocessing
-    from segmatecore.train.dataset import load_cases
-    from segmatecore.data.prepare import load_index
-
     pre = Preprocessing.from_metadata(net.metadata)
+    cpu = torch.device("cpu")
+    network = SplitNetwork(net.eval(), net.metadata, cpu, "fp32")
     captured: list[torch.Tensor] = []
     hook = net.presence_head[-1].register_forward_hook(lambda module, args, out: captured.append(args[0].float()))
     features, targets, annotated = [], [], []
@@ -69,12 +71,12 @@ def collect_features(net: torch.nn.Module, data_dirs: Sequence[str | Path], spli
             if not mask.any():
                 continue
             canonical, _ = to_canonical(canonical_image(case.image, case.record["spacing"]))
-            runner = BatchRunner(net, torch.device("cpu"), batch_size, "fp32", None, None)
-            pipeline = _Pipeline(canonical, pre, runner)
+            inputs = SliceInputs(canonical, pre, cpu)
             t_all = np.arange(0, case.depth, every)
             captured.clear()
             with torch.inference_mode():
-                runner.run("presence", t_all, lambda t: pipeline.forward(t, None))
+                for t in SliceBatches(t_all, lambda: batch_size):  # FiLM off, presence only: the z pass
+                    network.decode(network.encode(inputs(t)), None, ("presence",))
             features.append(torch.cat(captured))
             targets.append(torch.from_numpy(case.presence_of(keys)[t_all]).float())
             annotated.append(mask.expand(len(t_all), -1))

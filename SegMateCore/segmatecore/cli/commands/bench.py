@@ -64,7 +64,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from segmatecore.bench.runner import SCOPES, format_row, merge, plot, run_benchmark
-    from segmatecore.inference.engine import resolve_device
+    from segmatecore.runtime.devices import resolve_device
 
     args.device = str(resolve_device(args.device))  # the rows name the device they ran on
 

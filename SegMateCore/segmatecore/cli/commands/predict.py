@@ -263,12 +263,28 @@ def check_dicom_formats(formats: list[str], inputs: list[str]) -> None:
                              "file; give its DICOM series, or leave dicomseg out.")
 
 
+def postprocess_settings(args, keys: list[str], meta: dict) -> dict:
+    """The post-processing overrides the options ask for; a bad value is a usage error, reported once."""
+    from segmatecore.inference.postprocess import mask_thresholds, z_smoothing_mm
+
+    postprocess = {"largest_component": False, "fill_holes": False, "presence_gate": False} \
+        if args.no_postprocess else ({"presence_gate": False} if args.no_presence_gate else {})
+    thresholds = parse_organ_values(args.threshold)
+    if thresholds:
+        postprocess["thresholds"] = thresholds
+    smoothing = dict.fromkeys(keys, 0.0) if args.no_postprocess else {}
+    smoothing.update(parse_organ_values(args.z_smoothing, "--z-smoothing", "ORGAN=MM, e.g. spinal_cord=4"))
+    if smoothing:
+        postprocess["z_smoothing_mm"] = smoothing
+    mask_thresholds(keys, meta, postprocess)
+    z_smoothing_mm(keys, meta, postprocess)
+    return postprocess
+
+
 def run(args) -> int:
-    from segmatecore.inference.engine import (add_model_facts, choose_organs, load_segmentation_model, ready_for_inference,
-                             resolve_device, segment)
+    from segmatecore.inference.predictor import SegMatePredictor, choose_organs
     from segmatecore.models.intended_use import notice
     from segmatecore.data.io import load_volume
-    from segmatecore.inference.postprocess import mask_thresholds, z_smoothing_mm
 
     quiet = getattr(args, "quiet", False)
     say = (lambda *_a, **_k: None) if quiet else print
@@ -281,22 +297,12 @@ def run(args) -> int:
     check_dicom_formats(formats, [source for source, _ in cases])
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(args.device)  # a missing GPU is a usage error, reported once
-    model, info = load_segmentation_model(args.model)
-    keys, _ = choose_organs(organs, model.metadata)  # an unknown organ is a usage error, not a failure of every case
-    model = ready_for_inference(model, device, args.precision, owned=True, runtime=args.runtime)  # once for all cases
-    postprocess = {"largest_component": False, "fill_holes": False, "presence_gate": False} \
-        if args.no_postprocess else ({"presence_gate": False} if args.no_presence_gate else {})
-    thresholds = parse_organ_values(args.threshold)
-    if thresholds:
-        postprocess["thresholds"] = thresholds
-    smoothing = dict.fromkeys(keys, 0.0) if args.no_postprocess else {}
-    smoothing.update(parse_organ_values(args.z_smoothing, "--z-smoothing", "ORGAN=MM, e.g. spinal_cord=4"))
-    if smoothing:
-        postprocess["z_smoothing_mm"] = smoothing
-    mask_thresholds(keys, model.metadata, postprocess)  # a bad value is a usage error, reported once
-    z_smoothing_mm(keys, model.metadata, postprocess)
-    model_notice = notice(info)
+    # Loaded and prepared once for every case; a missing GPU or an unknown model is reported once.
+    predictor = SegMatePredictor(args.model, device=args.device, precision=args.precision, runtime=args.runtime,
+                                 batch_size=batch_size, feature_cache_mb=feature_cache_mb)
+    keys, _ = choose_organs(organs, predictor.metadata)  # an unknown organ is a usage error, not a failure of every case
+    postprocess = postprocess_settings(args, keys, predictor.metadata)
+    model_notice = notice(predictor.model_info)
     if model_notice:
         say(model_notice, flush=True)
 
@@ -309,11 +315,8 @@ def run(args) -> int:
         progress = _Progress(name, quiet)
         try:
             loaded = load_volume(source, series_uid=args.series)
-            result = segment(loaded, model, organs=organs, device=device, progress=progress,
-                             z_norm=args.z_norm, batch_size=batch_size, precision=args.precision,
-                             postprocess=postprocess, skip_outside_extent=args.skip_outside_extent, tta=args.tta,
-                             feature_cache_mb=feature_cache_mb)
-            add_model_facts(result, info)
+            result = predictor.segment(loaded, organs=organs, z=args.z_norm, tta=args.tta, postprocess=postprocess,
+                                       skip_outside_extent=args.skip_outside_extent, progress=progress)
             case_formats = formats
             if "rtstruct" in formats and not result.dicom_dir:
                 case_formats = [f for f in formats if f != "rtstruct"]
