@@ -24,6 +24,7 @@ from torch import nn
 
 from segmatecore.models import Encoded, SegMateOutput
 from segmatecore.runtime.devices import autocast_dtype
+from segmatecore.runtime.optimize import DEFAULT, prepare_for_inference
 
 FIXED_BATCH_DEVICES = ("cuda",)
 
@@ -155,8 +156,6 @@ def prepare_network(model: nn.Module, device: torch.device, precision: str = "au
     ``copy`` False prepares the module in place (folding cannot be undone: only for a model the
     caller will not train or save again). A module prepared before runs as it is.
     """
-    from segmatecore.runtime.optimize import DEFAULT, prepare_for_inference
-
     metadata = getattr(model, "metadata", None)
     if not isinstance(metadata, dict) or "preprocessing" not in metadata or "organs" not in metadata:
         raise ValueError("A model passed as a module needs a .metadata dict with 'organs' and 'preprocessing' "
