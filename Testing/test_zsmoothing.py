@@ -175,6 +175,9 @@ def test_calibrate_command_records_the_smoothing_and_info_shows_it(flicker_cases
     record = meta["provenance"]["mask_thresholds"]["organs"]["spinal_cord"]
     assert meta["z_smoothing_mm"] == {"spinal_cord": record["z_smoothing_mm"]}
     assert set(record["dice_by_smoothing"]) == {"0", "4"}
+    agreement = meta["precision_agreement"]["bf16"]  # measured by default, for precision auto
+    assert agreement["cases"] == len(load_cases([flicker_cases], "val")) and set(agreement["organs"]) >= {"spinal_cord"}
+    assert agreement["agrees"] == (agreement["min_dice"] >= 0.98) and "calibrate" in agreement["command"]
     capsys.readouterr()
     smoothed = save_model(create_model("fastvit_t12"), tmp_path / "s.safetensors",
                           {"z_smoothing_mm": {"spinal_cord": 6.0}})

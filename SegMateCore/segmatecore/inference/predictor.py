@@ -38,10 +38,11 @@ from segmatecore.inference.runner import BatchRunner, ProgressCallback
 from segmatecore.inference.zpass import ZPassConfig
 from segmatecore.inference.zsmoothing import sigmas_in_slices
 from segmatecore.inference.zstrategy import ZPlan, ZStrategy, z_strategy
-from segmatecore.runtime.devices import check_precision, default_batch_size, release_freed_memory, resolve_device
+from segmatecore.runtime.devices import COMPUTE_PRECISIONS, check_precision, default_batch_size, release_freed_memory, resolve_device
 from segmatecore.runtime.feature_cache import DEFAULT_MAX_MB, FeatureCache
 from segmatecore.runtime.network import prepare_network
 from segmatecore.runtime.optimize import bf16_warning
+from segmatecore.runtime.precision import resolve_precision
 
 ImageInput = sitk.Image | str | os.PathLike | LoadedVolume
 
@@ -65,7 +66,9 @@ class SegMatePredictor:
     """A segmentation model ready to run.
 
     ``model``: a catalogue id, a .safetensors file, a loaded module (prepared on a copy, so the
-    caller's module is never changed) or None for the default model. ``runtime``: ``torch``,
+    caller's module is never changed) or None for the default model. ``precision``: ``auto`` (the
+    fastest precision the model's record allows here, :mod:`segmatecore.runtime.precision`), ``fp32``
+    or ``bf16``. ``runtime``: ``torch``,
     ``openvino`` (CPU) or ``auto`` (OpenVINO where installed). ``feature_cache_mb``: memory the
     first pass may use to keep its encodings for the main pass (0: encode again).
     """
@@ -73,7 +76,7 @@ class SegMatePredictor:
     def __init__(self, model: str | os.PathLike | nn.Module | None = None, *, device: str | torch.device = "auto",
                  precision: str = "auto", runtime: str = "torch", batch_size: int | None = None,
                  feature_cache_mb: float = DEFAULT_MAX_MB):
-        check_precision(precision)
+        check_precision(precision, COMPUTE_PRECISIONS)
         if runtime not in RUNTIMES:
             raise ValueError(f"Unknown runtime {runtime!r}; use {', '.join(RUNTIMES)}.")
         if batch_size is not None and int(batch_size) < 1:
@@ -84,7 +87,9 @@ class SegMatePredictor:
         self.precision = precision
         net, self.model_info = load_with_facts(model)
         self.metadata: dict[str, Any] = net.metadata
-        self.network = prepare_network(net, self.device, precision, runtime, copy=isinstance(model, nn.Module))
+        self.compute_precision = resolve_precision(precision, self.device, self.metadata)
+        self.network = prepare_network(net, self.device, self.compute_precision, runtime,
+                                       copy=isinstance(model, nn.Module))
         self.batch_size = int(batch_size or default_batch_size(self.device))
         self.feature_cache_mb = float(feature_cache_mb)
         slower = bf16_warning(self.device, precision)
@@ -132,6 +137,7 @@ class SegMatePredictor:
         run.main_pass(keys, plan, gate, writer, skip_outside_extent)
         labelmap, volumes, more = run.finish(writer, keys, postprocess, loaded.image, progress)
         info = {**self.model_info, "device": str(run.runner.network.device), "precision": self.precision,
+                "compute_precision": run.runner.network.precision,
                 "batch_size": run.runner.batch_size, "runtime": self.network.runtime, "tta": bool(tta),
                 "feature_cache": run.cache.summary() if run.passes.cache is not None else None,
                 "mask_thresholds": dict(zip(keys, thresholds)), "z_smoothing_mm": dict(zip(keys, smoothing))}

@@ -41,19 +41,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.")
 
 
-def check_precision(precision: str) -> str:
+# What a network computes in: the users' choices, and fp16, which ``auto`` picks on a CUDA GPU
+# (segmatecore.runtime.precision).
+COMPUTE_PRECISIONS = (*PRECISIONS, "fp16")
+
+
+def check_precision(precision: str, allowed: tuple[str, ...] = PRECISIONS) -> str:
     """``precision`` itself when it is a known name; a clear error otherwise."""
-    if precision not in PRECISIONS:
+    if precision not in allowed:
         raise ValueError(f"Unknown precision {precision!r}; use {', '.join(PRECISIONS)}.")
     return precision
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """fp16 autocast on CUDA for ``auto``; bf16 when asked; otherwise full fp32."""
-    check_precision(precision)
+    """The autocast dtype of ``precision`` on ``device``: bf16 or fp16 when asked (``auto`` on CUDA
+    meaning fp16), otherwise None: full fp32."""
+    check_precision(precision, COMPUTE_PRECISIONS)
     if precision == "bf16":
         return torch.bfloat16
-    if precision == "auto" and device.type == "cuda":
+    if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
         return torch.float16
     return None
 

@@ -113,7 +113,7 @@ class Network(ABC):
         """Carry on on the CPU (after the GPU ran out of memory), in fp32 unless bf16 was asked for."""
         self.module.to(torch.device("cpu"))
         self.device = torch.device("cpu")
-        if self.precision == "auto":
+        if self.precision in ("auto", "fp16"):
             self.precision = "fp32"
 
 

@@ -23,6 +23,12 @@ def register(sub) -> None:
                    help="Gaussian sigmas along z to try with every threshold (default 0 2 4 6 8; 0 = thresholds only)")
     p.add_argument("--provenance", default=None,
                    help="JSON file merged into the model's provenance metadata (e.g. the recipe's stages)")
+    p.add_argument("--precision-agreement", choices=("bf16", "fp16", "none"), default="bf16",
+                   help="also measure how far the masks in this precision are from fp32's (per-organ Dice) and "
+                        "record it, so that precision auto may use it where it is faster (bf16 on CPUs with "
+                        "AMX, fp16 on CUDA GPUs; fp16 needs --device cuda). Default %(default)s")
+    p.add_argument("--agreement-only", action="store_true",
+                   help="only measure and record the precision agreement; keep the thresholds and smoothing")
     add_device_option(p)
     p.add_argument("-o", "--output", required=True, help="the calibrated model (may be --model itself)")
     p.set_defaults(func=run)
@@ -35,7 +41,8 @@ def run(args) -> int:
 
     from segmatecore.models.checkpoint import load_model, update_metadata
     from segmatecore.inference.postprocess import MAX_Z_SMOOTHING_MM
-    from segmatecore.train.calibrate import DEFAULT_SMOOTHING_MM, MIN_CASES, calibrate_masks
+    from segmatecore.train.calibrate import (DEFAULT_SMOOTHING_MM, MIN_CASES, calibrate_masks,
+                                             measure_precision_agreement)
 
     if args.split in ("test",):
         print("warning: calibrating on the 'test' split makes the accuracy you report on it optimistic.",
@@ -44,8 +51,11 @@ def run(args) -> int:
     if not all(0.0 <= mm <= MAX_Z_SMOOTHING_MM for mm in smoothing):
         raise ValueError(f"--z-smoothing-mm values must lie between 0 and {MAX_Z_SMOOTHING_MM:g} mm.")
     extra = json.loads(Path(args.provenance).read_text(encoding="utf-8")) if args.provenance else {}
-    report = calibrate_masks(load_model(args.model), args.data, args.split, smoothing_mm=smoothing,
-                             min_cases=args.min_cases or MIN_CASES, device=args.device)
+    if args.agreement_only and args.precision_agreement == "none":
+        raise ValueError("--agreement-only needs --precision-agreement bf16 or fp16.")
+    report = {} if args.agreement_only else calibrate_masks(load_model(args.model), args.data, args.split,
+                                                            smoothing_mm=smoothing,
+                                                            min_cases=args.min_cases or MIN_CASES, device=args.device)
     for key, r in report.items():
         note = "" if r["calibrated"] else f" (only {r['cases']} case(s): kept at 0.5, no smoothing)"
         print(f"{key:13s} {r['cases']:3d} cases; threshold {r['threshold']:.2f}, z smoothing "
@@ -53,11 +63,24 @@ def run(args) -> int:
               f"{r['dice_at_threshold']:.3f}{note}")
 
     def record(meta: dict) -> None:
-        meta["mask_thresholds"] = {k: r["threshold"] for k, r in report.items() if r["calibrated"]}
-        meta["z_smoothing_mm"] = {k: r["z_smoothing_mm"] for k, r in report.items() if r["calibrated"]}
+        if not args.agreement_only:
+            meta["mask_thresholds"] = {k: r["threshold"] for k, r in report.items() if r["calibrated"]}
+            meta["z_smoothing_mm"] = {k: r["z_smoothing_mm"] for k, r in report.items() if r["calibrated"]}
+            meta.setdefault("provenance", {})["mask_thresholds"] = {"command": args.command_line, "split": args.split,
+                                                                    "organs": report}
         meta.setdefault("provenance", {}).update(extra)
-        meta["provenance"]["mask_thresholds"] = {"command": args.command_line, "split": args.split, "organs": report}
 
     update_metadata(args.model, record, output=args.output)  # the weights are copied as stored
+    if args.precision_agreement != "none":
+        agreement = measure_precision_agreement(args.output, args.data, args.split, args.precision_agreement,
+                                                args.device)
+        print(f"{args.precision_agreement} against fp32: lowest per-organ Dice {agreement['min_dice']:.4f} over "
+              f"{agreement['cases']} case(s): precision auto {'may' if agreement['agrees'] else 'will not'} use it")
+
+        def record_agreement(meta: dict) -> None:
+            meta.setdefault("precision_agreement", {})[args.precision_agreement] = {
+                **agreement, "command": args.command_line}
+
+        update_metadata(args.output, record_agreement)
     print(f"wrote {args.output}")
     return 0
