@@ -654,7 +654,7 @@ def _estimate_extent(pipeline: _Pipeline, runner: BatchRunner, trained_channels:
 
         def step(batch: np.ndarray) -> None:
             result = pipeline.forward(batch, None, remember=True, outputs=("presence",))
-            values = result.presence[:, channels.to(result.presence.device)].float().cpu().numpy()
+            values = torch.sigmoid(result.presence[:, channels.to(result.presence.device)].float()).cpu().numpy()
             out[[position[int(v)] for v in batch]] = values
 
         runner.run("z_pass", np.asarray(t), step)
