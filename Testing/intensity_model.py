@@ -35,7 +35,7 @@ def band_centre(key: str, bands: Mapping[str, tuple[float, float]] = DEFAULT_BAN
 
 
 class IntensityModel(nn.Module):
-    """logit_k = sharpness * (half width - |HU - band centre|) on the centre slice; presence = sigmoid(max)."""
+    """logit_k = sharpness * (half width - |HU - band centre|) on the centre slice; presence logit = its max."""
 
     def __init__(self, organs: Mapping[str, tuple[float, float]] | list[str] | None = None,
                  input_size: tuple[int, int] | int = (64, 64), sharpness: float = 0.2,
@@ -75,5 +75,5 @@ class IntensityModel(nn.Module):
         self.batches_seen.append(int(x.shape[0]))
         hu = self.hounsfield(x[:, 1:2].float())
         logits = self.sharpness * (self.half_width[None, :, None, None] - (hu - self.centre[None, :, None, None]).abs())
-        presence = torch.sigmoid(logits.amax(dim=(2, 3)))
+        presence = logits.amax(dim=(2, 3))
         return SegMateOutput(logits, torch.zeros_like(logits), presence, ())

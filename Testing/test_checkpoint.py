@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from segmatecore import CheckpointError, create_model, load_model, read_metadata, save_model
+from segmatecore.models import SegMateWidths
 from segmatecore.models.checkpoint import default_metadata
 
 
@@ -109,7 +111,7 @@ def test_safetensors_without_metadata_is_refused(tmp_path):
 
 @pytest.mark.parametrize("change,message", [
     ({"architecture": "UNet"}, "unknown architecture"),
-    ({"backbone": "resnet50"}, "Unknown backbone"),
+    ({"backbone": "no_such_backbone"}, "Unknown backbone"),
     ({"format_version": 99}, "format version"),
     ({"organs": ["left_lung", "spleen"]}, "unknown organ"),
 ])
@@ -185,3 +187,66 @@ def test_update_metadata_copies_the_tensors_as_stored_and_refuses_bad_metadata(m
     with pytest.raises(CheckpointError, match="mask_thresholds"):
         update_metadata(path, lambda meta: meta.update(mask_thresholds={"spinal_cord": 1.5}))
     assert path.read_bytes() == before  # nothing written
+
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "Resources" / "Models" / "segmate_hn_fastvit_t12.safetensors"
+
+
+def test_widths_are_saved_and_rebuild_the_same_network(tmp_path):
+    torch.manual_seed(0)
+    narrow = SegMateWidths(align=(8, 16, 24, 32), decoder=(32, 24, 16, 8), blocks=(32, 24, 16, 12), aspp=48)
+    model = create_model("fastvit_t12", widths=narrow).eval()
+    path = save_model(model, tmp_path / "narrow.safetensors")
+    assert read_metadata(path)["widths"] == {"align": [8, 16, 24, 32], "decoder": [32, 24, 16, 8],
+                                            "blocks": [32, 24, 16, 12], "aspp": 48}
+    loaded = load_model(path, reparameterize=False)
+    assert loaded.widths == narrow
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x).seg, loaded(x).seg)
+
+
+def test_bad_widths_in_metadata_are_refused(model, tmp_path):
+    meta = default_metadata("fastvit_t12", widths={"align": [40, 64], "decoder": [1, 2, 3, 4],
+                                                   "blocks": [1, 2, 3, 4], "aspp": 8})
+    path = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"segmate": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match="align"):
+        load_model(path)
+
+
+def test_a_file_without_widths_loads_with_the_papers_bit_identically(tmp_path):
+    """The bundled model predates recorded widths: it loads as the paper's network, every tensor as stored."""
+    from safetensors.torch import load_file
+
+    assert "widths" not in read_metadata(BUNDLED)
+    loaded = load_model(BUNDLED, reparameterize=False)
+    assert loaded.widths == SegMateWidths()
+    stored = load_file(str(BUNDLED))
+    state = loaded.state_dict()
+    assert set(stored) == set(state)
+    assert all(torch.equal(stored[k].to(state[k].dtype), state[k]) for k in stored)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_b0"])
+def test_a_backbone_outside_the_papers_saves_and_loads(backbone, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(backbone).eval()
+    path = save_model(model, tmp_path / f"{backbone}.safetensors")
+    assert read_metadata(path)["backbone"] == backbone
+    loaded = load_model(path)
+    assert loaded.backbone == backbone and loaded.metadata["backbone"] == backbone
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x, torch.tensor([0.3])), loaded(x, torch.tensor([0.3]))
+    assert torch.equal(a.seg, b.seg) and torch.equal(a.presence, b.presence)
+
+
+def test_metadata_is_the_networks_own_from_construction(saved):
+    """load_model builds the network with its file's metadata; save_model reads it back."""
+    assert create_model("fastvit_t12").metadata is None
+    loaded = load_model(saved, reparameterize=False)
+    assert loaded.metadata == read_metadata(saved)
+    meta = default_metadata("fastvit_t12", provenance={"source": "test", "note": "given at construction"})
+    assert create_model("fastvit_t12", metadata=meta).metadata is meta

@@ -206,7 +206,7 @@ class BlindToOneOrgan(IntensityModel):
     def forward(self, x, z_norm=None):
         out = super().forward(x, z_norm)
         presence = out.presence.clone()
-        presence[:, self.blind] = 0.0
+        presence[:, self.blind] = -30.0  # a logit: probability ~1e-13
         return out._replace(presence=presence)
 
 

@@ -28,7 +28,7 @@ def masks(batch: int = 2, size: int = 32) -> torch.Tensor:
 
 def outputs(seg, boundary=None, presence=None, deep=()):
     return SegMateOutput(seg, seg if boundary is None else boundary,
-                         torch.full(seg.shape[:2], 0.5) if presence is None else presence, tuple(deep))
+                         torch.zeros(seg.shape[:2]) if presence is None else presence, tuple(deep))
 
 
 def test_perfect_prediction_gives_near_zero_loss():
@@ -36,13 +36,27 @@ def test_perfect_prediction_gives_near_zero_loss():
     logits = (target * 2 - 1) * 30.0
     presence = target.amax(dim=(2, 3))
     annotated = torch.ones(2, C)
-    total, terms = SegMateLoss(KEYS)(outputs(logits, presence=presence.clamp(1e-7, 1 - 1e-7), deep=(logits,) * 3),
+    presence_logits = (presence * 2 - 1) * 30.0
+    total, terms = SegMateLoss(KEYS)(outputs(logits, presence=presence_logits, deep=(logits,) * 3),
                                  target, annotated, presence)
     assert total.item() < 0.02, terms
     assert terms["dice"] < 1e-3 and terms["ce"] < 1e-6 and terms["focal"] < 1e-6
     # and a wrong prediction costs a lot
-    wrong, _ = SegMateLoss(KEYS)(outputs(-logits, presence=1 - presence, deep=(-logits,) * 3), target, annotated, presence)
+    wrong, _ = SegMateLoss(KEYS)(outputs(-logits, presence=-presence_logits, deep=(-logits,) * 3), target, annotated,
+                                 presence)
     assert wrong.item() > 10
+
+
+def test_presence_is_trained_from_logits_without_saturating():
+    """A confidently wrong presence logit costs in proportion to its confidence (no clamped probability)."""
+    from segmatecore.train.losses import presence_loss
+
+    target, annotated = torch.ones(1, C), torch.ones(1, C, dtype=torch.bool)
+    assert presence_loss(torch.full((1, C), 50.0), target, annotated).item() < 1e-6
+    assert presence_loss(torch.full((1, C), -50.0), target, annotated).item() == pytest.approx(50.0, rel=1e-4)
+    logits = torch.zeros(1, C, requires_grad=True)
+    presence_loss(logits, target, annotated).backward()
+    torch.testing.assert_close(logits.grad, torch.full((1, C), -0.5 / C))
 
 
 def test_background_pixels_push_every_organ_down():
@@ -83,7 +97,7 @@ def test_unannotated_organ_gets_no_gradient():
     annotated[1, KEYS.index("aorta")] = 0  # only the first case annotates the aorta
     seg = torch.randn(2, C, 32, 32, requires_grad=True)
     boundary = torch.randn(2, C, 32, 32, requires_grad=True)
-    presence = torch.rand(2, C, requires_grad=True)
+    presence = torch.randn(2, C, requires_grad=True)
     deep = [torch.randn(2, C, 32, 32, requires_grad=True) for _ in range(3)]
     total, _ = SegMateLoss(KEYS)(outputs(seg, boundary, presence, deep), target, annotated, target.amax(dim=(2, 3)))
     total.backward()

@@ -6,7 +6,7 @@ import torch
 
 from segmatecore import SegMateOutput, create_model
 from segmatecore.models.cost import count_parameters, gmacs_per_slice
-from segmatecore.models import backbone_spec
+from segmatecore.models import SegMateWidths, backbone_spec
 
 torch.manual_seed(0)
 
@@ -24,7 +24,40 @@ def test_backbone_names_and_timm_names_resolve_to_their_own_backbone(name, timm_
 
 def test_unknown_backbone_is_refused_with_choices():
     with pytest.raises(ValueError, match="fastvit_t12"):
-        create_model("resnet50")
+        create_model("no_such_backbone")
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_b0"])
+def test_any_timm_backbone_with_four_levels_builds_from_its_feature_info(backbone):
+    """Channels and strides come from timm, not from a table of SegMate's own."""
+    import timm
+
+    model = create_model(backbone).eval()
+    reference = timm.create_model(backbone, features_only=True, in_chans=1, out_indices=(-4, -3, -2, -1))
+    assert model.encoder.channels == tuple(reference.feature_info.channels())
+    assert model.encoder.reductions == (4, 8, 16, 32)
+    assert [a[0].in_channels for a in model.align] == list(model.encoder.channels)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64), torch.tensor([0.5]))
+    assert out.seg.shape == (1, 9, 64, 64) and out.presence.shape == (1, 9)
+
+
+def test_a_backbone_without_four_levels_at_strides_4_to_32_is_refused():
+    with pytest.raises(ValueError, match="strides"):
+        create_model("vit_tiny_patch16_224")
+
+
+def test_widths_are_configuration_with_the_papers_as_defaults():
+    assert SegMateWidths() == SegMateWidths((40, 64, 128, 176), (160, 88, 48, 24), (160, 88, 48, 32), 256)
+    narrow = SegMateWidths(align=(8, 16, 24, 32), decoder=(32, 24, 16, 8), blocks=(32, 24, 16, 12), aspp=48)
+    model = create_model("fastvit_t12", widths=narrow, deep_supervision=True).eval()
+    assert model.widths == narrow and model.seg_head.in_channels == 12 and model.aspp.project[0].out_channels == 48
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64), torch.tensor([0.5]))
+    assert out.seg.shape == (1, 9, 64, 64) and len(out.deep) == 3
+    assert count_parameters(model) < count_parameters(create_model("fastvit_t12"))
+    with pytest.raises(ValueError, match="align"):
+        SegMateWidths(align=(8, 16, 24))
 
 
 @pytest.mark.parametrize("backbone", ["fastvit_t12", "mambaout_tiny"])
@@ -35,7 +68,7 @@ def test_output_shapes_for_non_square_sizes(backbone):
         out = model(x, torch.tensor([0.2, 0.8]))
     assert isinstance(out, SegMateOutput)
     assert out.seg.shape == out.boundary.shape == (2, 9, 96, 160)
-    assert out.presence.shape == (2, 9) and bool(((out.presence >= 0) & (out.presence <= 1)).all())
+    assert out.presence.shape == (2, 9) and bool(torch.isfinite(out.presence).all())
     assert len(out.deep) == 3 and all(d.shape == (2, 9, 96, 160) for d in out.deep)
 
 
@@ -69,6 +102,18 @@ def test_encode_then_decode_is_forward_and_decode_computes_only_the_heads_asked_
     torch.testing.assert_close(first_pass.presence, film_off.presence)
     assert not torch.allclose(film_off.presence, whole.presence)  # z_norm reaches the decoder, not the encoder
     assert encoded.size == (64, 96) and encoded.context.shape[1] == 256
+
+
+def test_every_head_returns_logits():
+    """Presence too: moving its Linear bias by b moves the output by exactly b (no sigmoid behind it)."""
+    model = create_model("fastvit_t12").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x).presence
+        model.presence_head[-1].bias += 40.0
+        after = model(x).presence
+    torch.testing.assert_close(after - before, torch.full_like(before, 40.0))
+    assert bool((after > 1).all())
 
 
 def test_sizes_not_divisible_by_32_are_refused():

@@ -30,7 +30,7 @@ def run_stages(model, x, z):
         out = model(x, z)
     for h in hooks:
         h.remove()
-    captured.update(seg=out.seg, boundary=out.boundary, presence=out.presence,
+    captured.update(seg=out.seg, boundary=out.boundary, presence=torch.sigmoid(out.presence),  # reference: probabilities
                     deep1=out.deep[0], deep2=out.deep[1], deep3=out.deep[2])
     return {k: v[0].numpy() for k, v in captured.items()}
 

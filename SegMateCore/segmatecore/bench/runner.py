@@ -255,8 +255,12 @@ def benchmark_model(backbone: str, calibration: torch.Tensor, seed: int = SEED, 
     from segmatecore.models.checkpoint import default_metadata
     from segmatecore.models import create_model
 
+    size = list(calibration.shape[-2:])
+    meta = default_metadata(backbone, provenance={"source": "segmate bench", "seed": seed,
+                                                  "note": "random weights, batch-norm statistics from CT"})
+    meta["preprocessing"]["input_size"] = size
     torch.manual_seed(seed)
-    model = create_model(backbone)
+    model = create_model(backbone, metadata=meta)
     batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in batchnorms:
         bn.reset_running_stats()
@@ -269,13 +273,7 @@ def benchmark_model(backbone: str, calibration: torch.Tensor, seed: int = SEED, 
     out = model(calibration, z)
     logits = out.seg.transpose(0, 1).reshape(model.num_classes, -1)
     model.seg_head.bias -= torch.quantile(logits[:, ::97].float(), 1 - positive_fraction, dim=1)
-    presence_logits = torch.logit(out.presence.clamp(1e-6, 1 - 1e-6))
-    model.presence_head[-1].bias -= presence_logits.median(dim=0).values
-    size = list(calibration.shape[-2:])
-    meta = default_metadata(backbone, provenance={"source": "segmate bench", "seed": seed,
-                                                  "note": "random weights, batch-norm statistics from CT"})
-    meta["preprocessing"]["input_size"] = size
-    model.metadata = meta
+    model.presence_head[-1].bias -= out.presence.median(dim=0).values
     return model
 
 

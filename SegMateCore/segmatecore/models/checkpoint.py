@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from segmatecore.models import SegMateNet, backbone_spec, create_model
+from segmatecore.models import SegMateNet, SegMateWidths, backbone_spec, create_model
 from segmatecore.data.organs import PAPER_ORGANS, known_keys
 from segmatecore.inference.postprocess import MAX_Z_SMOOTHING_MM
 
@@ -35,7 +35,8 @@ class CheckpointError(ValueError):
 
 
 def default_metadata(backbone: str, **overrides: Any) -> dict[str, Any]:
-    """Metadata for a model trained with the paper's defaults (its nine organs); override what differs.
+    """Metadata for a model trained with the paper's defaults (its nine organs and widths); override
+    what differs.
 
     ``trained_organs`` follows ``organs`` unless it is given too.
     """
@@ -45,6 +46,7 @@ def default_metadata(backbone: str, **overrides: Any) -> dict[str, Any]:
         "backbone": backbone_spec(backbone).timm_name,
         "deep_supervision": False,
         "reparameterized": False,
+        "widths": SegMateWidths().to_metadata(),
         "organs": list(PAPER_ORGANS),
         "preprocessing": {
             "hu_window": [-1000.0, 400.0],
@@ -76,6 +78,10 @@ def validate_metadata(meta: Any, where: str = "metadata") -> dict[str, Any]:
     try:
         backbone_spec(str(meta["backbone"]))
     except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    try:
+        SegMateWidths.from_metadata(meta.get("widths"))
+    except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: {exc}") from None
     organs, trained = meta["organs"], meta.get("trained_organs", [])
     for name, keys in (("organs", organs), ("trained_organs", trained)):
@@ -183,9 +189,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_metadata(meta: dict[str, Any]) -> SegMateNet:
-    """An untrained SegMateNet with the architecture the metadata describes."""
-    model = create_model(meta["backbone"], deep_supervision=bool(meta.get("deep_supervision", False)),
-                         num_classes=len(meta["organs"]))
+    """An untrained SegMateNet with the architecture the metadata describes, carrying that metadata.
+
+    A file without widths was made with the paper's.
+    """
+    try:
+        model = create_model(meta["backbone"], deep_supervision=bool(meta.get("deep_supervision", False)),
+                             num_classes=len(meta["organs"]), widths=SegMateWidths.from_metadata(meta.get("widths")),
+                             metadata=meta)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot build the model the metadata describes: {exc}") from None
     if meta.get("reparameterized"):
         model.reparameterize()
     return model
@@ -225,7 +238,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", reparameter
     model.eval()
     if reparameterize:
         model.reparameterize()
-    model.metadata = meta
     return model.to(device)
 
 
@@ -237,10 +249,11 @@ def save_model(model: SegMateNet, path: str | Path, metadata: dict[str, Any] | N
     """
     path = Path(path)
     meta = default_metadata(model.backbone)
-    meta.update(deepcopy(metadata or getattr(model, "metadata", None) or {}))
+    meta.update(deepcopy(metadata or model.metadata or {}))
     meta.update(architecture=ARCHITECTURE, format_version=FORMAT_VERSION,
                 backbone=backbone_spec(model.backbone).timm_name,
-                deep_supervision=bool(len(model.deep_heads)), reparameterized=model.is_reparameterized)
+                deep_supervision=bool(len(model.deep_heads)), reparameterized=model.is_reparameterized,
+                widths=model.widths.to_metadata())
     if len(meta["organs"]) != model.num_classes:
         raise CheckpointError(f"metadata lists {len(meta['organs'])} organs but the model predicts {model.num_classes}.")
     validate_metadata(meta)

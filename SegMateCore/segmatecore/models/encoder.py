@@ -1,4 +1,9 @@
-"""timm ``features_only`` encoder wrapper that always returns four NCHW levels (strides 4-32)."""
+"""timm ``features_only`` encoder returning the last four feature levels (strides 4-32), NCHW.
+
+Channels, strides and the output layout come from timm's ``feature_info``, so any timm backbone
+with four such levels can be built. The table below keeps what timm does not publish: the
+paper's short names and which backbones have branches to fuse for inference.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,37 +12,38 @@ import timm
 import torch
 from torch import nn
 
+REDUCTIONS = (4, 8, 16, 32)
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What SegMate needs to know about one supported timm backbone."""
+    """A backbone's short name (the paper's, or the timm name), timm name and whether
+    :meth:`SegMateNet.reparameterize` fuses its training-time branches."""
 
     key: str
     timm_name: str
-    out_indices: tuple[int, ...]
-    channels: tuple[int, int, int, int]
-    nhwc: bool = False
     reparameterizable: bool = False
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.timm_name: spec for spec in (
-        BackboneSpec("efficientnetv2_m", "tf_efficientnetv2_m", (1, 2, 3, 4), (48, 80, 176, 512)),
-        BackboneSpec("mambaout_tiny", "mambaout_tiny", (0, 1, 2, 3), (96, 192, 384, 576), nhwc=True),
-        BackboneSpec("fastvit_t12", "fastvit_t12", (0, 1, 2, 3), (64, 128, 256, 512),
-                     reparameterizable=True),
+        BackboneSpec("efficientnetv2_m", "tf_efficientnetv2_m"),
+        BackboneSpec("mambaout_tiny", "mambaout_tiny"),
+        BackboneSpec("fastvit_t12", "fastvit_t12", reparameterizable=True),
     )
 }
 _ALIASES = {spec.key: spec.timm_name for spec in BACKBONES.values()}
 
 
 def backbone_spec(name: str) -> BackboneSpec:
-    """Resolve a short key (``fastvit_t12``) or timm name (``tf_efficientnetv2_m``)."""
+    """Resolve a paper name (``fastvit_t12``), or any timm model name (``tf_efficientnetv2_m``, ``resnet18``)."""
     timm_name = _ALIASES.get(name, name)
-    if timm_name not in BACKBONES:
-        choices = ", ".join(sorted(set(_ALIASES) | set(BACKBONES)))
-        raise ValueError(f"Unknown backbone {name!r}. Choose one of: {choices}.")
-    return BACKBONES[timm_name]
+    if timm_name in BACKBONES:
+        return BACKBONES[timm_name]
+    if isinstance(timm_name, str) and timm.is_model(timm_name):
+        return BackboneSpec(timm_name, timm_name)
+    choices = ", ".join(sorted(set(_ALIASES) | set(BACKBONES)))
+    raise ValueError(f"Unknown backbone {name!r}: not a timm model. The paper's backbones: {choices}.")
 
 
 class TimmEncoder(nn.Module):
@@ -47,11 +53,17 @@ class TimmEncoder(nn.Module):
         super().__init__()
         self.spec = backbone_spec(backbone)
         self.model = timm.create_model(self.spec.timm_name, pretrained=pretrained, features_only=True,
-                                       in_chans=1, out_indices=self.spec.out_indices)
-        self.channels = self.spec.channels
+                                       in_chans=1, out_indices=tuple(range(-len(REDUCTIONS), 0)))
+        info = self.model.feature_info
+        self.channels: tuple[int, ...] = tuple(info.channels())
+        self.reductions: tuple[int, ...] = tuple(info.reduction())
+        if self.reductions != REDUCTIONS:
+            raise ValueError(f"Backbone {self.spec.timm_name!r} has feature levels at strides {self.reductions}; "
+                             f"SegMate needs its last four at strides {REDUCTIONS}.")
+        self.nhwc = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.model(x)
-        if self.spec.nhwc:
+        if self.nhwc:
             feats = [f.permute(0, 3, 1, 2) for f in feats]
         return list(feats)

@@ -36,7 +36,7 @@ from segmatecore.models import Encoded, SegMateNet, SegMateOutput
 
 log = logging.getLogger(__name__)
 
-GRAPH_VERSION = 2  # bump when the exported graphs' inputs or outputs change
+GRAPH_VERSION = 3  # bump when the exported graphs' inputs or outputs change
 
 
 def available() -> bool:
@@ -78,7 +78,7 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """The traced decoder: (skips..., context, z) -> (seg logits, presence probabilities)."""
+    """The traced decoder: (skips..., context, z) -> (seg logits, presence logits)."""
 
     def __init__(self, net: SegMateNet, size: tuple[int, int]):
         super().__init__()

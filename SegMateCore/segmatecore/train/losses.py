@@ -122,10 +122,12 @@ def boundary_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.T
     return (1.0 - (2 * inter + smooth) / (denom + smooth))[organs].mean()
 
 
-def presence_loss(prob: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
-    """BCE of the presence head's probabilities against "organ has a voxel in this slice"."""
-    prob = prob.float().clamp(1e-6, 1 - 1e-6)
-    values = F.binary_cross_entropy(prob, target, reduction="none")
+def presence_loss(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """BCE of the presence head's logits against "organ has a voxel in this slice", over annotated organs.
+
+    Computed from logits (log-sum-exp form), so a confident head neither saturates nor needs clamping.
+    """
+    values = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
     a = annotated.to(values.dtype)
     return (values * a).sum() / a.sum().clamp_min(1.0)
 

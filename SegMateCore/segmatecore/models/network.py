@@ -5,27 +5,25 @@ run the encoder once per slice across its two passes.
 """
 from __future__ import annotations
 
-import math
-from typing import Collection, NamedTuple
+from typing import Any, Collection, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmatecore.models.blocks import ASPP, ConvBnAct, DecoderBlock, FiLM, SliceFusion
+from segmatecore.models.blocks import ASPP, ConvBnAct, FiLM, SliceFusion
+from segmatecore.models.decoder import AsymmetricDecoder
 from segmatecore.models.encoder import TimmEncoder, backbone_spec
+from segmatecore.models.heads import PresenceHead, mask_head
+from segmatecore.models.widths import SegMateWidths
 
 NUM_ORGANS = 9
-ALIGN_WIDTHS = (40, 64, 128, 176)
-DECODER_WIDTHS = (160, 88, 48, 24)  # up-convolution widths, deepest first
-BLOCK_WIDTHS = (160, 88, 48, 32)    # main-path block widths, deepest first
-ASPP_WIDTH = 256
-MASK_PRIOR = 0.01    # initial organ probability of every mask and boundary logit
 HEADS = ("seg", "boundary", "presence", "deep")
 
 
 class SegMateOutput(NamedTuple):
-    """Logits for masks and boundaries, probabilities for per-slice presence, deep logits.
+    """Logits, all of them: masks and boundaries [B, C, H, W], per-slice presence [B, C], and the
+    deep-supervision masks. ``torch.sigmoid`` of a logit is the organ's probability.
 
     ``decode(..., outputs=...)`` leaves the heads it was not asked for as None (deep as ()).
     """
@@ -69,90 +67,35 @@ class Encoded(NamedTuple):
         return sum(t.numel() * t.element_size() for t in (*self.skips, self.context))
 
 
-def _match(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Bilinearly resize x to ref's spatial size when an up-convolution left them different."""
-    if x.shape[-2:] != ref.shape[-2:]:
-        x = F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
-    return x
+class SegMateNet(nn.Module):
+    """The SegMate 2.5D multi-organ network. Input [B, 3, H, W] with H, W divisible by 32.
 
-
-class AsymmetricDecoder(nn.Module):
-    """Main path with CBAM blocks (widths 160/88/48/32) and nested SE skips x13, x12, x11.
-
-    The up-convolutions are shared between the main path and the nested skips.
+    ``widths`` sets the layers after the encoder (the paper's by default). ``metadata`` is what
+    the model's file says about it (organs, preprocessing, provenance); a model built in memory
+    has none until it is given one.
     """
 
-    def __init__(self, in_ch: int = ASPP_WIDTH, skip_widths: tuple[int, ...] = ALIGN_WIDTHS):
-        super().__init__()
-        skips = skip_widths[::-1]  # deepest first: 176, 128, 64, 40
-        ups, blocks = [], []
-        prev = in_ch
-        for up_w, block_w, skip_w in zip(DECODER_WIDTHS, BLOCK_WIDTHS, skips):
-            ups.append(nn.ConvTranspose2d(prev, up_w, 2, stride=2))
-            blocks.append(DecoderBlock(up_w + skip_w, block_w, attention="cbam"))
-            prev = block_w
-        self.up = nn.ModuleList(ups)
-        self.blocks = nn.ModuleList(blocks)
-        # nested: x13 = [up3(dec4), dec3], x12 = [up2(x13), dec2], x11 = [up1(x12), dec1]
-        self.nested = nn.ModuleList(
-            DecoderBlock(DECODER_WIDTHS[i] + BLOCK_WIDTHS[i], BLOCK_WIDTHS[i], attention="se")
-            for i in (1, 2, 3))
-
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Return the finest nested feature map (x11) and the main-path outputs dec4..dec1."""
-        main = []
-        for up, block, skip in zip(self.up, self.blocks, reversed(skips)):
-            x = block(torch.cat([_match(up(x), skip), skip], dim=1))
-            main.append(x)
-        nested = main[0]
-        for i, block in enumerate(self.nested, start=1):
-            nested = block(torch.cat([_match(self.up[i](nested), main[i]), main[i]], dim=1))
-        return nested, main
-
-
-class PresenceHead(nn.Sequential):
-    """Per-slice organ presence: global average pool -> dropout -> Linear -> sigmoid."""
-
-    def __init__(self, in_ch: int, num_classes: int, dropout: float = 0.2):
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                         nn.Linear(in_ch, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(super().forward(x))
-
-
-class SegMateNet(nn.Module):
-    """The SegMate 2.5D multi-organ network. Input [B, 3, H, W] with H, W divisible by 32."""
-
     def __init__(self, backbone: str = "fastvit_t12", num_classes: int = NUM_ORGANS,
-                 deep_supervision: bool = False, pretrained: bool = False):
+                 deep_supervision: bool = False, pretrained: bool = False,
+                 widths: SegMateWidths = SegMateWidths(), metadata: dict[str, Any] | None = None):
         super().__init__()
         self.backbone = backbone_spec(backbone).timm_name
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision
+        self.widths = widths
+        self.metadata = metadata
         self.slice_fusion = SliceFusion()
         self.encoder = TimmEncoder(self.backbone, pretrained=pretrained)
-        self.align = nn.ModuleList(ConvBnAct(c, w, 1) for c, w in zip(self.encoder.channels, ALIGN_WIDTHS))
-        self.aspp = ASPP(self.encoder.channels[-1], ASPP_WIDTH)
-        self.film = FiLM(ASPP_WIDTH)
-        self.decoder = AsymmetricDecoder(ASPP_WIDTH, ALIGN_WIDTHS)
-        self.seg_head = nn.Conv2d(BLOCK_WIDTHS[-1], num_classes, 1)
-        self.boundary_head = nn.Conv2d(BLOCK_WIDTHS[-1], num_classes, 1)
-        self.presence_head = PresenceHead(BLOCK_WIDTHS[-1], num_classes)
-        self.deep_heads = nn.ModuleList(nn.Conv2d(w, num_classes, 1) for w in BLOCK_WIDTHS[:3]) \
+        self.align = nn.ModuleList(ConvBnAct(c, w, 1) for c, w in zip(self.encoder.channels, widths.align))
+        self.aspp = ASPP(self.encoder.channels[-1], widths.aspp)
+        self.film = FiLM(widths.aspp)
+        self.decoder = AsymmetricDecoder(widths)
+        self.seg_head = mask_head(widths.head, num_classes)
+        self.boundary_head = mask_head(widths.head, num_classes)
+        self.presence_head = PresenceHead(widths.head, num_classes)
+        self.deep_heads = nn.ModuleList(mask_head(w, num_classes) for w in widths.blocks[:-1]) \
             if deep_supervision else nn.ModuleList()
         self.is_reparameterized = False
-        self._init_mask_head_bias()
-
-    def _init_mask_head_bias(self, prior: float = MASK_PRIOR) -> None:
-        """Start every mask logit at a small organ probability instead of 0.5 (RetinaNet's prior init).
-
-        Organs cover well under 1 % of a slice; from p = 0.5 the first few hundred steps only learn
-        "mostly background", which is most of a short CPU run. Loaded weights replace this.
-        """
-        bias = -math.log((1.0 - prior) / prior)
-        for head in (self.seg_head, self.boundary_head, *self.deep_heads):
-            nn.init.constant_(head.bias, bias)
 
     def forward(self, x: torch.Tensor, z_norm: torch.Tensor | None = None) -> SegMateOutput:
         return self.decode(self.encode(x), z_norm)
@@ -192,11 +135,3 @@ class SegMateNet(nn.Module):
             reparameterize_model(self.encoder, inplace=True)
             self.is_reparameterized = True
         return self
-
-
-def create_model(backbone: str, *, deep_supervision: bool = False, pretrained: bool = False,
-                 num_classes: int = NUM_ORGANS) -> SegMateNet:
-    """Build a SegMateNet for ``efficientnetv2_m``, ``mambaout_tiny`` or ``fastvit_t12``
-    (the timm names ``tf_efficientnetv2_m``, ``mambaout_tiny``, ``fastvit_t12`` work too)."""
-    return SegMateNet(backbone, num_classes=num_classes, deep_supervision=deep_supervision,
-                      pretrained=pretrained)
