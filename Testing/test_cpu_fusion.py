@@ -4,6 +4,8 @@ MambaOut's gated blocks rewritten must compute what the original model computes
 from __future__ import annotations
 
 import copy
+import logging
+from types import SimpleNamespace
 
 import pytest
 import SimpleITK as sitk
@@ -13,11 +15,11 @@ from torch import nn
 from segmatecore.runtime import cpu_fusion
 from segmatecore.bench.runner import benchmark_model, calibration_slices
 from segmatecore.runtime.cpu_fusion import FusedConv2d, FusedGatedBlock, fuse_convolutions
-from segmatecore.runtime.optimize import DEFAULT, prepare_for_inference
+from segmatecore.runtime.optimize import DEFAULT, fusion_notice, prepare_for_inference
 from segmatecore.resources import resource_path
 
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              pytest.mark.skipif(not cpu_fusion.available(), reason="this PyTorch has no oneDNN fused convolution")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+needs_fusion = pytest.mark.skipif(not cpu_fusion.available(), reason="this PyTorch cannot fuse convolutions")
 
 CPU = torch.device("cpu")
 
@@ -49,6 +51,7 @@ def test_fused_convolution_computes_the_convolution_then_the_activation(activati
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@needs_fusion
 def test_fastvit_is_rewritten_and_its_outputs_are_kept(slices):
     model = benchmark_model("fastvit_t12", slices)
     z = torch.linspace(0, 1, len(slices))
@@ -67,6 +70,7 @@ def test_fastvit_is_rewritten_and_its_outputs_are_kept(slices):
     torch.testing.assert_close(got.presence, expected.presence, rtol=0, atol=1e-5)
 
 
+@needs_fusion
 @pytest.mark.parametrize("backbone,at_least", [("fastvit_t12", 45), ("efficientnetv2_m", 165), ("mambaout_tiny", 24)])
 def test_every_backbone_is_rewritten_and_keeps_its_masks(backbone, at_least, slices):
     """The check at preparation must not reject a sound rewrite (the random EfficientNetV2-M turns
@@ -83,6 +87,7 @@ def test_every_backbone_is_rewritten_and_keeps_its_masks(backbone, at_least, sli
         assert_agrees(fused(slices, z).seg > 0, plain(slices, z).seg > 0)
 
 
+@needs_fusion
 def test_a_convolution_whose_output_is_also_read_elsewhere_is_left_alone():
     class Shared(nn.Module):
         """The GELU module is the convolution's only module reader, but forward also adds the raw output."""
@@ -103,6 +108,7 @@ def test_a_convolution_whose_output_is_also_read_elsewhere_is_left_alone():
     torch.testing.assert_close(model(x), expected)
 
 
+@needs_fusion
 def test_identity_and_dropout_between_convolution_and_activation_are_looked_past():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Identity(), nn.Dropout(0.5), nn.SiLU(),
                           nn.Conv2d(4, 4, 1), nn.Sigmoid()).eval()
@@ -115,15 +121,90 @@ def test_identity_and_dropout_between_convolution_and_activation_are_looked_past
     torch.testing.assert_close(model(x), expected)
 
 
-def test_fusion_is_skipped_where_this_pytorch_has_no_onednn_fusion(slices, monkeypatch):
-    """A PyTorch build without oneDNN's fused convolution keeps the plain convolutions (prepare_torch
-    also skips fusion on CUDA, which this machine cannot test)."""
-    monkeypatch.setattr(cpu_fusion, "available", lambda: False)
+@pytest.fixture
+def fresh_check():
+    """The capability checks run again under the test's PyTorch, and again after it."""
+    for check in (cpu_fusion.available, cpu_fusion._onednn_bf16):
+        check.cache_clear()
+    yield
+    for check in (cpu_fusion.available, cpu_fusion._onednn_bf16):
+        check.cache_clear()
+
+
+def _changed_signature(*args):
+    raise TypeError("_convolution_pointwise() takes 9 positional arguments but 10 were given")
+
+
+def _activation_ignored(x, weight, bias, padding, stride, dilation, groups, attr, scalars, algorithm):
+    return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("mkldnn", [SimpleNamespace(), SimpleNamespace(_convolution_pointwise=_changed_signature),
+                                    SimpleNamespace(_convolution_pointwise=_activation_ignored)],
+                         ids=["op_missing", "signature_changed", "result_differs"])
+def test_a_pytorch_whose_fused_convolution_is_missing_or_differs_gets_a_notice(mkldnn, fresh_check, monkeypatch):
+    monkeypatch.setattr(torch.ops, "mkldnn", mkldnn)
+    assert not cpu_fusion.available()
+    version = ".".join(torch.__version__.split(".")[:2])
+    assert cpu_fusion.notice() == (f"CPU convolution fusion is not available with this PyTorch ({version}); "
+                                   "running eager PyTorch.")
+    assert fusion_notice(CPU) == cpu_fusion.notice()
+    assert fusion_notice(torch.device("cuda")) is None and fusion_notice(CPU, DEFAULT.with_(fuse_convolutions=False)) is None
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GELU()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    expected = model(x)
+    assert fuse_convolutions(model, (x,)) == 0 and type(model[0]) is nn.Conv2d
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_without_fusion_the_network_runs_eager_and_the_notice_is_given_once(slices, fresh_check, monkeypatch, caplog):
+    """The op taken away: nothing is rewritten, the outputs are eager PyTorch's, and the check (and
+    its log line) happens once however many networks are prepared."""
+    tries = []
+
+    def missing(*args):
+        tries.append(args)
+        raise RuntimeError("No such operator mkldnn::_convolution_pointwise")
+
+    monkeypatch.setattr(torch.ops, "mkldnn", SimpleNamespace(_convolution_pointwise=missing))
     model = benchmark_model("fastvit_t12", slices)
-    net, _ = prepare_for_inference(copy.deepcopy(model), CPU, "fp32")
-    assert not any(isinstance(m, FusedConv2d) for m in net.modules())
+    z = torch.linspace(0, 1, len(slices))
+    plain, _ = prepare_for_inference(model, CPU, "fp32", optimizations=DEFAULT.with_(fuse_convolutions=False))
+    with caplog.at_level(logging.INFO, logger=cpu_fusion.__name__):
+        nets = [prepare_for_inference(model, CPU, precision)[0] for precision in ("fp32", "fp32", "bf16")]
+    assert len(tries) == 1, "checked once, and the check stops at the first failure"
+    assert [r.getMessage() for r in caplog.records if "fusion" in r.getMessage()] == [cpu_fusion.notice()]
+    assert not any(isinstance(m, (FusedConv2d, FusedGatedBlock)) for net in nets for m in net.modules())
+    with torch.inference_mode():
+        expected = plain(slices, z)
+        for net in nets[:2]:
+            got = net(slices, z)
+            assert torch.equal(got.seg, expected.seg) and torch.equal(got.presence, expected.presence)
+        assert torch.isfinite(nets[2](slices, z).seg.float()).all()
 
 
+@needs_fusion
+def test_a_cpu_without_bf16_fused_kernels_runs_them_unfused(fresh_check, monkeypatch):
+    """oneDNN raises for a bf16 fused convolution on a CPU without its bf16 kernels: found by the
+    check, after which a fused layer computes its bf16 convolution and activation eagerly."""
+    real = torch.ops.mkldnn._convolution_pointwise
+
+    def fp32_only(x, *args):
+        if x.dtype == torch.bfloat16:
+            raise RuntimeError("mkldnn_convolution: bf16 path needs the cpu support avx512bw, avx512vl and avx512dq")
+        return real(x, *args)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", SimpleNamespace(_convolution_pointwise=fp32_only))
+    assert cpu_fusion.available() and not cpu_fusion._onednn_bf16() and cpu_fusion.notice() is None
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 12, 3, padding=1).to(torch.bfloat16)
+    x = torch.randn(2, 6, 10, 10).to(torch.bfloat16)
+    fused = FusedConv2d(conv, ("swish", ""))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), nn.functional.silu(conv(x)))
+
+
+@needs_fusion
 def test_fused_model_runs_in_bf16_channels_last(slices):
     model = benchmark_model("fastvit_t12", slices)
     net, _ = prepare_for_inference(model, CPU, "bf16")
@@ -138,6 +219,7 @@ def test_fused_model_runs_in_bf16_channels_last(slices):
         assert block(x).is_contiguous(memory_format=torch.channels_last)
 
 
+@needs_fusion
 def test_an_in_place_activation_is_fused_and_a_second_reader_prevents_it():
     """timm's activations work in place: the tensor the next layer reads is the convolution's output
     object, now holding the activation's values. That is a read of the activation, not of the conv."""
@@ -188,6 +270,7 @@ def test_gated_block_computes_what_timms_block_computes(dtype, tolerance, conv_r
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance * scale)
 
 
+@needs_fusion
 def test_mambaout_gated_blocks_are_rewritten_and_keep_the_outputs(slices):
     from timm.models.mambaout import GatedConvBlock
 
@@ -204,6 +287,7 @@ def test_mambaout_gated_blocks_are_rewritten_and_keep_the_outputs(slices):
     torch.testing.assert_close(got.seg, expected.seg, rtol=1e-4, atol=1e-4 * expected.seg.abs().max().item())
 
 
+@needs_fusion
 def test_a_wrong_gated_rewrite_is_undone(monkeypatch):
     """The float64 check at preparation covers the gated blocks too: a rewrite that changed the
     function (here, fc1's rows taken without their bias) leaves every block as timm wrote it."""

@@ -68,12 +68,13 @@ def test_benchmark_model_output_varies_over_the_image(reference):
     assert ((fraction > 0.05) & (fraction < 0.95)).all(), fraction
 
 
-@pytest.mark.parametrize("backbone", ["fastvit_t12", "efficientnetv2_m"])
-def test_fold_batchnorm_removes_every_batchnorm_and_keeps_outputs(backbone, slices):
+@pytest.mark.parametrize("backbone,norms", [("fastvit_t12", 43), ("efficientnetv2_m", 187), ("mambaout_tiny", 31)])
+def test_fold_batchnorm_removes_every_batchnorm_and_keeps_outputs(backbone, norms, slices):
+    """Every norm of the three backbones is folded (timm's BatchNormAct2d included), in fp32 and in
+    float64, where the folded network must compute the same function as the unfolded one."""
     model = benchmark_model(backbone, slices[:4]).reparameterize()
     folded = copy.deepcopy(model)
-    count = fold_batchnorm(folded)
-    assert count > 0
+    assert fold_batchnorm(folded) == norms
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
     z = torch.linspace(0, 1, 4)
     with torch.inference_mode():
@@ -82,24 +83,64 @@ def test_fold_batchnorm_removes_every_batchnorm_and_keeps_outputs(backbone, slic
     assert (got.seg - expected.seg).abs().max() < 0.01 * expected.seg.std()
     assert_agrees(got.seg > 0, expected.seg > 0)
     torch.testing.assert_close(got.presence, expected.presence, rtol=0, atol=1e-3)
+    exact = copy.deepcopy(model).double()
+    assert fold_batchnorm(exact) == norms
+    x = 0.1 * torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.inference_mode():
+        expected, got = model.double()(x, z[:2]), exact(x, z[:2])
+    torch.testing.assert_close(got.seg, expected.seg, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got.presence, expected.presence, rtol=0, atol=1e-4)
+
+
+class _ConvBn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.other = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+        self.bn.running_mean.fill_(0.5)
+        self.bn.running_var.fill_(2.0)
 
 
 def test_fold_batchnorm_leaves_a_convolution_whose_output_is_used_twice():
-    class Shared(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv, self.bn, self.other = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
-
+    class Shared(_ConvBn):
         def forward(self, x, z=None):
             y = self.conv(x)
             return self.bn(y) + self.other(y)
 
-    model = Shared().eval()
-    model.bn.running_mean.fill_(0.5)
+    class ReadByCode(_ConvBn):  # the second reader is no module: only a graph of the code sees it
+        def forward(self, x, z=None):
+            y = self.conv(x)
+            return self.bn(y) * y
+
+    class CalledTwice(_ConvBn):  # one convolution module, its second output read by another module
+        def forward(self, x, z=None):
+            return self.bn(self.conv(x)) + self.other(self.conv(x))
+
+    for model in (Shared().eval(), ReadByCode().eval(), CalledTwice().eval()):
+        x = torch.randn(1, 3, 8, 8)
+        expected = model(x)
+        assert fold_batchnorm(model) == 0, type(model).__name__
+        assert isinstance(model.bn, nn.BatchNorm2d)
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_fold_batchnorm_looks_into_a_module_that_does_not_trace():
+    """A forward with a shape check (as SegMateNet.encode has) cannot be traced: its children are."""
+    class Checked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+
+        def forward(self, x):
+            if x.shape[1] != 3:
+                raise ValueError("three channels")
+            return self.inner(x)
+
+    model = Checked().eval()
+    model.inner[1].running_mean.fill_(0.5)
     x = torch.randn(1, 3, 8, 8)
     expected = model(x)
-    assert fold_batchnorm(model) == 0
-    assert isinstance(model.bn, nn.BatchNorm2d)
+    assert fold_batchnorm(model) == 1
+    assert isinstance(model.inner[1], nn.Identity)
     torch.testing.assert_close(model(x), expected)
 
 
@@ -202,6 +243,27 @@ def test_bf16_counts_as_faster_only_with_amx(monkeypatch, flags, faster):
         assert "no AMX" in warning and "precision auto" in warning
     assert bf16_warning(CPU, "fp32") is None and bf16_warning(CPU, "auto") is None
     assert bf16_warning(torch.device("cuda"), "bf16") is None
+
+
+@pytest.mark.parametrize("probe", ["missing", "raises"])
+def test_without_cpuinfo_a_failing_amx_probe_means_fp32(monkeypatch, probe):
+    """Where there is no /proc/cpuinfo, PyTorch's private AMX probe decides; if this PyTorch has none,
+    or it fails, the CPU counts as one without AMX."""
+    def broken():
+        raise RuntimeError("changed")
+
+    monkeypatch.setattr(optimize, "_cpu_flags", lambda: frozenset())
+    monkeypatch.setattr(optimize.platform, "machine", lambda: "x86_64")
+    if probe == "missing":
+        monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    else:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    optimize._torch_sees_amx.cache_clear()
+    try:
+        assert not cpu_bf16_is_faster()
+        assert compute_dtype(CPU, "auto", Optimizations(bf16=True)) == torch.float32
+    finally:
+        optimize._torch_sees_amx.cache_clear()
 
 
 def test_bad_optimisation_settings_are_refused():

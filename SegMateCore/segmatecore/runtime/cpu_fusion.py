@@ -1,35 +1,33 @@
 """Layers rewritten into forms oneDNN runs faster on the CPU, with the same arithmetic.
 
-Three rewrites, each found by ``segmate bench`` at input 512 (docs/benchmark.md):
+Three rewrites, each kept because ``segmate bench`` showed it faster (docs/benchmark.md):
 
 - a convolution followed by GELU, SiLU or ReLU runs as one oneDNN convolution with the activation
   as a post-op (PyTorch's ``mkldnn._convolution_pointwise``, the op torch.compile's CPU backend
-  emits for the same pattern): the activation no longer makes its own pass over memory. GELU was
-  29 % of FastViT-T12's encoder time in bf16;
+  emits for the same pattern): the activation no longer makes its own pass over memory;
 - a grouped convolution with one input channel per group and k outputs each (FastViT's 7x7
   stride-2 downsampling, groups = in_channels, out = 2 x in) runs as k depthwise convolutions whose
-  outputs are interleaved. oneDNN has a fast depthwise kernel but none for this shape: 4-5x faster;
+  outputs are interleaved: oneDNN has a fast depthwise kernel but none for this shape;
 - MambaOut's gated block (timm's ``GatedConvBlock``: one linear layer split into a gate, an identity
   part and a part for the depthwise convolution, then ``fc2(gelu(gate) * cat(identity, conv(part)))``)
   runs its first linear layer as three, so that the convolved part comes out contiguous (no copy
-  before the convolution), and writes the product into one tensor (no concatenation).
-  MambaOut-Tiny's encoder: 213 -> 191 ms per 512 x 512 slice in bf16, 553 -> 467 ms in fp32. (Its
-  GELU fused into the gate's linear layer, ``mkldnn._linear_pointwise``, made no difference: 191
-  against 193 ms in bf16, 500 against 488 ms in fp32, so it is not used.)
+  before the convolution), and writes the product into one tensor (no concatenation). (Its GELU
+  fused into the gate's linear layer, ``mkldnn._linear_pointwise``, made no difference, so it is not
+  used.)
 
-The first two took FastViT-T12's fp32 network from 81.1 to 58.7 s per 512 x 512 x 162 volume, and
-the bundled model end to end from 16.7-17.5 to 14.2-15.3 s (fp32, 2 cores; docs/benchmark.md).
-EfficientNetV2-M (SiLU) showed no measurable change at first; with timm's in-place activations
-fused too, its fp32 network took 303 -> 282 CPU seconds.
+The fused convolution is a private PyTorch op whose presence and signature may change between
+releases. Rather than trusting a version number, :func:`available` runs it once on a tiny input
+and compares it with eager PyTorch; where that fails nothing is rewritten, inference runs eager
+PyTorch, and :func:`notice` gives the line a run reports.
 
-All are checked on an example before they are kept (in float64, see fuse_convolutions): if the
-rewritten model does not give the original's outputs (a convolution output also used outside the
-module graph, say), nothing is rewritten.
+All rewrites are checked on an example before they are kept (in float64, see fuse_convolutions): if
+the rewritten model does not give the original's outputs (a convolution output also used outside
+the module graph, say), nothing is rewritten.
 """
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
+from functools import cache
 from typing import Callable
 
 import torch
@@ -56,23 +54,69 @@ _REFERENCE = {"gelu": lambda x, algorithm: F.gelu(x, approximate=algorithm if al
               "swish": lambda x, algorithm: F.silu(x), "relu": lambda x, algorithm: F.relu(x)}
 
 
+_POST_OPS = (("gelu", "none"), ("gelu", "tanh"), ("swish", ""), ("relu", ""))
+_NOTICE = "CPU convolution fusion is not available with this PyTorch ({}); running eager PyTorch."
+
+
+def _pointwise_op() -> Callable | None:
+    """oneDNN's fused convolution op, or None where this PyTorch build has none."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return getattr(torch.ops.mkldnn, "_convolution_pointwise")
+    except (AttributeError, RuntimeError):  # a missing op raises either, depending on the release
+        return None
+
+
+def _agrees_with_eager(op: Callable, dtype: torch.dtype, tolerance: float) -> bool:
+    """Whether ``op`` runs a 3x3 convolution with each post-op FusedConv2d uses on a 1x4x8x8 input in
+    ``dtype`` and gives eager PyTorch's result (computed in fp32 from the same values)."""
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(shape, generator=generator).to(dtype) for shape in ((1, 4, 8, 8), (4, 4, 3, 3), (4,)))
+    for attr, algorithm in _POST_OPS:
+        expected = _REFERENCE[attr](F.conv2d(x.float(), weight.float(), bias.float(), 1, 1), algorithm)
+        try:
+            with torch.no_grad():
+                got = op(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, attr, [None], algorithm)
+        except Exception:  # a changed signature or a CPU without the kernel: not usable
+            return False
+        if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.allclose(
+                got.float(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())):
+            return False
+    return True
+
+
+@cache
 def available() -> bool:
-    """Whether this PyTorch build has oneDNN's fused convolution (x86 and most ARM CPU builds)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    """Whether this PyTorch's oneDNN fused convolution exists and computes what eager PyTorch does
+    (checked once; where not, :func:`notice` says so and the network runs unfused)."""
+    op = _pointwise_op()
+    works = op is not None and _agrees_with_eager(op, torch.float32, 1e-4)
+    if not works:
+        log.info(_notice_text())
+    return works
 
 
-@lru_cache(maxsize=1)
+def _notice_text() -> str:
+    return _NOTICE.format(".".join(torch.__version__.split(".")[:2]))
+
+
+def notice() -> str | None:
+    """The line a run on the CPU reports when this PyTorch cannot fuse convolutions, else None."""
+    return None if available() else _notice_text()
+
+
+@cache
 def _onednn_bf16() -> bool:
-    """Whether oneDNN has bf16 kernels on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT): on a CPU with
-    AVX2 alone its fused bf16 convolution raises instead of running."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check is None or check())
+    """Whether the fused convolution runs in bf16 on this CPU: oneDNN's bf16 kernels need AVX-512
+    BW/VL/DQ or AVX-NE-CONVERT, and on a CPU with AVX2 alone the op raises instead of running."""
+    return available() and _agrees_with_eager(_pointwise_op(), torch.bfloat16, 5e-2)
 
 
 def onednn_runs(x: torch.Tensor) -> bool:
     """Whether oneDNN's fused convolution takes ``x``: a CPU tensor in fp32, or in bf16 where the CPU
     has oneDNN's bf16 kernels (float64 and other devices: never)."""
-    if x.device.type != "cpu" or x.dtype == torch.float64:
+    if x.device.type != "cpu" or x.dtype == torch.float64 or not available():
         return False
     return x.dtype != torch.bfloat16 or _onednn_bf16()
 
@@ -186,13 +230,11 @@ def _fusable(conv: nn.Module) -> bool:
     return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
-def conv_output_readers(model: nn.Module, run: Callable[[], object],
-                        also: tuple[type[nn.Module], ...] = ()) -> dict[str, set[str]]:
+def conv_output_readers(model: nn.Module, run: Callable[[], object]) -> dict[str, set[str]]:
     """{convolution: names of the modules that read its output}, found by running ``run()`` once
     with hooks, so it follows the real data flow of any model instead of naming conventions.
 
-    Readers are leaf modules and modules of the types in ``also`` (timm's BatchNormAct2d has
-    children). Identity and Dropout pass the tensor on and are looked past. An in-place leaf
+    Readers are leaf modules; Identity and Dropout pass the tensor on and are looked past. An in-place leaf
     (SiLU(inplace=True), timm's default) returns its input tensor: what reads it afterwards reads
     that module's output, not the convolution's. Reads by code outside modules (``y + conv(y)``)
     are not seen: callers check their rewrite on an example.
@@ -216,11 +258,9 @@ def conv_output_readers(model: nn.Module, run: Callable[[], object],
         return hook
 
     for name, module in model.named_modules():
-        leaf = not any(True for _ in module.children())
-        if (leaf or isinstance(module, also)) and not isinstance(module, (nn.Identity, nn.Dropout)):
+        if not any(True for _ in module.children()) and not isinstance(module, (nn.Identity, nn.Dropout)):
             hooks.append(module.register_forward_pre_hook(read(name)))
-            if leaf:
-                hooks.append(module.register_forward_hook(record(name)))
+            hooks.append(module.register_forward_hook(record(name)))
     try:
         with torch.no_grad():
             run()

@@ -31,11 +31,14 @@ import copy
 import logging
 import os
 import platform
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import torch
-from torch import nn
+from timm.layers import get_notrace_functions, get_notrace_modules
+from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from segmatecore.runtime import cpu_fusion
@@ -108,8 +111,18 @@ def cpu_bf16_is_faster() -> bool:
     flags = _cpu_flags()
     if flags:
         return {"amx_bf16", "amx_tile"} <= flags
+    return _torch_sees_amx()
+
+
+@lru_cache(maxsize=1)
+def _torch_sees_amx() -> bool:
+    """PyTorch's own AMX probe, where there is no /proc/cpuinfo to read. It is private (``torch.cpu``),
+    so a PyTorch without it, or one where it fails, counts as no AMX: fp32, the safe choice."""
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check is not None and check())
+    try:
+        return bool(check is not None and check())
+    except Exception:  # a changed signature or a probe that raises: unknown, so no AMX
+        return False
 
 
 def bf16_warning(device: torch.device, precision: str) -> str | None:
@@ -118,6 +131,19 @@ def bf16_warning(device: torch.device, precision: str) -> str | None:
         return None
     return ("precision bf16: this CPU has no AMX, so bf16 runs slower than fp32 here and its masks "
             "may differ at their edges; use precision auto (fp32) instead.")
+
+
+def fusion_notice(device: torch.device, optimizations: Optimizations = DEFAULT) -> str | None:
+    """The line for a run's warnings where eager PyTorch on the CPU would fuse convolutions but this
+    PyTorch cannot (:func:`segmatecore.runtime.cpu_fusion.available`), else None."""
+    if torch.device(device).type != "cpu" or not optimizations.fuse_convolutions:
+        return None
+    if optimizations.runtime != "torch":
+        from segmatecore.runtime import openvino as openvino_runtime
+
+        if openvino_runtime.available():
+            return None
+    return cpu_fusion.notice()
 
 
 def compute_dtype(device: torch.device, precision: str, optimizations: Optimizations = DEFAULT) -> torch.dtype:
@@ -133,17 +159,52 @@ def compute_dtype(device: torch.device, precision: str, optimizations: Optimizat
     return torch.float32
 
 
-def _conv_bn_pairs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[tuple[str, str]]:
+class _ModuleTracer(fx.Tracer):
+    """torch.fx tracer that keeps convolutions, batch norms (timm's BatchNormAct2d too) and the
+    modules and functions timm marks as untraceable as single nodes."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=tuple(f for f in get_notrace_functions() if callable(f)))
+        self.leaves = (nn.Conv2d, nn.BatchNorm2d, *get_notrace_modules())
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, self.leaves) or super().is_leaf_module(module, qualified_name)
+
+
+def _traced_graphs(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module, fx.Graph]]:
+    """(name prefix, module, torch.fx graph) for the largest sub-modules holding a batch norm whose
+    forward torch.fx traces. A forward that does not trace (shape checks, a ModuleList) is looked
+    into: its children are traced instead."""
+    if not any(isinstance(m, nn.BatchNorm2d) for m in module.modules()):
+        return
+    try:
+        graph = _ModuleTracer().trace(module)
+    except Exception:  # untraceable Python raises many kinds of error in torch.fx
+        graph = None
+    if graph is not None:
+        yield prefix, module, graph
+        return
+    for name, child in module.named_children():
+        yield from _traced_graphs(child, f"{prefix}{name}.")
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(convolution, batch norm) module names where the norm is the only reader of the convolution's
-    output (:func:`segmatecore.runtime.cpu_fusion.conv_output_readers`)."""
-    readers = cpu_fusion.conv_output_readers(model, lambda: model(*example), also=(nn.BatchNorm2d,))
-    pairs = []
-    for conv, names in readers.items():
-        if len(names) == 1:
-            (bn,) = names
-            if isinstance(model.get_submodule(bn), nn.BatchNorm2d):
-                pairs.append((conv, bn))
-    return pairs
+    output, read off torch.fx graphs (which see reads by plain code, ``y + conv(y)``, as well as by
+    modules). A module called more than once is left alone: one of its calls may not be a pair."""
+    calls: Counter[str] = Counter()
+    candidates = []
+    for prefix, root, graph in _traced_graphs(model):
+        for node in graph.nodes:
+            if node.op != "call_module":
+                continue
+            calls[prefix + node.target] += 1
+            source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+            if (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1
+                    and isinstance(root.get_submodule(node.target), nn.BatchNorm2d)
+                    and isinstance(root.get_submodule(source.target), nn.Conv2d)):
+                candidates.append((prefix + source.target, prefix + node.target))
+    return [(conv, bn) for conv, bn in candidates if calls[conv] == calls[bn] == 1]
 
 
 def _norm_remainder(bn: nn.BatchNorm2d) -> nn.Module:
@@ -168,20 +229,21 @@ def _example(model: nn.Module, size: int = 64, random: bool = False) -> tuple[to
             torch.full((1,), 0.5, device=parameter.device, dtype=parameter.dtype))
 
 
-def fold_batchnorm(model: nn.Module, example_size: int = 64) -> int:
-    """Fold every eval-mode BatchNorm2d into the convolution that feeds it; returns how many were folded."""
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every eval-mode batch norm into the convolution that feeds it alone (timm's
+    BatchNormAct2d keeps its activation); returns how many were folded."""
     if model.training:
         raise ValueError("BatchNorm folding needs a model in eval mode (model.eval()).")
-    example = _example(model, example_size)
-    pairs = _conv_bn_pairs(model, example)
-    for conv_name, bn_name in pairs:
+    folded = 0
+    for conv_name, bn_name in _conv_bn_pairs(model):
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-        if bn.running_mean is None or not isinstance(conv, nn.Conv2d):
+        if bn.running_mean is None or bn.running_var is None:
             continue
         for name, module in ((conv_name, fuse_conv_bn_eval(conv, bn)), (bn_name, _norm_remainder(bn))):
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, module)
-    return len(pairs)
+        folded += 1
+    return folded
 
 
 def set_threads(threads: int | None) -> None:
