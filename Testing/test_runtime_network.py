@@ -76,3 +76,17 @@ def test_openvino_asked_for_but_missing_is_a_clear_error_and_auto_falls_back_to_
     with pytest.raises(ValueError, match="OpenVINO is not installed"):
         prepare_network(net, CPU, "fp32", runtime="openvino")
     assert prepare_network(net, CPU, "fp32", runtime="auto").runtime == "torch"
+
+
+def test_without_the_cpu_fusion_the_run_says_so_once_and_gives_eager_results(net, monkeypatch):
+    from segmatecore.runtime import cpu_fusion
+
+    monkeypatch.setattr(cpu_fusion, "available", lambda: False)
+    x = 0.1 * torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = net(x, None).seg
+        network = prepare_network(net, CPU, "fp32")
+        out = network.decode(network.encode(x), None, ("seg",)).seg
+    assert len(network.notices) == 1 and "fusion" in network.notices[0].lower()
+    assert not any(type(m).__name__ == "FusedConv2d" for m in network.module.modules())
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=0)

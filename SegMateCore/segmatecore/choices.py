@@ -15,3 +15,6 @@ PEER_KEYS = ("nnunet_3d_fullres", "lightmedseg", "hrmedseg", "light_unetr")  # s
 DEVICE_DEFAULT = "auto"
 DEVICE_HELP = "auto (CUDA if available, then Apple MPS, else the CPU), cpu, cuda, cuda:N or mps"
 DICOM_FORMATS = ("rtstruct", "dicomseg")  # output formats that need the DICOM series the CT was read from
+# The most smoothing along z a model or a user may set: more would blur an organ's ends by
+# centimetres, and calibration never needs it.
+MAX_Z_SMOOTHING_MM = 20.0

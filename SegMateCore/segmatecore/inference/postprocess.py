@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from segmatecore.choices import MAX_Z_SMOOTHING_MM
 from segmatecore.data.organs import mirror_key, organ
 from segmatecore.data.preprocess import resize_slices
 
@@ -23,8 +24,6 @@ THRESHOLD = 0.5
 # A sided organ is reported only when its centroid is this far on the wrong side, so that organs
 # near the midline (or a midline guessed from the body outline) do not raise false alarms.
 LATERALITY_MARGIN_MM = 5.0
-# More would blur an organ's ends by centimetres; calibration never needs it.
-MAX_Z_SMOOTHING_MM = 20.0
 # A channel whose largest probability is this far below its threshold cannot pass it after a
 # bilinear resize, whatever the rounding of the interpolation weights.
 MARGIN = 1e-6

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from segmatecore.models import SegMateNet, SegMateWidths, backbone_spec, create_model
 from segmatecore.data.organs import PAPER_ORGANS, known_keys
-from segmatecore.inference.postprocess import MAX_Z_SMOOTHING_MM
+from segmatecore.choices import MAX_Z_SMOOTHING_MM
 
 FORMAT_VERSION = 1
 ARCHITECTURE = "SegMateNet"

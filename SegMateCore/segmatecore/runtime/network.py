@@ -24,7 +24,7 @@ from torch import nn
 
 from segmatecore.models import Encoded, SegMateOutput
 from segmatecore.runtime.devices import autocast_dtype
-from segmatecore.runtime.optimize import DEFAULT, prepare_for_inference
+from segmatecore.runtime.optimize import DEFAULT, fusion_notice, prepare_for_inference
 
 FIXED_BATCH_DEVICES = ("cuda",)
 
@@ -160,7 +160,11 @@ def prepare_network(model: nn.Module, device: torch.device, precision: str = "au
     if not isinstance(metadata, dict) or "preprocessing" not in metadata or "organs" not in metadata:
         raise ValueError("A model passed as a module needs a .metadata dict with 'organs' and 'preprocessing' "
                          "(as segmatecore.load_model sets it).")
-    prepared = prepare_for_inference(model, device, precision, optimizations=DEFAULT.with_(runtime=runtime),
-                                     copy_model=copy)[0]
+    optimizations = DEFAULT.with_(runtime=runtime)
+    prepared = prepare_for_inference(model, device, precision, optimizations=optimizations, copy_model=copy)[0]
     splits = callable(getattr(prepared, "encode", None)) and callable(getattr(prepared, "decode", None))
-    return (SplitNetwork if splits else WholeNetwork)(prepared, metadata, device, precision)
+    network = (SplitNetwork if splits else WholeNetwork)(prepared, metadata, device, precision)
+    notice = fusion_notice(device, optimizations) if splits else None
+    if notice:
+        network.notices.append(notice)
+    return network

@@ -40,7 +40,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from segmatecore.models.checkpoint import load_model, update_metadata
-    from segmatecore.inference.postprocess import MAX_Z_SMOOTHING_MM
+    from segmatecore.choices import MAX_Z_SMOOTHING_MM
     from segmatecore.train.calibrate import (DEFAULT_SMOOTHING_MM, MIN_CASES, calibrate_masks,
                                              measure_precision_agreement)
 
