@@ -90,3 +90,14 @@ def test_without_the_cpu_fusion_the_run_says_so_once_and_gives_eager_results(net
     assert len(network.notices) == 1 and "fusion" in network.notices[0].lower()
     assert not any(type(m).__name__ == "FusedConv2d" for m in network.module.modules())
     torch.testing.assert_close(out, expected, atol=2e-3, rtol=0)
+
+
+def test_a_bf16_run_on_the_cpu_checks_the_fusion_outside_its_autocast(net):
+    from segmatecore.runtime import cpu_fusion
+
+    cpu_fusion.available.cache_clear()
+    cpu_fusion._onednn_bf16.cache_clear()
+    with torch.inference_mode():
+        network = prepare_network(net, CPU, "bf16")
+        out = network.decode(network.encode(torch.zeros(1, 3, 64, 64)), None, ("seg",))
+    assert out.seg.shape == (1, 9, 64, 64) and torch.isfinite(out.seg.float()).all()

@@ -54,7 +54,7 @@ class Requirement:
         return version is not None and SpecifierSet(self.specifier).contains(version, prereleases=True)
 
 
-TORCH = Requirement("torch", ">=2.4,<2.15", "neural network inference (installed by the PyTorch extension)")
+TORCH = Requirement("torch", ">=2.4,<2.16", "neural network inference (installed by the PyTorch extension)")
 TORCHVISION = Requirement("torchvision", ">=0.19,<0.30",
                           "image operations the network backbones use (installed with PyTorch by the PyTorch extension)")
 INSTALLED_WITH_TORCH = ("torch", "torchvision")

@@ -71,13 +71,17 @@ def _pointwise_op() -> Callable | None:
 def _agrees_with_eager(op: Callable, dtype: torch.dtype, tolerance: float) -> bool:
     """Whether ``op`` runs a 3x3 convolution with each post-op FusedConv2d uses on a 1x4x8x8 input in
     ``dtype`` and gives eager PyTorch's result (computed in fp32 from the same values)."""
+    with torch.autocast("cpu", enabled=False), torch.no_grad():  # the check may first run inside a bf16 run
+        return _agrees(op, dtype, tolerance)
+
+
+def _agrees(op: Callable, dtype: torch.dtype, tolerance: float) -> bool:
     generator = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(shape, generator=generator).to(dtype) for shape in ((1, 4, 8, 8), (4, 4, 3, 3), (4,)))
     for attr, algorithm in _POST_OPS:
         expected = _REFERENCE[attr](F.conv2d(x.float(), weight.float(), bias.float(), 1, 1), algorithm)
         try:
-            with torch.no_grad():
-                got = op(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, attr, [None], algorithm)
+            got = op(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, attr, [None], algorithm)
         except Exception:  # a changed signature or a CPU without the kernel: not usable
             return False
         if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.allclose(
