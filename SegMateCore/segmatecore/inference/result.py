@@ -56,9 +56,10 @@ class SegmentationResult:
     def source_text(self) -> str:
         """SegMate's version and the model that made this result, e.g. "SegMate 0.1.0, model demo 0.1.0"."""
         from segmatecore import __version__
+        from segmatecore.models.intended_use import model_name
 
         info = self.model_info or {}
-        model = " ".join(str(v) for v in (info.get("id"), info.get("version")) if v) or "custom model"
+        model = model_name(info.get("id"), info.get("version"))
         return f"SegMate {__version__}, model {model}".replace("|", "/").replace(":", " ")  # tag delimiters
 
     def made_by(self) -> dict[str, Any]:

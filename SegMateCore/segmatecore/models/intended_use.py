@@ -41,6 +41,11 @@ def intended_use(meta: Mapping[str, Any] | None, entry: Mapping[str, Any] | None
     return {"intended_use": " ".join(text.split()), "clinical_use": bool(declared) and not demo}
 
 
+def model_name(model_id: Any, version: Any, unnamed: str = "custom model") -> str:
+    """How outputs name a model: "<model id> <version>" (either left out when unknown), else ``unnamed``."""
+    return " ".join(str(v) for v in (model_id, version) if v) or unnamed
+
+
 def is_clinical(model_info: Mapping[str, Any] | None) -> bool:
     """Whether a result's model (its ``model_info``) may be used clinically; False when unknown."""
     return bool((model_info or {}).get("clinical_use", False))
@@ -51,5 +56,5 @@ def notice(model_info: Mapping[str, Any] | None) -> str | None:
     if is_clinical(model_info):
         return None
     info = model_info or {}
-    model = " ".join(str(v) for v in (info.get("id"), info.get("version")) if v) or "this model"
+    model = model_name(info.get("id"), info.get("version"), unnamed="this model")
     return f"notice: {model} is {NOT_FOR_CLINICAL_USE}; review every contour before any use."
