@@ -5,7 +5,7 @@ import pytest
 
 from segmatecore.hub.catalogue import catalogue_entry, default_model_id, model_file
 from segmatecore.models.checkpoint import read_metadata
-from segmatecore.export.writers import dicom_texts
+from segmatecore.export.common import dicom_texts
 from segmatecore.models.intended_use import intended_use, notice
 
 
