@@ -191,13 +191,13 @@ class SegMateLogic:
 
     @staticmethod
     def downloadModel(modelId: str, progress: Optional[Callable[[int, int], None]] = None):
-        from segmatecore.hub.catalogue import download
+        from segmatecore.hub.download import download
 
         return download(modelId, progress=progress or False)
 
     @staticmethod
     def importModelFile(path: str):
-        from segmatecore.hub.catalogue import install_from_file
+        from segmatecore.hub.download import install_from_file
 
         return install_from_file(path)
 
@@ -211,7 +211,7 @@ class SegMateLogic:
 
     @staticmethod
     def clearModelCache():
-        from segmatecore.hub.catalogue import clear_cache
+        from segmatecore.hub.download import clear_cache
 
         return clear_cache()
 
