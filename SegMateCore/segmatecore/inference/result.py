@@ -6,6 +6,8 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from segmatecore.naming import model_name
+
 # Segment tags written into every .seg.nrrd (the CLI's and Slicer's), so a reviewer can tell what
 # made a contour and how tight it was cut from the probabilities.
 SOURCE_TAG = "SegMate.Source"  # SegMate version and model
@@ -56,7 +58,6 @@ class SegmentationResult:
     def source_text(self) -> str:
         """SegMate's version and the model that made this result, e.g. "SegMate 0.1.0, model demo 0.1.0"."""
         from segmatecore import __version__
-        from segmatecore.models.intended_use import model_name
 
         info = self.model_info or {}
         model = model_name(info.get("id"), info.get("version"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from segmatecore.naming import model_name
+
 NOT_FOR_CLINICAL_USE = "not for clinical use"
 UNSTATED = "not stated by the model"
 
@@ -39,11 +41,6 @@ def intended_use(meta: Mapping[str, Any] | None, entry: Mapping[str, Any] | None
     text = next((str(s[k]).strip() for k in ("intended_use", "description") for s in sources
                  if isinstance(s.get(k), str) and s[k].strip()), UNSTATED)
     return {"intended_use": " ".join(text.split()), "clinical_use": bool(declared) and not demo}
-
-
-def model_name(model_id: Any, version: Any, unnamed: str = "custom model") -> str:
-    """How outputs name a model: "<model id> <version>" (either left out when unknown), else ``unnamed``."""
-    return " ".join(str(v) for v in (model_id, version) if v) or unnamed
 
 
 def is_clinical(model_info: Mapping[str, Any] | None) -> bool:
