@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from segmatecore.hub import catalogue
+from segmatecore.hub import download as installer
 from segmatecore.cli import main as cli
 from segmatecore.models.checkpoint import CheckpointError, default_metadata, read_metadata, save_model
 from segmatecore.models import backbone_spec, create_model
@@ -166,7 +167,7 @@ def cache_contents(env) -> list[str]:
 
 def test_good_download_installs_a_verified_model(env):
     seen = []
-    path = catalogue.download("tiny_good", progress=lambda done, total: seen.append((done, total)))
+    path = installer.download("tiny_good", progress=lambda done, total: seen.append((done, total)))
     assert path == env["cache"] / "tiny_good.safetensors"
     assert path.read_bytes() == env["payload"]
     assert cache_contents(env) == ["tiny_good.safetensors"]
@@ -182,7 +183,7 @@ def test_good_download_installs_a_verified_model(env):
                                            ("interrupted", "incomplete"), ("reset", "failed")])
 def test_bad_download_is_rejected_and_leaves_nothing(env, name, message):
     with pytest.raises(catalogue.CatalogueError, match=message):
-        catalogue.download(f"tiny_{name}", progress=False)
+        installer.download(f"tiny_{name}", progress=False)
     assert cache_contents(env) == []
     with pytest.raises(FileNotFoundError, match=f"segmate models download tiny_{name}"):
         catalogue.resolve_model(f"tiny_{name}")
@@ -194,17 +195,17 @@ def test_download_stopped_by_the_user_leaves_nothing(env):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        catalogue.download("tiny_good", progress=stop)
+        installer.download("tiny_good", progress=stop)
     assert cache_contents(env) == []
 
 
 def test_failed_download_keeps_the_installed_copy_and_http_errors_are_clear(env):
-    catalogue.download("tiny_good", progress=False)
+    installer.download("tiny_good", progress=False)
     with pytest.raises(catalogue.CatalogueError, match="HTTP 404"):
-        catalogue.download("tiny_missing", progress=False)
+        installer.download("tiny_missing", progress=False)
     assert cache_contents(env) == ["tiny_good.safetensors"]
     with pytest.raises(catalogue.CatalogueError, match="bundled"):
-        catalogue.download("tiny_bundled", progress=False)
+        installer.download("tiny_bundled", progress=False)
 
 
 # ----------------------------------------------------------------------------------------------- imports
@@ -212,16 +213,16 @@ def test_failed_download_keeps_the_installed_copy_and_http_errors_are_clear(env)
 
 def test_import_of_wrong_architecture_is_refused_with_a_clear_message(env, model_files):
     with pytest.raises(CheckpointError, match=r"do not fit a mambaout_tiny SegMateNet"):
-        catalogue.install_from_file(model_files["wrong"])
+        installer.install_from_file(model_files["wrong"])
     with pytest.raises(CheckpointError, match="not a SegMate model"):
-        catalogue.install_from_file(model_files["foreign"])
+        installer.install_from_file(model_files["foreign"])
     with pytest.raises(catalogue.CatalogueError, match="segmate import-research"):
-        catalogue.install_from_file(model_files["pickled"])
+        installer.install_from_file(model_files["pickled"])
     assert cache_contents(env) == []
 
 
 def test_import_installs_checked_files_and_remove_deletes_them(env, model_files):
-    installed = catalogue.install_from_file(model_files["own"])
+    installed = installer.install_from_file(model_files["own"])
     assert installed == env["cache"] / "my_finetune.safetensors"
     assert catalogue.resolve_model("my_finetune") == installed
     listed = {m["id"]: m for m in catalogue.list_models()}
@@ -229,14 +230,14 @@ def test_import_installs_checked_files_and_remove_deletes_them(env, model_files)
     assert listed["my_finetune"]["trained_organs"] == TRAINED
 
     # the bytes of a catalogue entry install as that entry; a bundled model's are already in place
-    assert catalogue.install_from_file(model_files["good"]) == env["cache"] / "tiny_good.safetensors"
-    assert catalogue.install_from_file(model_files["bundled"]) == env["resources"] / "Models" / "tiny_bundled.safetensors"
+    assert installer.install_from_file(model_files["good"]) == env["cache"] / "tiny_good.safetensors"
+    assert installer.install_from_file(model_files["bundled"]) == env["resources"] / "Models" / "tiny_bundled.safetensors"
     assert catalogue.resolve_model("tiny_good").is_file()
 
-    assert catalogue.remove("my_finetune") == installed and not installed.exists()
+    assert installer.remove("my_finetune") == installed and not installed.exists()
     with pytest.raises(catalogue.CatalogueError, match="bundled"):
-        catalogue.remove("tiny_bundled")
-    assert [p.name for p in catalogue.clear_cache()] == ["tiny_good.safetensors"]
+        installer.remove("tiny_bundled")
+    assert [p.name for p in installer.clear_cache()] == ["tiny_good.safetensors"]
     assert cache_contents(env) == []
 
 
@@ -267,7 +268,7 @@ def test_a_model_damaged_on_disk_is_refused_at_load(env, model_files):
     """One flipped bit in an installed weight file still loads as safetensors; the SHA-256 must catch it."""
     from segmatecore.hub.loading import load_with_facts as load_segmentation_model
 
-    installed = catalogue.download("tiny_good", progress=False)
+    installed = installer.download("tiny_good", progress=False)
     assert load_segmentation_model("tiny_good")[0].metadata["trained_organs"] == TRAINED
     _flip_one_weight_byte(installed)
     read_metadata(installed)  # still a readable SegMate file: only the digest tells

@@ -177,7 +177,7 @@ def test_a_failure_while_writing_leaves_no_case_folder_and_keeps_the_previous_on
         (Path(outdir) / "labels.nii.gz").write_bytes(b"half")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("segmatecore.export.writers.write_outputs", write_then_fail)
+    monkeypatch.setattr("segmatecore.export.outputs.write_outputs", write_then_fail)
     assert cli.main(["predict", str(path), "-o", str(out), "--format", "nifti"]) == 1
     assert "case: FAILED: OSError: No space left on device" in capsys.readouterr().out
     assert (out / "case" / "labels.nii.gz").read_bytes() == before

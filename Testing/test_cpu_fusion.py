@@ -3,7 +3,6 @@ MambaOut's gated blocks rewritten must compute what the original model computes
 (segmatecore.runtime.cpu_fusion)."""
 from __future__ import annotations
 
-import copy
 import logging
 from types import SimpleNamespace
 

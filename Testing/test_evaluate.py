@@ -9,7 +9,6 @@ import pytest
 import SimpleITK as sitk
 
 from intensity_model import IntensityModel, band_centre
-from segmatecore import segment
 from segmatecore.data.geometry import canonical_image
 from segmatecore.evaluation.evaluate import evaluate
 from segmatecore.inference.predictor import SegMatePredictor

@@ -18,8 +18,13 @@ from conftest import DICOM_SERIES
 from rt_utils import RTStructBuilder
 
 import segmatecore
-from segmatecore.export.writers import (OUTPUT_FILES, ijk_to_lps, oriented_views, write_labels_nifti, write_outputs,
-                                write_preview, write_report, write_rtstruct, write_seg_nrrd)
+from segmatecore.export.common import ijk_to_lps
+from segmatecore.export.nifti import write_labels_nifti
+from segmatecore.export.nrrd import write_seg_nrrd
+from segmatecore.export.outputs import OUTPUT_FILES, write_outputs
+from segmatecore.export.preview import oriented_views, write_preview
+from segmatecore.export.report import write_report
+from segmatecore.export.rtstruct import write_rtstruct
 from segmatecore.data.geometry import canonical_frame, from_canonical
 from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
 from segmatecore.inference.result import SegmentationResult

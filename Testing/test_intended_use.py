@@ -5,7 +5,7 @@ import pytest
 
 from segmatecore.hub.catalogue import catalogue_entry, default_model_id, model_file
 from segmatecore.models.checkpoint import read_metadata
-from segmatecore.export.writers import dicom_texts
+from segmatecore.export.common import dicom_texts
 from segmatecore.models.intended_use import intended_use, notice
 
 
@@ -50,3 +50,21 @@ def test_notice_and_dicom_texts_keep_the_value_lengths_dicom_allows():
     assert len(texts["description"]) <= 1024  # ST
     clinical = dicom_texts({"model_id": "m", "model_version": "1", "clinical_use": True})
     assert clinical["label"] == "SegMate" and "clinical" not in clinical["series_description"] + clinical["description"]
+
+
+@pytest.mark.parametrize("model_id, version, name", [("head_neck", "1.2.0", "head_neck 1.2.0"),
+                                                      ("head_neck", None, "head_neck"), (None, None, None)])
+def test_the_notice_the_segment_tags_and_the_dicom_texts_name_the_model_alike(model_id, version, name):
+    from segmatecore.inference.result import SegmentationResult
+
+    info = {"id": model_id, "version": version, "clinical_use": False}
+    result = SegmentationResult(labelmap=None, organs=[], labels={}, volumes_ml={}, timings={}, z_range={},
+                                model_info=info)
+    texts = dicom_texts({"model_id": model_id, "model_version": version})
+    if name is None:  # no name known: each output says so in its own words
+        assert texts["model"] == "custom model" and notice(info).startswith("notice: this model is")
+        assert result.source_text().endswith("model custom model")
+        return
+    assert texts["model"] == name and texts["software_versions"][1] == name
+    assert notice(info).startswith(f"notice: {name} is not for clinical use")
+    assert result.source_text().endswith(f"model {name}")

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from segmatecore.hub import catalogue
+from segmatecore.hub import download as installer
 from segmatecore.models import checkpoint
 from segmatecore.models.checkpoint import CheckpointError, default_metadata, load_model, read_metadata, save_model
 from segmatecore.models import backbone_spec, create_model
@@ -213,7 +214,7 @@ def test_download_with_a_flipped_byte_is_refused_and_nothing_installed(weights, 
     served_catalogue["server"].payload = bytes(body)
     with pytest.raises(catalogue.CatalogueError, match="does not match the catalogue's SHA-256 .*Nothing was "
                                                        "installed"):
-        catalogue.download("served_model", progress=False)
+        installer.download("served_model", progress=False)
     cache = served_catalogue["cache"]
     assert not cache.exists() or list(cache.iterdir()) == []
 
@@ -227,7 +228,7 @@ def test_damaged_copy_is_not_imported_under_a_catalogue_name(weights, served_cat
     with pytest.raises((catalogue.CatalogueError, CheckpointError),
                        match="has the name of catalogue model served_model but not its SHA-256|not a safetensors|"
                              "metadata|do not fit|could not be read"):
-        catalogue.install_from_file(path)
+        installer.install_from_file(path)
     cache = served_catalogue["cache"]
     assert not cache.exists() or list(cache.iterdir()) == []
 
@@ -300,7 +301,7 @@ def test_pickles_presented_as_models_are_refused_and_never_run(tmp_path, monkeyp
             read_metadata(path)
         with pytest.raises((catalogue.CatalogueError, CheckpointError), match="not a .safetensors file|"
                                                                               "not a safetensors file|pickled"):
-            catalogue.install_from_file(path)
+            installer.install_from_file(path)
     assert unpickled == [] and not marker.exists()
 
 
@@ -359,4 +360,4 @@ def test_input_size_is_bound_to_the_file_by_the_sha256(weights, served_catalogue
     other.rename(named)
     with pytest.raises(catalogue.CatalogueError, match="has the name of catalogue model served_model but not its "
                                                        "SHA-256"):
-        catalogue.install_from_file(named)
+        installer.install_from_file(named)

@@ -20,7 +20,6 @@ from segmatecore.inference.postprocess import z_smoothing_mm
 from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 from segmatecore.train.calibrate import CaseSweep, calibrate_masks
 from segmatecore.data.prepared import load_cases
-from segmatecore.data.prepare import decode_labels
 from segmatecore.inference.labels import ProbabilitiesOnGrid
 from segmatecore.inference.predictor import SegMatePredictor
 from segmatecore.inference.zsmoothing import ZSmoother

@@ -62,7 +62,8 @@ def _extent(reference: Path, labels: tuple[int, ...] | None) -> tuple[int, int]:
 def _segmenter():
     """A function (image, z mode, extent, tta) -> labelmap for the segmatecore on the path."""
     try:
-        from segmatecore.inference.engine import GroundTruthZ, SegMatePredictor
+        from segmatecore.inference.predictor import SegMatePredictor
+        from segmatecore.inference.zstrategy import GroundTruthZ
     except ImportError:
         return _segmenter_flat()
     predictor = SegMatePredictor(device="cpu")

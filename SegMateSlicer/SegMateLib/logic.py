@@ -21,7 +21,7 @@ from .corepath import ensureSegMateCoreImportable
 from .devices import DEVICE_CHOICES, torchDevice
 from .terminology import NAMING_CHOICES
 
-# segmatecore.inference.engine.PRECISIONS, named here so that the panel can list them without importing PyTorch
+# segmatecore.choices.PRECISIONS, named here so that the panel can list them without importing PyTorch
 PRECISION_CHOICES = {"auto": "Automatic", "fp32": "fp32", "bf16": "bf16"}
 
 __all__ = ["DEVICE_CHOICES", "NAMING_CHOICES", "PRECISION_CHOICES", "SegMateLogic", "SegMateRun", "torchDevice"]
@@ -191,13 +191,13 @@ class SegMateLogic:
 
     @staticmethod
     def downloadModel(modelId: str, progress: Optional[Callable[[int, int], None]] = None):
-        from segmatecore.hub.catalogue import download
+        from segmatecore.hub.download import download
 
         return download(modelId, progress=progress or False)
 
     @staticmethod
     def importModelFile(path: str):
-        from segmatecore.hub.catalogue import install_from_file
+        from segmatecore.hub.download import install_from_file
 
         return install_from_file(path)
 
@@ -211,7 +211,7 @@ class SegMateLogic:
 
     @staticmethod
     def clearModelCache():
-        from segmatecore.hub.catalogue import clear_cache
+        from segmatecore.hub.download import clear_cache
 
         return clear_cache()
 

@@ -1,6 +1,6 @@
 """The models the panel offers: the SegMateCore catalogue (bundled, downloadable, imported) as choices.
 
-Thin on purpose: listing, importing, downloading and clearing are ``segmatecore.hub.catalogue``'s job;
+Thin on purpose: listing, importing, downloading and clearing are ``segmatecore.hub``'s job;
 this only shapes its entries for a combo box and says which organs each model was trained on.
 """
 from __future__ import annotations

@@ -108,8 +108,8 @@ class ModelCache:
 
 def _modelPath(model: Optional[str], allowDownload: bool, events: RequestEvents) -> Path:
     """The model file, downloaded first (with progress) when the panel confirmed the download."""
-    from segmatecore.hub.catalogue import (ModelNotInstalledError, catalogue_entries, download, is_bundled,
-                                       resolve_model)
+    from segmatecore.hub.catalogue import ModelNotInstalledError, catalogue_entries, is_bundled, resolve_model
+    from segmatecore.hub.download import download
 
     try:
         return Path(resolve_model(model))
@@ -205,8 +205,8 @@ class Worker:
         return {"models": [asdict(choice) for choice in modelChoices()]}
 
     def importModel(self, args: dict[str, Any], events: RequestEvents) -> dict[str, Any]:
-        """Check a model file and copy it into the model cache (``segmatecore.hub.catalogue.install_from_file``)."""
-        from segmatecore.hub.catalogue import install_from_file
+        """Check a model file and copy it into the model cache (``segmatecore.hub.download.install_from_file``)."""
+        from segmatecore.hub.download import install_from_file
 
         installed = install_from_file(args["path"])
         return {"path": str(installed), "id": installed.stem}

@@ -395,7 +395,7 @@ def _network_worker(job: dict[str, Any], config: Config, device: torch.device) -
 
 def _end_to_end_worker(job: dict[str, Any], config: Config, device: torch.device) -> dict[str, Any]:
     from segmatecore.models.checkpoint import load_model
-    from segmatecore.export.writers import write_outputs
+    from segmatecore.export.outputs import write_outputs
     from segmatecore.inference.engine import segment
     from segmatecore.runtime.optimize import compute_dtype, prepare_for_inference
 
@@ -422,7 +422,7 @@ def _end_to_end_worker(job: dict[str, Any], config: Config, device: torch.device
 
 def _peer_worker(job: dict[str, Any], config: Config, device: torch.device) -> dict[str, Any]:
     """A peer on the whole CT, from reading the CT to the written labels (random weights, fixed seed)."""
-    from segmatecore.export.writers import write_labels_nifti
+    from segmatecore.export.nifti import write_labels_nifti
     from segmatecore.bench.peers import peer_spec
 
     spec = peer_spec(config.peer)

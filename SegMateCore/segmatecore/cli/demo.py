@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import SimpleITK as sitk
 
     from segmatecore.inference.predictor import segment
-    from segmatecore.export.writers import write_outputs
+    from segmatecore.export.outputs import write_outputs
     from segmatecore.resources import resource_path
 
     sample = sample_entries()[0]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from segmatecore.data.atomic import atomic_path, write_text_atomic
 from segmatecore.data.geometry import to_canonical
 from segmatecore.data.organs import known_keys
 from segmatecore.data.sources import CaseSource, find_cases
@@ -97,14 +98,12 @@ def convert_case(case: CaseSource, out_dir: Path, keys: list[str], dataset_dir: 
     any_slice = np.flatnonzero(presence.any(axis=1))
     extent = [int(any_slice[0]), int(any_slice[-1])] if any_slice.size else None
     case_dir = out_dir / "cases" / case.case_id
-    tmp = out_dir / "cases" / f".tmp-{case.case_id}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "image.npy", hu)
-    np.save(tmp / "labels.npy", bits)
-    np.save(tmp / "presence.npy", presence)
-    shutil.rmtree(case_dir, ignore_errors=True)
-    os.replace(tmp, case_dir)
+    with atomic_path(case_dir) as tmp:
+        tmp.mkdir()
+        np.save(tmp / "image.npy", hu)
+        np.save(tmp / "labels.npy", bits)
+        np.save(tmp / "presence.npy", presence)
+        shutil.rmtree(case_dir, ignore_errors=True)  # a folder replaces only a missing or empty one
     return {
         "id": case.case_id, "patient": case.patient_id,
         "image": os.path.relpath(case.image, dataset_dir) if dataset_dir is not None else Path(case.image).name,
@@ -217,9 +216,7 @@ def prepare(kind: str, src: str | Path, out: str | Path, *, workers: int | None 
         "cases": records, "failures": failures,
         "seconds": round(time.time() - started, 1),
     }
-    tmp = index_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
-    os.replace(tmp, index_path)
+    write_text_atomic(index_path, json.dumps(index, indent=1))
     return index
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
+from segmatecore.data.atomic import atomic_path, write_text_atomic
 from segmatecore.data.geometry import canonical_image, to_canonical
 from segmatecore.data.organs import OrganSet
 from segmatecore.data.prepared import load_cases
@@ -83,8 +83,8 @@ def evaluate(model: str | Path | torch.nn.Module, data_dirs: Sequence[str | Path
                    data=[str(d) for d in data_dirs], split=split, cases=len({r["case"] for r in rows}),
                    seconds_per_volume=round(float(np.mean(seconds)), 2), device=device, tta=bool(tta))
     write_csv(rows, out / "metrics.csv")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    (out / "summary.md").write_text(markdown_summary(summary), encoding="utf-8")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    write_text_atomic(out / "summary.md", markdown_summary(summary))
     boxplot(rows, out / "boxplot.png")
     return summary
 
@@ -138,7 +138,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    """One row per (case, organ, mode), written atomically; NaN (no surface) as an empty cell."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         for r in rows:
@@ -193,5 +194,6 @@ def boxplot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from segmatecore.data.atomic import atomic_path
 from segmatecore.data.organs import Organ, category, segment_name
+from segmatecore.export.common import check_labelmap, dicom_texts, resolve_legend, series_files
 
 SEG_SERIES_NUMBER = 901  # the SEG's own series in the study; any number not taken by the CT's usual series
 CONTENT_LABEL = "SEGMATE"  # CS, at most 16 characters
@@ -29,9 +31,7 @@ def source_datasets(dicom_dir: str | os.PathLike, series_uid: str | None = None)
     """The headers of the series' images (the series the CT reader picks), in the reader's order."""
     import pydicom
 
-    from segmatecore.export.writers import _series_files
-
-    files, _ = _series_files(Path(dicom_dir), series_uid)
+    files, _ = series_files(Path(dicom_dir), series_uid)
     return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
 
 
@@ -135,10 +135,8 @@ def write_dicom_seg(labelmap: sitk.Image, legend: Mapping[str, int], dicom_dir: 
     """
     import highdicom as hd
 
-    from segmatecore.export.writers import _atomic_target, _check_labelmap, _resolve_legend, dicom_texts
-
-    labelmap = _check_labelmap(labelmap)
-    chosen = _resolve_legend(legend)
+    labelmap = check_labelmap(labelmap)
+    chosen = resolve_legend(legend)
     datasets = source_datasets(dicom_dir, series_uid)
     segment_of_label = np.zeros(256, dtype=np.uint8)
     for number, (_, value) in enumerate(chosen, start=1):
@@ -148,7 +146,7 @@ def write_dicom_seg(labelmap: sitk.Image, legend: Mapping[str, int], dicom_dir: 
     with warnings.catch_warnings():  # the CT's own patient name, copied as it is, may be a single component
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
         seg = _segmentation(hd, datasets, frames, chosen, naming, texts)
-    with _atomic_target(path) as tmp:
+    with atomic_path(path) as tmp:
         seg.save_as(str(tmp))
     return Path(path)
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from segmatecore.naming import model_name
+
 # Segment tags written into every .seg.nrrd (the CLI's and Slicer's), so a reviewer can tell what
 # made a contour and how tight it was cut from the probabilities.
 SOURCE_TAG = "SegMate.Source"  # SegMate version and model
@@ -58,7 +60,7 @@ class SegmentationResult:
         from segmatecore import __version__
 
         info = self.model_info or {}
-        model = " ".join(str(v) for v in (info.get("id"), info.get("version")) if v) or "custom model"
+        model = model_name(info.get("id"), info.get("version"))
         return f"SegMate {__version__}, model {model}".replace("|", "/").replace(":", " ")  # tag delimiters
 
     def made_by(self) -> dict[str, Any]:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
-import tempfile
 from copy import deepcopy
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from segmatecore.data.atomic import atomic_path
 from segmatecore.models import SegMateNet, SegMateWidths, backbone_spec, create_model
 from segmatecore.data.organs import PAPER_ORGANS, known_keys
 from segmatecore.choices import MAX_Z_SMOOTHING_MM
@@ -279,16 +278,6 @@ def update_metadata(path: str | Path, update: Callable[[dict[str, Any]], None],
 
 
 def _write_atomically(state: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is as readable as any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
     return path

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from segmatecore.naming import model_name
+
 NOT_FOR_CLINICAL_USE = "not for clinical use"
 UNSTATED = "not stated by the model"
 
@@ -51,5 +53,5 @@ def notice(model_info: Mapping[str, Any] | None) -> str | None:
     if is_clinical(model_info):
         return None
     info = model_info or {}
-    model = " ".join(str(v) for v in (info.get("id"), info.get("version")) if v) or "this model"
+    model = model_name(info.get("id"), info.get("version"), unnamed="this model")
     return f"notice: {model} is {NOT_FOR_CLINICAL_USE}; review every contour before any use."

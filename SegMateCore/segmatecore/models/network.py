@@ -38,7 +38,7 @@ class Encoded(NamedTuple):
     """A batch's encoder output: aligned skips (finest first), ASPP context before FiLM, input size.
 
     Nothing in it depends on z_norm, so the label-free first pass's encodings serve the second
-    pass unchanged (segmatecore.inference.engine.FeatureCache).
+    pass unchanged (segmatecore.runtime.feature_cache).
     """
 
     skips: tuple[torch.Tensor, ...]

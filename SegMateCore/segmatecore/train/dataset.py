@@ -16,9 +16,7 @@ Augmentation (kornia) is deterministic per (seed, epoch, index), whatever the wo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch

@@ -1,26 +1,13 @@
 """The training loop behind ``segmate train`` and ``segmate finetune``.
 
-One process per device; under ``torchrun`` the process group comes from the environment
-(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so the same command runs on one CPU,
-one GPU, several GPUs or several nodes. Rank 0 validates, logs and writes files.
-
-Run folder (``--run-dir``)::
-
-    checkpoint.pt        last state (model, optimiser, scheduler, scaler, sampler position); written atomically
-    best.safetensors     weights with the best validation Dice so far (fp32, full metadata)
-    last.safetensors     weights at the last validation (to continue with segmate finetune)
-    history.json         per-validation losses and Dice
-    tb/                  TensorBoard logs
+One process per device (see :mod:`segmatecore.train.config`); rank 0 validates, logs and writes
+the run folder's files (:mod:`segmatecore.train.run_folder`).
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,163 +16,20 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from segmatecore.models.checkpoint import default_metadata, save_model
-from segmatecore.models import SegMateNet, create_model
-from segmatecore.data.organs import OrganSet, known_keys
-from segmatecore.data.preprocess import Preprocessing
-from segmatecore.train.dataset import BalancedSampler, PreparedCase, SliceDataset, balanced_weights, load_cases
-from segmatecore.train.losses import LossWeights, SegMateLoss
+from segmatecore.data.organs import OrganSet
 from segmatecore.data.prepare import load_index
+from segmatecore.data.preprocess import Preprocessing
+from segmatecore.models import SegMateNet, create_model
+from segmatecore.models.checkpoint import default_metadata, save_model
+from segmatecore.train.config import TrainConfig, pick_device, setup_distributed
+from segmatecore.train.dataset import BalancedSampler, SliceDataset, balanced_weights, load_cases
+from segmatecore.train.losses import LossWeights, SegMateLoss
+from segmatecore.train.model_init import choose_extent_organs, data_organs, trained_organs, warm_start
+from segmatecore.train.run_folder import (BEST, CHECKPOINT, HISTORY, LAST, TENSORBOARD, checkpoint_organs, git_commit,
+                                          load_checkpoint, portable_path, save_checkpoint, write_history)
+from segmatecore.train.validation import validate
 
 log = logging.getLogger("segmate.train")
-
-
-@dataclass
-class TrainConfig:
-    data: list[str]
-    backbone: str = "fastvit_t12"
-    organs: list[str] | None = None        # the model's organs in channel order (None: those the data annotate)
-    extent_organs: list[str] | None = None  # define z_norm's organ extent (None: see choose_extent_organs)
-    run_dir: str = "runs/segmate"
-    output: str | None = None
-    input_size: int = 512
-    batch_size: int = 32
-    epochs: int = 100
-    samples_per_epoch: int | None = None   # None: every training slice once per epoch
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    schedule: str = "plateau"              # "plateau" (train) or "cosine" (finetune)
-    plateau_factor: float = 0.5
-    plateau_patience: int = 3
-    freeze_encoder_epochs: int = 0
-    deep_supervision: bool = True
-    pretrained: bool = False
-    init_model: str | None = None          # finetune: start from these weights
-    augment: str = "paper"
-    balance_power: float = 1.0
-    empty_share: float = 0.1
-    workers: int = 4
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    dtype: str = "fp32"                    # of the final model file
-    val_max_slices: int | None = None      # per validation case, centred on its organs (None: all)
-    val_split: str = "val"                 # "train" only for overfit checks
-    log_every: int = 20
-    checkpoint_every: int = 500
-    resume: bool = False
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- distributed
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: torch.device) -> Dist:
-    """Join the process group that torchrun describes in the environment (no-op when alone)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-# ----------------------------------------------------------------------------- helpers
-def git_commit() -> dict[str, Any]:
-    """The commit of the code that trained the model (read-only git queries)."""
-    root = Path(__file__).resolve().parents[3]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-        return {"commit": commit or None, "uncommitted_changes": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "uncommitted_changes": None}
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def trained_organs(cases: list[PreparedCase], organs: list[str]) -> list[str]:
-    """The model's organs annotated with at least one voxel in the training cases: what it has learnt."""
-    return [k for k in organs if any(case.record.get("voxels", {}).get(k, 0) > 0 for case in cases)]
-
-
-def data_organs(indexes: list[dict[str, Any]]) -> list[str]:
-    """The organs the prepared folders hold, in the organ table's order: a new model's default organs."""
-    held = {k for index in indexes for k in index["organs"]}
-    return [k for k in known_keys() if k in held]
-
-
-#: An organ defines the z_norm extent when at least this share of the training cases annotates it.
-EXTENT_COVERAGE = 0.9
-
-
-def choose_extent_organs(cases: list[PreparedCase], organs: list[str]) -> list[str]:
-    """The organs whose first and last slices define z_norm's extent: those annotated in at least
-    ``EXTENT_COVERAGE`` of the training cases (all of them when every case annotates every organ,
-    as in TotalSegmentator). Rarely contoured organs would make the extent depend on whether a
-    clinician drew them; cases that lack an extent organ train with FiLM off."""
-    share = {k: float(np.mean([k in c.record["annotated"] for c in cases])) for k in organs}
-    chosen = [k for k in organs if share[k] >= EXTENT_COVERAGE]
-    return chosen or [max(organs, key=lambda k: share[k])]
-
-
-def warm_start(model: SegMateNet, organs: list[str], source: SegMateNet, source_organs: list[str]) -> list[str]:
-    """Copy ``source``'s weights into ``model``; the output heads' rows are copied by organ key, so a
-    model with another organ set keeps what the source learnt of their shared organs. Returns the
-    organs that start from scratch."""
-    target = model.state_dict()
-    shared = [k for k in organs if k in source_organs]
-    rows_to = torch.tensor([organs.index(k) for k in shared], dtype=torch.long)
-    rows_from = torch.tensor([source_organs.index(k) for k in shared], dtype=torch.long)
-    problems = []
-    for name, value in source.state_dict().items():
-        if name not in target:
-            problems.append(f"unexpected {name}")
-        elif _is_head(name) and value.shape[1:] == target[name].shape[1:]:
-            target[name][rows_to] = value[rows_from].to(target[name].dtype)
-        elif value.shape == target[name].shape and not _is_head(name):
-            target[name].copy_(value)
-        else:
-            problems.append(f"{name} has shape {tuple(value.shape)}, expected {tuple(target[name].shape)}")
-    missing = [k for k in target if k not in source.state_dict() and not k.startswith("deep_heads.")]
-    if problems or missing:
-        raise ValueError(f"the initial model does not fit: {'; '.join((problems + missing)[:3])}.")
-    model.load_state_dict(target)
-    return [k for k in organs if k not in source_organs]
-
-
-def _is_head(name: str) -> bool:
-    """Tensors with one row per organ."""
-    return name.startswith(("seg_head.", "boundary_head.", "presence_head.", "deep_heads."))
-
-
-def _unwrap(model: torch.nn.Module) -> SegMateNet:
-    return model.module if hasattr(model, "module") else model
 
 
 def _set_encoder_trainable(model: SegMateNet, trainable: bool) -> None:
@@ -193,51 +37,6 @@ def _set_encoder_trainable(model: SegMateNet, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
-# ----------------------------------------------------------------------------- validation
-@torch.no_grad()
-def validate(model: SegMateNet, cases: list[PreparedCase], pre: Preprocessing, loss_fn: SegMateLoss,
-             device: torch.device, batch_size: int, amp: bool, max_slices: int | None = None, *,
-             organs: list[str], extent_organs: list[str] | None = None) -> dict[str, Any]:
-    """Loss and 3D Dice (at the input size, ground-truth z_norm) over the validation cases.
-
-    Dice of organ k in a case is 2|P∩G| / (|P| + |G|) summed over its slices, for annotated organs
-    present in the case; the score is the mean over (case, organ) pairs.
-    """
-    model.eval()
-    keys = list(organs)
-    losses, per_pair = [], {k: [] for k in keys}
-    for case in cases:
-        ds = SliceDataset([case], pre, keys, augment="none", extent_organs=extent_organs)
-        slices = np.arange(case.depth)
-        if max_slices and case.depth > max_slices:
-            first, last = ds.extents[0] or case.record["extent"] or (0, case.depth - 1)
-            centre = (first + last) // 2
-            start = int(np.clip(centre - max_slices // 2, 0, case.depth - max_slices))
-            slices = slices[start:start + max_slices]
-        inter = torch.zeros(len(keys)); psum = torch.zeros(len(keys)); gsum = torch.zeros(len(keys))
-        for i in range(0, len(slices), batch_size):
-            items = [ds[int(t)] for t in slices[i:i + batch_size]]
-            batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-                out = model(batch["image"], batch["z_norm"])
-            loss, _ = loss_fn(out, batch["target"], batch["annotated"], batch["presence"])
-            losses.append((float(loss), len(items)))
-            pred = (out.seg.float() > 0).float()
-            inter += (pred * batch["target"]).sum(dim=(0, 2, 3)).cpu()
-            psum += pred.sum(dim=(0, 2, 3)).cpu()
-            gsum += batch["target"].sum(dim=(0, 2, 3)).cpu()
-        for c, k in enumerate(keys):
-            if k in case.record["annotated"] and gsum[c] > 0:
-                per_pair[k].append(float(2 * inter[c] / (psum[c] + gsum[c])))
-    model.train()
-    total = sum(n for _, n in losses)
-    dice = {k: float(np.mean(v)) for k, v in per_pair.items() if v}
-    pairs = [d for v in per_pair.values() for d in v]
-    return {"loss": sum(l * n for l, n in losses) / max(total, 1), "dice": float(np.mean(pairs)) if pairs else 0.0,
-            "dice_per_organ": dice}
-
-
-# ----------------------------------------------------------------------------- training
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -296,11 +95,9 @@ class Trainer:
 
     def _initial_organs(self) -> list[str] | None:
         """A resumed run keeps the organs of its checkpoint; a fine-tune those of the model it starts from."""
-        checkpoint = Path(self.cfg.run_dir) / "checkpoint.pt"
+        checkpoint = Path(self.cfg.run_dir) / CHECKPOINT
         if self.cfg.resume and checkpoint.is_file():
-            # memory-mapped: only the organ list is read here; load_state reads the weights once, later
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-            return state.get("organs") or state["config"].get("organs")
+            return checkpoint_organs(checkpoint)  # load_state reads the weights once, later
         if not self.cfg.init_model:
             return None
         from segmatecore.models.checkpoint import read_metadata
@@ -335,7 +132,7 @@ class Trainer:
                 "history": self.history, "config": asdict(self.cfg), "organs": self.organs}
 
     def load_state(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = load_checkpoint(path, self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -346,7 +143,7 @@ class Trainer:
 
     def metadata(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         cfg = self.cfg
-        data = [{"path": _portable_path(i["root"]), "kind": i["kind"], "source": Path(i["source"]).name, "seed": i["seed"],
+        data = [{"path": portable_path(i["root"]), "kind": i["kind"], "source": Path(i["source"]).name, "seed": i["seed"],
                  "splits": {k: v for k, v in i["splits"].items()},
                  "notes": sorted({n for r in i["cases"] for n in r.get("notes", [])})} for i in self.indexes]
         provenance = {
@@ -358,7 +155,7 @@ class Trainer:
                 "plateau": {"factor": cfg.plateau_factor, "patience": cfg.plateau_patience, "on": "val loss"}
                 if cfg.schedule == "plateau" else None,
                 "freeze_encoder_epochs": cfg.freeze_encoder_epochs,
-                "init_model": _portable_path(cfg.init_model) if cfg.init_model else None,
+                "init_model": portable_path(cfg.init_model) if cfg.init_model else None,
                 "batch_size": cfg.batch_size, "world_size": self.dist.world_size, "epochs": cfg.epochs,
                 "samples_per_epoch": self.sampler.num_samples, "max_steps": cfg.max_steps,
                 "max_minutes": cfg.max_minutes, "steps_done": self.step, "input_size": cfg.input_size,
@@ -410,8 +207,8 @@ class Trainer:
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.run_dir / "tb"))
-        ckpt = self.run_dir / "checkpoint.pt"
+            self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD))
+        ckpt = self.run_dir / CHECKPOINT
         if cfg.resume and ckpt.is_file():
             self.load_state(ckpt)
         elif cfg.resume:
@@ -448,7 +245,7 @@ class Trainer:
                     self._log_train(window, time.time() - tick)
                     window, tick = [], time.time()
                 if self.dist.main and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    atomic_torch_save(self.state(), ckpt)
+                    save_checkpoint(self.state(), ckpt)
                 if self._out_of_budget():
                     stopped = True
                     break
@@ -491,16 +288,16 @@ class Trainer:
             if val["dice"] > self.best["dice"]:
                 self.best = {"dice": val["dice"], "dice_per_organ": val["dice_per_organ"], "loss": val["loss"],
                              "epoch": self.epoch, "step": self.step}
-                save_model(self._inference_copy(), self.run_dir / "best.safetensors",
+                save_model(self._inference_copy(), self.run_dir / BEST,
                            self.metadata({"validation": self.best}))
-            save_model(self._inference_copy(), self.run_dir / "last.safetensors", self.metadata({"validation": entry}))
-            (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1), encoding="utf-8")
+            save_model(self._inference_copy(), self.run_dir / LAST, self.metadata({"validation": entry}))
+            write_history(self.history, self.run_dir / HISTORY)
         if self.dist.world_size > 1:
             dist.broadcast(val_loss, src=0)
         if self.cfg.schedule == "plateau":
             self.scheduler.step(float(val_loss[0]))
         if self.dist.main:
-            atomic_torch_save(self.state(), ckpt)
+            save_checkpoint(self.state(), ckpt)
 
     def _finish(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -508,7 +305,7 @@ class Trainer:
                   "output": None}
         if self.dist.main and cfg.output:
             from segmatecore.models.checkpoint import load_model
-            best = load_model(self.run_dir / "best.safetensors", reparameterize=False)
+            best = load_model(self.run_dir / BEST, reparameterize=False)
             meta = self.metadata({"validation": self.best, "history": self.history})
             dtype = {"fp16": torch.float16, "fp32": None}[cfg.dtype]
             result["output"] = str(save_model(best, cfg.output, meta, dtype=dtype))
@@ -517,16 +314,6 @@ class Trainer:
         if self.dist.world_size > 1:
             dist.barrier()
         return result
-
-
-def _portable_path(path: str | Path) -> str:
-    """A path for model metadata: relative to the working folder when inside it, else its name alone,
-    so that no metadata holds an absolute path of the machine that trained the model."""
-    path = Path(path).resolve()
-    try:
-        return path.relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return path.name
 
 
 def _worker_init(worker_id: int) -> None:

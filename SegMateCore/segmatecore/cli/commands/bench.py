@@ -64,6 +64,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from segmatecore.bench.runner import SCOPES, format_row, merge, plot, run_benchmark
+    from segmatecore.data.atomic import write_text_atomic
     from segmatecore.runtime.devices import resolve_device
 
     args.device = str(resolve_device(args.device))  # the rows name the device they ran on
@@ -105,14 +106,13 @@ def run(args) -> int:
             print(f"{row['name']}: compute floor {row['compute_floor_s']:.1f} s, "
                   f"network at {row['pct_of_peak']:.0f} % of the matrix-multiply peak")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        write_text_atomic(args.json, json.dumps(results, indent=1, default=str))
         print(f"wrote {args.json}")
     if args.plot:
         print(f"wrote {plot(results, args.plot)}")
     if args.markdown:
         from segmatecore.bench.runner import markdown_tables
 
-        Path(args.markdown).write_text(markdown_tables(results))
+        write_text_atomic(args.markdown, markdown_tables(results))
         print(f"wrote {args.markdown}")
     return 0

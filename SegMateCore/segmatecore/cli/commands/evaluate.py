@@ -48,11 +48,12 @@ def run(args) -> int:
             d, h = m["dice"], m["hd95_mm"]
             print(f"{mode:15s} {key:13s} n={d['n']:3d} Dice {d.get('mean', float('nan')):.3f} "
                   f"(median {d.get('median', float('nan')):.3f})  HD95 {h.get('mean', float('nan')):.1f} mm")
+    from segmatecore.data.atomic import write_text_atomic
     from segmatecore.evaluation.evaluate import catalogue_metrics
 
     if "label_free" in summary["modes"]:
         metrics = catalogue_metrics(summary, args.command_line)
-        Path(args.output, "catalogue_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(Path(args.output, "catalogue_metrics.json"), json.dumps(metrics, indent=1) + "\n")
     print(f"wrote {args.output}/metrics.csv, summary.md, summary.json, catalogue_metrics.json, boxplot.png")
     if args.record_in_model:
         from segmatecore.evaluation.evaluate import record_in_model

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 
@@ -86,7 +84,7 @@ def run_list(args) -> int:
 
 
 def run_download(args) -> int:
-    from segmatecore.hub.catalogue import download
+    from segmatecore.hub.download import download
 
     path = download(args.id, progress=not args.quiet)
     print(f"installed {args.id}: {path}")
@@ -94,7 +92,7 @@ def run_download(args) -> int:
 
 
 def run_import(args) -> int:
-    from segmatecore.hub.catalogue import install_from_file
+    from segmatecore.hub.download import install_from_file
 
     path = install_from_file(args.file)
     print(f"installed {path.stem}: {path}")
@@ -102,7 +100,7 @@ def run_import(args) -> int:
 
 
 def run_remove(args) -> int:
-    from segmatecore.hub.catalogue import remove
+    from segmatecore.hub.download import remove
 
     path = remove(args.id)
     print(f"removed {path}")
@@ -125,6 +123,7 @@ def entry_fields(path: Path) -> dict:
 
 
 def run_entry(args) -> int:
+    from segmatecore.data.atomic import write_text_atomic
     from segmatecore.hub.catalogue import SCHEMA_FILE, catalogue_path, load_catalogue
     from segmatecore.resources import resource_path
 
@@ -154,10 +153,7 @@ def run_entry(args) -> int:
         where = "/".join(str(p) for p in exc.absolute_path)
         print(f"not written: the updated catalogue would be invalid at {where}: {exc.message}")
         return 1
-    fd, temp = tempfile.mkstemp(prefix=".models-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(temp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     load_catalogue()
     print(f"updated {fields['id']} in {path}")
     return 0

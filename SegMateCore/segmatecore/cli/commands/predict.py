@@ -191,7 +191,7 @@ class _Progress:
 
 def _write_case(result, loaded, formats: list[str], outdir: Path, name: str, naming: str = "standard") -> Path:
     """Write all outputs into a temporary folder, then rename it to OUTDIR/<name>."""
-    from segmatecore.export.writers import write_outputs
+    from segmatecore.export.outputs import write_outputs
 
     dest = outdir / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=outdir))
@@ -245,7 +245,7 @@ def memory_settings(args) -> tuple[int | None, float]:
 
 def expected_files(source: str, formats: list[str]) -> list[str]:
     """The files a case folder holds when every format asked for was written (DICOM-only ones for DICOM input)."""
-    from segmatecore.export.writers import OUTPUT_FILES
+    from segmatecore.export.outputs import OUTPUT_FILES
     from segmatecore.data.io import is_dicom_input
 
     dicom = is_dicom_input(source)

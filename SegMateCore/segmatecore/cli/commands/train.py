@@ -57,7 +57,7 @@ def register(sub) -> None:
 
 
 def config_from_args(args, **extra):
-    from segmatecore.train.trainer import TrainConfig
+    from segmatecore.train.config import TrainConfig
 
     provenance = json.loads(Path(args.provenance).read_text(encoding="utf-8")) if args.provenance else {}
     return TrainConfig(
