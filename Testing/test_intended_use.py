@@ -6,7 +6,7 @@ import pytest
 from segmatecore.hub.catalogue import catalogue_entry, default_model_id, model_file
 from segmatecore.models.checkpoint import read_metadata
 from segmatecore.export.common import dicom_texts
-from segmatecore.models.intended_use import intended_use, notice
+from segmatecore.hub.intended_use import intended_use, notice
 
 
 def test_the_bundled_model_is_a_demonstration_model_not_for_clinical_use():

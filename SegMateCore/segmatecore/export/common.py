@@ -10,8 +10,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from segmatecore.data.organs import Organ, organ
-from segmatecore.models.intended_use import NOT_FOR_CLINICAL_USE
-from segmatecore.naming import model_name
+from segmatecore.hub.intended_use import NOT_FOR_CLINICAL_USE
+from segmatecore.hub.intended_use import model_name
 
 NOT_CLINICAL_LABEL = "NOT CLINICAL USE"  # the structure set label (SH: 16 characters) of such a model
 

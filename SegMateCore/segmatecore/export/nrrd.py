@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from segmatecore.data.atomic import atomic_path
 from segmatecore.data.organs import Organ, category, segment_name
 from segmatecore.export.common import check_labelmap, ijk_to_lps, resolve_legend
-from segmatecore.models.intended_use import NOT_FOR_CLINICAL_USE
+from segmatecore.hub.intended_use import NOT_FOR_CLINICAL_USE
 
 # Slicer's terminology contexts that hold SNOMED-CT anatomical structures (Terminologies module).
 SEGMENTATION_CONTEXT = "Segmentation category and type - DICOM master list"

@@ -11,7 +11,7 @@ import numpy as np
 
 from segmatecore.data.atomic import write_text_atomic
 from segmatecore.export.common import resolve_legend
-from segmatecore.models.intended_use import NOT_FOR_CLINICAL_USE
+from segmatecore.hub.intended_use import NOT_FOR_CLINICAL_USE
 
 
 def _json_default(value: Any) -> Any:

@@ -13,7 +13,7 @@ from torch import nn
 
 from segmatecore.hub.catalogue import CatalogueError, catalogue_entries, default_model_id, resolve_model
 from segmatecore.models.checkpoint import load_model
-from segmatecore.models.intended_use import intended_use
+from segmatecore.hub.intended_use import intended_use
 
 # What a model's file and the catalogue tell about it.
 MODEL_FILE_FACTS = ("id", "version", "path", "provenance", "backbone", "input_size", "intended_use", "clinical_use")

@@ -6,7 +6,8 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from segmatecore.naming import model_name
+from segmatecore import __version__
+from segmatecore.hub.intended_use import UNSTATED, is_clinical, model_name
 
 # Segment tags written into every .seg.nrrd (the CLI's and Slicer's), so a reviewer can tell what
 # made a contour and how tight it was cut from the probabilities.
@@ -57,7 +58,6 @@ class SegmentationResult:
 
     def source_text(self) -> str:
         """SegMate's version and the model that made this result, e.g. "SegMate 0.1.0, model demo 0.1.0"."""
-        from segmatecore import __version__
 
         info = self.model_info or {}
         model = model_name(info.get("id"), info.get("version"))
@@ -66,8 +66,6 @@ class SegmentationResult:
     def made_by(self) -> dict[str, Any]:
         """What made this result, as every output file records it: SegMate's version, the model's id
         and version, its intended use and whether it is for clinical use (False unless the model says so)."""
-        from segmatecore import __version__
-        from segmatecore.models.intended_use import UNSTATED, is_clinical
 
         info = self.model_info or {}
         return {"segmate_version": __version__, "model_id": info.get("id"), "model_version": info.get("version"),

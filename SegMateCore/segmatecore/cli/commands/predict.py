@@ -283,7 +283,7 @@ def postprocess_settings(args, keys: list[str], meta: dict) -> dict:
 
 def run(args) -> int:
     from segmatecore.inference.predictor import SegMatePredictor, choose_organs
-    from segmatecore.models.intended_use import notice
+    from segmatecore.hub.intended_use import notice
     from segmatecore.data.io import load_volume
 
     quiet = getattr(args, "quiet", False)

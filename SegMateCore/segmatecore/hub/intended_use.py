@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from segmatecore.naming import model_name
 
 NOT_FOR_CLINICAL_USE = "not for clinical use"
 UNSTATED = "not stated by the model"
@@ -55,3 +54,8 @@ def notice(model_info: Mapping[str, Any] | None) -> str | None:
     info = model_info or {}
     model = model_name(info.get("id"), info.get("version"), unnamed="this model")
     return f"notice: {model} is {NOT_FOR_CLINICAL_USE}; review every contour before any use."
+
+
+def model_name(model_id: Any, version: Any, unnamed: str = "custom model") -> str:
+    """``"<model id> <version>"``, leaving out whichever is unknown; ``unnamed`` when both are."""
+    return " ".join(str(v) for v in (model_id, version) if v) or unnamed
