@@ -59,8 +59,8 @@ def test_fp32_on_the_gpu_gives_the_cpus_labels_on_the_input_grid(ct, cpu_fp32):
 
 
 def test_the_gpus_default_precision_agrees_with_fp32_within_the_dice_bar(ct, cpu_fp32):
-    result = segment(ct, device="cuda")  # precision auto: fp16 autocast on CUDA
-    assert result.model_info["precision"] == "auto"
+    result = segment(ct, device="cuda", precision="fp16")  # what auto runs on CUDA for a model that records it
+    assert result.model_info["compute_precision"] == "fp16"
     scores = dice_per_organ(result.labelmap, cpu_fp32.labelmap, cpu_fp32.organs)
     assert min(scores.values()) >= DICE_BAR, scores
 
@@ -77,7 +77,7 @@ def test_mirroring_and_the_feature_cache_run_on_the_gpu(ct):
 
 
 def test_every_network_call_on_the_gpu_runs_a_full_batch(ct, cpu_fp32):
-    """New batch shapes cost seconds on a GPU, so short batches are filled up (inference._Pipeline)."""
+    """New batch shapes cost seconds on a GPU, so short batches are filled up (runtime.network)."""
     from segmatecore.hub.catalogue import default_model_id, resolve_model
     from segmatecore.models.checkpoint import load_model
 
