@@ -7,7 +7,7 @@ import SimpleITK as sitk
 import torch
 
 from segmatecore import segment
-from segmatecore.bench.runner import benchmark_model, calibration_slices
+from segmatecore.bench.inputs import benchmark_model, calibration_slices
 from segmatecore.runtime.feature_cache import FeatureCache
 from segmatecore.models import Encoded
 
