@@ -370,7 +370,9 @@ def test_a_rows_peak_memory_is_its_own_not_the_parents(tmp_path):
         pytest.skip("needs Linux /proc")
     ballast = np.ones(2**27)  # 1 GiB touched in this (parent) process
     parent_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    code = "from segmatecore.bench.memory import kernel_peak_mb; print(kernel_peak_mb())"
+    # what a row's process imports, then the kernel's figure of its own peak
+    code = ("import segmatecore.bench.worker\nfrom segmatecore.bench.memory import kernel_peak_mb\n"
+            "print(kernel_peak_mb())")
     child_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     del ballast
     assert 50 < child_mb < parent_peak_mb - 512, (child_mb, parent_peak_mb)

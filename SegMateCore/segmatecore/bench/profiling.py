@@ -31,27 +31,38 @@ def profile_network(backbone: str, *, precision: str = "auto", runtime: str = "a
                                               copy_model=False)
     x, z = slices[:batch_size], torch.full((batch_size,), 0.5)
     if isinstance(net, openvino_runtime.OpenVINONetwork):
-        encoder, decoder = (graph.create_infer_request() for graph in (net.encoder_graph, net.decoder_graph))
+        return _openvino_profile(net, x, z, top)
+    return _torch_profile(net, autocast, x, z, top)
 
-        def infer() -> None:
-            decoder.infer([*encoder.infer([x.numpy()]).to_tuple(), z.numpy()])
 
-        infer()
-        start = time.perf_counter()
-        infer()
-        wall = time.perf_counter() - start
-        groups: dict[tuple[str, str], list[float]] = {}
-        for info in [*encoder.profiling_info, *decoder.profiling_info]:
-            entry = groups.setdefault((info.node_type, info.exec_type), [0.0, 0])
-            entry[0] += info.real_time.total_seconds()
-            entry[1] += 1
-        total = sum(v[0] for v in groups.values())
-        lines = [f"OpenVINO {net.precision}, batch {batch_size}, {input_size}x{input_size}: {wall:.3f} s wall, "
-                 f"{total:.3f} s summed over layers", "| layer type | kernel | layers | s | share |",
-                 "|---|---|---|---|---|"]
-        for (kind, kernel), (seconds, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
-            lines.append(f"| {kind} | {kernel} | {count} | {seconds:.3f} | {seconds / total:.0%} |")
-        return "\n".join(lines)
+def _openvino_profile(net, x: torch.Tensor, z: torch.Tensor, top: int) -> str:
+    """OpenVINO's per-layer counters of one timed batch, grouped by layer type and execution kernel."""
+    encoder, decoder = (graph.create_infer_request() for graph in (net.encoder_graph, net.decoder_graph))
+
+    def infer() -> None:
+        decoder.infer([*encoder.infer([x.numpy()]).to_tuple(), z.numpy()])
+
+    infer()
+    start = time.perf_counter()
+    infer()
+    wall = time.perf_counter() - start
+    groups: dict[tuple[str, str], list[float]] = {}
+    for info in [*encoder.profiling_info, *decoder.profiling_info]:
+        entry = groups.setdefault((info.node_type, info.exec_type), [0.0, 0])
+        entry[0] += info.real_time.total_seconds()
+        entry[1] += 1
+    total = sum(v[0] for v in groups.values())
+    size = x.shape[-1]
+    lines = [f"OpenVINO {net.precision}, batch {len(x)}, {size}x{size}: {wall:.3f} s wall, "
+             f"{total:.3f} s summed over layers", "| layer type | kernel | layers | s | share |",
+             "|---|---|---|---|---|"]
+    for (kind, kernel), (seconds, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| {kind} | {kernel} | {count} | {seconds:.3f} | {seconds / total:.0%} |")
+    return "\n".join(lines)
+
+
+def _torch_profile(net, autocast: torch.dtype | None, x: torch.Tensor, z: torch.Tensor, top: int) -> str:
+    """torch.profiler's operator table of one batch after a warm-up one."""
     from torch.profiler import ProfilerActivity, profile
 
     def forward() -> None:

@@ -23,11 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from segmatecore.bench.configs import Config
 from segmatecore.bench.inputs import BenchSetup
 from segmatecore.bench.jobs import read_result, row_folder
 from segmatecore.bench.memory import PeakMemory, machine_cpu_seconds, steal_percent
 from segmatecore.bench.results import make_row, ratio
+from segmatecore.runtime.optimize import DEFAULT, compute_dtype
 
 SEGMENT_SCRIPT = Path(__file__).with_name("revision_segment.py")
 WORKING_TREE = "working tree"
@@ -134,10 +137,6 @@ def revision_ratios(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, f
 def measure_core(core: Path, name: str, setup: BenchSetup, model: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """Run :data:`SEGMENT_SCRIPT` with ``core`` first on PYTHONPATH; its timings, and its peak memory
     and the machine's load and stolen CPU time measured from here."""
-    from segmatecore.runtime.optimize import DEFAULT, compute_dtype
-
-    import torch
-
     outdir = row_folder(setup.workdir, name)
     job = {"ct": str(setup.ct), "model": str(model), "outdir": str(outdir), "device": plan["device"],
            "precision": plan["precision"], "batch_size": plan["batch_size"], "threads": plan["threads"]}

@@ -19,6 +19,7 @@ from segmatecore.bench.inputs import BenchSetup, add_bundled_model, peer_costs, 
 from segmatecore.bench.jobs import compare_with_references, run_config
 from segmatecore.bench.machine import add_compute_floors, machine_description
 from segmatecore.bench.results import add_segmate_ratios, make_row
+from segmatecore.bench.revision import Checkout, revision_checkout, revision_rows
 
 
 def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, precision: str = "auto",
@@ -40,7 +41,6 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
     (:mod:`segmatecore.bench.revision`); checked out before anything is measured.
     """
     from segmatecore.bench.peers import PEERS
-    from segmatecore.bench.revision import revision_checkout
     from segmatecore.inference.engine import DEFAULT_BATCH, resolve_device
     from segmatecore.models.encoder import backbone_spec
 
@@ -112,11 +112,9 @@ def _measure(config: Config, setup: BenchSetup, labels: dict[str, tuple[str, str
     return row
 
 
-def _revision_rows(checkout, setup: BenchSetup, labels: dict[str, tuple[str, str]], bundled: bool, backbones: Sequence[str],
+def _revision_rows(checkout: Checkout, setup: BenchSetup, labels: dict[str, tuple[str, str]], bundled: bool, backbones: Sequence[str],
                    plan: dict[str, Any], report: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
     """The working tree's and the revision's end-to-end rows, with the bundled model (else the first backbone's)."""
-    from segmatecore.bench.revision import revision_rows
-
     key = BUNDLED if bundled else backbones[0]
     rows = revision_rows(checkout, setup, key, *labels[key], segmate_costs(setup, key), plan)
     for row in rows:
