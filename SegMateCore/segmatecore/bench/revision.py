@@ -117,10 +117,9 @@ def revision_rows(checkout: Checkout, setup: BenchSetup, model_key: str, prefix:
     theirs = Config(f"{prefix} end_to_end: {checkout.label}", "revision", "end_to_end",
                     precision=plan["precision"], optimizations={}, reference=ours.name)
     rows = []
-    for config, core in ((ours, working_tree_core()), (theirs, checkout.core)):
-        measured = measure_core(core, config.name, setup, model, plan)
-        measured["revision"] = {"revision": WORKING_TREE} if core != checkout.core else \
-            {"revision": checkout.revision, "commit": checkout.commit}
+    for config, core, code in ((ours, working_tree_core(), {"revision": WORKING_TREE}),
+                               (theirs, checkout.core, {"revision": checkout.revision, "commit": checkout.commit})):
+        measured = {**measure_core(core, config.name, setup, model, plan), "revision": code}
         rows.append(make_row(config, model_label, plan["device"], costs, measured))
     rows[0]["vs_revision"] = {"revision": checkout.label, **revision_ratios(rows[0], rows[1])}
     return rows
