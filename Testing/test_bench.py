@@ -11,13 +11,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from segmatecore.bench.runner import (DICE_BAR, PEER_MODEL, QUICK_SIZE, ROW_FIELDS, markdown_tables, resample_to_size,
-                               row_seconds)
+from segmatecore.bench.configs import DICE_BAR, PEER_MODEL, QUICK_SIZE, ROW_FIELDS
+from segmatecore.bench.inputs import resample_to_size
+from segmatecore.bench.markdown import markdown_tables
+from segmatecore.bench.results import row_seconds
 from segmatecore.hub.catalogue import catalogue_entry, default_model_id
 from segmatecore.cli.main import main
 from segmatecore.data.organs import PAPER_ORGANS
 from segmatecore.bench.peers import (build_nnunet_3d_fullres, gaussian_importance, run_nnunet_peer,
-                               sliding_window_starts)
+                                     sliding_window_starts)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +176,7 @@ def test_plot_is_written_with_two_panels(quick):
 def test_plot_shows_every_row_and_every_peer_on_both_panels(quick, tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from segmatecore.bench.runner import plot
+    from segmatecore.bench.plot import plot
 
     results, _ = quick
     drawn: list = []
@@ -313,14 +315,14 @@ def test_resample_to_size_keeps_the_physical_extent():
 
 def test_no_openvino_leaves_out_every_openvino_row(tmp_path, monkeypatch):
     """OpenVINO is installed (pinned); --no-openvino must still keep its slow conversion out of a run."""
-    from segmatecore.bench import runner as bench
+    from segmatecore.bench import run as bench
     from segmatecore.runtime import openvino as openvino_runtime
 
     assert openvino_runtime.available()
     measured: list = []
     fake_row = {"s_network": 1.0, "peak_rss_mb": 1.0, "dtype": "float32", "load_before_after": [0, 0]}
-    monkeypatch.setattr(bench, "_run_config", lambda config, *args, **kwargs: measured.append(config) or dict(fake_row))
-    monkeypatch.setattr(bench, "_compare", lambda rows: None)
+    monkeypatch.setattr(bench, "run_config", lambda config, *args, **kwargs: measured.append(config) or dict(fake_row))
+    monkeypatch.setattr(bench, "compare_with_references", lambda rows: None)
     assert main(["bench", "--quick", "--backbones", "fastvit_t12", "--no-peer", "--no-openvino",
                  "--workdir", str(tmp_path)]) == 0
     assert measured and not any(c.optimizations["runtime"] == "openvino" for c in measured)
@@ -335,7 +337,7 @@ def test_profile_shows_the_network_inference_runs():
     """`segmate bench --profile`: the prepared network (fused convolutions), masks and presence only,
     so the boundary head's full-size upsampling is not counted (two upsamplings, the decoder's and
     the masks'; three with every head)."""
-    from segmatecore.bench.runner import profile_network
+    from segmatecore.bench.profiling import profile_network
 
     # every operator listed (top=200): at 64 x 64 the upsampling may not be among the 15 slowest
     table = profile_network("fastvit_t12", precision="fp32", runtime="torch", input_size=64, batch_size=2, top=200)
@@ -346,7 +348,7 @@ def test_profile_shows_the_network_inference_runs():
 
 def test_each_row_records_the_share_of_cpu_time_the_hypervisor_stole():
     """A row that ran while the host gave the VM's CPUs to others must say so (Linux /proc/stat)."""
-    from segmatecore.bench.runner import machine_cpu_seconds, steal_percent
+    from segmatecore.bench.memory import machine_cpu_seconds, steal_percent
 
     assert steal_percent((100.0, 10.0), (200.0, 30.0)) == 20.0
     assert steal_percent(None, (200.0, 30.0)) is None and steal_percent((5.0, 1.0), (5.0, 1.0)) is None
@@ -368,7 +370,9 @@ def test_a_rows_peak_memory_is_its_own_not_the_parents(tmp_path):
         pytest.skip("needs Linux /proc")
     ballast = np.ones(2**27)  # 1 GiB touched in this (parent) process
     parent_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    code = "from segmatecore.bench.runner import _kernel_peak_mb; print(_kernel_peak_mb())"
+    # what a row's process imports, then the kernel's figure of its own peak
+    code = ("import segmatecore.bench.worker\nfrom segmatecore.bench.memory import kernel_peak_mb\n"
+            "print(kernel_peak_mb())")
     child_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     del ballast
     assert 50 < child_mb < parent_peak_mb - 512, (child_mb, parent_peak_mb)
@@ -377,7 +381,8 @@ def test_a_rows_peak_memory_is_its_own_not_the_parents(tmp_path):
 def test_saved_results_of_earlier_runs_are_completed_each_from_its_own_run():
     """`--from-json` on results saved before rows had kind, GMACs per volume and the SegMate ratios:
     each run's rows get them from that run alone, so ratios never mix machines or days."""
-    from segmatecore.bench.runner import merge, ranking_table
+    from segmatecore.bench.markdown import ranking_table
+    from segmatecore.bench.results import merge
 
     def run(segmate_s: float, peer_s: float) -> dict:
         common = {"scope": "end_to_end", "reference": None, "s_network": 1.0, "peak_private_mb": 500.0}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segmatecore.bench.runner import PEER_MODEL, add_compute_floors
+from segmatecore.bench.configs import PEER_MODEL
+from segmatecore.bench.machine import add_compute_floors
 from segmatecore.bench.compute_peak import compute_floor_s, machine_peaks, matmul_gmacs_per_s
 
 

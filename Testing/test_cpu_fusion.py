@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from segmatecore.runtime import cpu_fusion
-from segmatecore.bench.runner import benchmark_model, calibration_slices
+from segmatecore.bench.inputs import benchmark_model, calibration_slices
 from segmatecore.runtime.cpu_fusion import FusedConv2d, FusedGatedBlock, fuse_convolutions
 from segmatecore.runtime.optimize import DEFAULT, fusion_notice, prepare_for_inference
 from segmatecore.resources import resource_path

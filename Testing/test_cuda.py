@@ -14,7 +14,8 @@ import SimpleITK as sitk
 import torch
 
 from segmatecore import segment
-from segmatecore.bench.runner import DICE_BAR, sample_ct_path
+from segmatecore.bench.configs import DICE_BAR
+from segmatecore.bench.inputs import sample_ct_path
 from segmatecore.cli.main import main
 from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
 

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from segmatecore.bench.runner import benchmark_model, calibration_slices
+from segmatecore.bench.inputs import benchmark_model, calibration_slices
 from segmatecore.data.geometry import to_canonical
 from segmatecore.inference.labels import ProbabilitiesOnGrid
 from segmatecore.inference.predictor import SegMatePredictor

@@ -11,7 +11,9 @@ from torch import nn
 
 from intensity_model import IntensityModel
 from segmatecore.runtime import openvino as openvino_runtime
-from segmatecore.bench.runner import DICE_BAR, benchmark_model, calibration_slices, dice
+from segmatecore.bench.configs import DICE_BAR
+from segmatecore.bench.inputs import benchmark_model, calibration_slices
+from segmatecore.bench.jobs import dice
 from segmatecore.runtime import optimize
 from segmatecore.runtime.optimize import (DEFAULT, NONE, Optimizations, bf16_warning, compute_dtype, cpu_bf16_is_faster,
                                   fold_batchnorm, prepare_for_inference)

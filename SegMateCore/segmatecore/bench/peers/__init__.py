@@ -7,7 +7,7 @@
 - :mod:`.costs`: parameters and multiply-accumulates in three counting conventions;
 - :mod:`.registry`: one :class:`PeerSpec` per peer (how it runs, its paper's figures).
 
-Only ``segmate bench`` imports this package; the inference path (:mod:`segmatecore.inference.engine`,
+Only ``segmate bench`` imports this package; the inference path (:mod:`segmatecore.inference.predictor`,
 ``segment()``) never does, so the peers add nothing to what a user of SegMate loads.
 """
 from __future__ import annotations

@@ -58,12 +58,19 @@ def register(sub) -> None:
     p.add_argument("--profile", metavar="BACKBONE", help="measure nothing else: print where BACKBONE's network time "
                                                         "goes (OpenVINO layer counters or torch.profiler)")
     p.add_argument("--runtime", choices=("auto", "torch", "openvino"), default="auto", help="runtime for --profile")
+    p.add_argument("--revision", metavar="REV",
+                   help="also segment the CT with the SegMateCore of this git revision (a commit, branch, tag or "
+                        "main~3) beside the working tree's, end to end with the same model, and report both rows "
+                        "and their ratio")
     p.add_argument("--workdir", metavar="DIR", help="keep the CT, models and outputs here (default: a temporary folder)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from segmatecore.bench.runner import SCOPES, format_row, merge, plot, run_benchmark
+    from segmatecore.bench.configs import SCOPES
+    from segmatecore.bench.plot import plot
+    from segmatecore.bench.results import format_row, merge, revision_text
+    from segmatecore.bench.run import run_benchmark
     from segmatecore.data.atomic import write_text_atomic
     from segmatecore.runtime.devices import resolve_device
 
@@ -77,7 +84,7 @@ def run(args) -> int:
         print(paper_check_markdown(), end="")
         return 0
     if args.profile:
-        from segmatecore.bench.runner import profile_network
+        from segmatecore.bench.profiling import profile_network
 
         print(profile_network(args.profile, precision=args.precision, runtime=args.runtime,
                               input_size=64 if args.quick else 512, batch_size=args.batch_size or 4, ct=args.ct))
@@ -90,12 +97,14 @@ def run(args) -> int:
         results = run_benchmark(quick=args.quick, backbones=args.backbones, precision=args.precision,
                                 device=args.device, peers=args.peers, bundled=args.bundled, openvino=args.openvino, ct=args.ct, workdir=args.workdir,
                                 batch_size=args.batch_size, network_slices=args.network_slices, threads=args.threads,
-                                scopes=SCOPES if args.scope == "all" else (args.scope,),
+                                scopes=SCOPES if args.scope == "all" else (args.scope,), revision=args.revision,
                                 report=lambda row: print(format_row(row), flush=True))
     for row in results["rows"]:
         if "dice_min" in row:
             verdict = "agrees" if row["agrees_with_fp32"] else "DIFFERS"
             print(f"{row['name']}: Dice vs fp32 min {row['dice_min']:.4f} ({verdict})")
+    for line in revision_text(results["rows"]):
+        print(line)
     peaks = results["machine"].get("matmul_gmacs_per_s")
     if peaks:
         from segmatecore.bench.compute_peak import peaks_text
@@ -111,7 +120,7 @@ def run(args) -> int:
     if args.plot:
         print(f"wrote {plot(results, args.plot)}")
     if args.markdown:
-        from segmatecore.bench.runner import markdown_tables
+        from segmatecore.bench.markdown import markdown_tables
 
         write_text_atomic(args.markdown, markdown_tables(results))
         print(f"wrote {args.markdown}")
