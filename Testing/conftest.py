@@ -226,10 +226,10 @@ def validation_copies():
 
 
 @pytest.fixture(scope="session")
-def tiny_training() -> list[str]:
+def tiny_training() -> tuple[str, ...]:
     """`segmate train` options for a run of a few steps on 64 x 64 slices."""
-    return ["--input-size", "64", "--batch-size", "2", "--samples-per-epoch", "4", "--epochs", "4", "--workers", "0",
-            "--val-max-slices", "2", "--augment", "light", "--log-every", "1"]
+    return ("--input-size", "64", "--batch-size", "2", "--samples-per-epoch", "4", "--epochs", "4", "--workers", "0",
+            "--val-max-slices", "2", "--augment", "light", "--log-every", "1")
 
 
 # ---- the research code's reference ----------------------------------------------------------------------
