@@ -1,13 +1,10 @@
 """Per-organ mask thresholds: fitted on validation cases, stored in the model, applied by segment()."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
-from intensity_model import IntensityModel, band_centre
-from validation_cases import prepare_validation_copies
 from segmatecore import load_model, read_metadata, segment
 from segmatecore.models.checkpoint import CheckpointError, default_metadata, validate_metadata
 from segmatecore.cli.main import main
@@ -25,7 +22,7 @@ RIM_OFFSET_HU = 45.0
 RIM_P = 1.0 / (1.0 + np.exp(-0.2 * (50.0 - RIM_OFFSET_HU)))
 
 
-def cord_volume() -> tuple[np.ndarray, np.ndarray]:
+def cord_volume(band_centre) -> tuple[np.ndarray, np.ndarray]:
     ct = np.zeros(SHAPE, dtype=np.int16)
     lab = np.zeros(SHAPE, dtype=np.uint8)
     ct[2:8, 38:48, 26:36] = band_centre("spinal_cord") + RIM_OFFSET_HU  # rim, not labelled
@@ -37,10 +34,10 @@ def cord_volume() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def validation_cases(tmp_path_factory):
-    ct, lab = cord_volume()
-    return prepare_validation_copies(tmp_path_factory.mktemp("calibrate"), ct, lab,
-                                     {"spinal_cord": 1, "esophagus": 2}, (1.5, 1.5, 4.0))
+def validation_cases(tmp_path_factory, validation_copies, band_centre):
+    ct, lab = cord_volume(band_centre)
+    return validation_copies(tmp_path_factory.mktemp("calibrate"), ct, lab, {"spinal_cord": 1, "esophagus": 2},
+                             (1.5, 1.5, 4.0))
 
 
 def test_per_organ_thresholds_decide_each_organ_separately():
@@ -70,10 +67,10 @@ def test_thresholds_come_from_the_model_unless_the_caller_overrides_them():
         validate_metadata({**good, "mask_thresholds": {"not_an_organ": 0.6}})
 
 
-def test_segment_cuts_each_organ_at_the_models_threshold(validation_cases):
+def test_segment_cuts_each_organ_at_the_models_threshold(validation_cases, intensity_model):
     case = load_cases([validation_cases], "val")[0]
     image = canonical_image(case.image, case.record["spacing"])
-    model = IntensityModel(organs=["spinal_cord", "esophagus"], input_size=64)
+    model = intensity_model(organs=["spinal_cord", "esophagus"], input_size=64)
     wide = segment(image, model=model, device="cpu")
     model.metadata["mask_thresholds"] = {"spinal_cord": 0.75}
     exact = segment(image, model=model, device="cpu")
@@ -86,9 +83,9 @@ def test_segment_cuts_each_organ_at_the_models_threshold(validation_cases):
     assert exact.model_info["mask_thresholds"] == {"spinal_cord": 0.75, "esophagus": 0.5}
 
 
-def test_calibration_finds_the_threshold_that_matches_the_reference(validation_cases):
+def test_calibration_finds_the_threshold_that_matches_the_reference(validation_cases, intensity_model):
     assert 0.70 < RIM_P < 0.75
-    model = IntensityModel(organs=["spinal_cord", "esophagus"], input_size=64)
+    model = intensity_model(organs=["spinal_cord", "esophagus"], input_size=64)
     model.metadata["mask_thresholds"] = {"spinal_cord": 0.9}  # would hide the rim (p 0.73) if it leaked into the sweep
     report = calibrate_masks(model, [validation_cases], "val")
     cord, eso = report["spinal_cord"], report["esophagus"]
@@ -100,13 +97,11 @@ def test_calibration_finds_the_threshold_that_matches_the_reference(validation_c
     assert not few["spinal_cord"]["calibrated"] and few["spinal_cord"]["threshold"] == 0.5
 
 
-def test_calibrate_command_writes_thresholds_and_leaves_the_weights_alone(tmp_path):
-    from test_train import TINY, make_nifti_pairs
-
-    src = make_nifti_pairs(tmp_path / "src", cases=3)
+def test_calibrate_command_writes_thresholds_and_leaves_the_weights_alone(tmp_path, nifti_pairs, tiny_training):
+    src = nifti_pairs(tmp_path / "src", cases=3)
     prepare("nifti-pairs", src, tmp_path / "data", workers=1, fractions=(0.34, 0.66, 0.0), progress=False)
     start, out = tmp_path / "model.safetensors", tmp_path / "calibrated.safetensors"
-    assert main(["train", "--backbone", "fastvit_t12", "--data", str(tmp_path / "data"), *TINY, "--max-steps", "1",
+    assert main(["train", "--backbone", "fastvit_t12", "--data", str(tmp_path / "data"), *tiny_training, "--max-steps", "1",
                  "--run-dir", str(tmp_path / "run"), "-o", str(start), "--dtype", "fp16"]) == 0
     assert main(["calibrate", "--model", str(start), "--data", str(tmp_path / "data"), "--min-cases", "1",
                  "-o", str(out)]) == 0

@@ -19,7 +19,6 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 import torch
-from intensity_model import IntensityModel, band_centre
 
 from segmatecore import create_model, save_model
 from segmatecore.cli import main as cli
@@ -38,27 +37,6 @@ def random_model_file(tmp_path_factory) -> Path:
     meta = default_metadata("fastvit_t12")
     meta["preprocessing"]["input_size"] = [32, 32]
     return save_model(create_model("fastvit_t12"), tmp_path_factory.mktemp("model") / "random.safetensors", meta)
-
-
-@pytest.fixture
-def intensity_network(monkeypatch):
-    """Make `--model` load the intensity test network, whatever the argument."""
-    model = IntensityModel(input_size=32)
-    monkeypatch.setattr("segmatecore.inference.predictor.load_with_facts",
-                        lambda name: (model, {"backbone": "intensity-test", "id": str(name), "version": None}))
-    return model
-
-
-def synthetic_ct(path: Path, slices: int = 8) -> Path:
-    """A small CT-like volume with a liver-band organ on its left half."""
-    a = np.full((slices, 32, 32), -1000, dtype=np.int16)
-    a[:, 4:28, 4:28] = 300
-    a[2:6, 10:20, 16:26] = band_centre("liver")
-    image = sitk.GetImageFromArray(a)
-    image.SetSpacing((1.5, 1.5, 3.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 def hidden_entries(folder: Path) -> list[str]:
@@ -111,8 +89,8 @@ def test_predict_real_ct_and_dicom_with_a_model_file(shared_data, random_model_f
         assert (folder / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_shards_split_the_inputs_and_clashing_names_get_their_folder(tmp_path, intensity_network):
-    inputs = [str(synthetic_ct(tmp_path / "in" / name / "ct.nii.gz")) for name in ("a", "b", "c")]
+def test_shards_split_the_inputs_and_clashing_names_get_their_folder(tmp_path, intensity_network, liver_ct_file):
+    inputs = [str(liver_ct_file(tmp_path / "in" / name / "ct.nii.gz")) for name in ("a", "b", "c")]
     out = tmp_path / "out"
     assert cli.main(["predict", *inputs, "-o", str(out), "--shard", "0/2", "--format", "nifti"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a_ct", "c_ct"]
@@ -121,8 +99,8 @@ def test_shards_split_the_inputs_and_clashing_names_get_their_folder(tmp_path, i
     assert {p.name for p in (out / "b_ct").iterdir()} == {"labels.nii.gz", "report.json"}
 
 
-def test_organs_option_and_rtstruct_for_a_file_input(tmp_path, intensity_network, capsys):
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+def test_organs_option_and_rtstruct_for_a_file_input(tmp_path, intensity_network, capsys, liver_ct_file):
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     out = tmp_path / "out"
     assert cli.main(["predict", str(path), "-o", str(out), "--organs", "liver,aorta",
                      "--format", "nifti,report,rtstruct"]) == 0
@@ -135,8 +113,8 @@ def test_organs_option_and_rtstruct_for_a_file_input(tmp_path, intensity_network
     assert set(report["volumes_ml"]) == {"liver", "aorta"}
 
 
-def test_threshold_option_overrides_the_models_threshold_for_one_organ(tmp_path, intensity_network):
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+def test_threshold_option_overrides_the_models_threshold_for_one_organ(tmp_path, intensity_network, liver_ct_file):
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     out = tmp_path / "out"
     # the painted liver sits at the centre of its band: p = sigmoid(0.2 * 50) = 0.99995
     assert cli.main(["predict", str(path), "-o", str(out), "--format", "report", "--organs", "liver,aorta",
@@ -147,8 +125,9 @@ def test_threshold_option_overrides_the_models_threshold_for_one_organ(tmp_path,
 
 
 def test_z_smoothing_option_overrides_the_models_smoothing_and_no_postprocess_turns_it_off(tmp_path,
-                                                                                           intensity_network):
-    path = synthetic_ct(tmp_path / "case.nii.gz")  # the liver on 4 slices, 3 mm apart
+                                                                                           intensity_network,
+                                                                                           liver_ct_file):
+    path = liver_ct_file(tmp_path / "case.nii.gz")  # the liver on 4 slices, 3 mm apart
 
     def liver_ml(*args: str) -> tuple[float, dict]:
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
@@ -167,8 +146,8 @@ def test_z_smoothing_option_overrides_the_models_smoothing_and_no_postprocess_tu
 
 
 def test_a_failure_while_writing_leaves_no_case_folder_and_keeps_the_previous_one(tmp_path, intensity_network,
-                                                                                  monkeypatch, capsys):
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+                                                                                  monkeypatch, capsys, liver_ct_file):
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     out = tmp_path / "out"
     assert cli.main(["predict", str(path), "-o", str(out), "--format", "nifti"]) == 0
     before = (out / "case" / "labels.nii.gz").read_bytes()
@@ -186,8 +165,8 @@ def test_a_failure_while_writing_leaves_no_case_folder_and_keeps_the_previous_on
     assert list(fresh.iterdir()) == [] and hidden_entries(out) == []
 
 
-def test_a_cancelled_case_leaves_nothing(tmp_path, intensity_network, monkeypatch, capsys):
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+def test_a_cancelled_case_leaves_nothing(tmp_path, intensity_network, monkeypatch, capsys, liver_ct_file):
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     out = tmp_path / "out"
     original = intensity_network.forward
 
@@ -213,16 +192,16 @@ def test_a_cancelled_case_leaves_nothing(tmp_path, intensity_network, monkeypatc
                                            (["--z-smoothing", "liver=-2"], "between 0 (off) and 20 mm: liver=-2.0"),
                                            (["--z-smoothing", "liver=thin"], "expected ORGAN=MM"),
                                            (["--feature-cache-mb", "-1"], "--feature-cache-mb must be 0 (off)")])
-def test_bad_options_are_one_line_errors(tmp_path, intensity_network, capsys, args, message):
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+def test_bad_options_are_one_line_errors(tmp_path, intensity_network, capsys, args, message, liver_ct_file):
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
 
 
-def test_runtime_option_reaches_the_network_and_the_report(tmp_path, random_model_file, monkeypatch):
+def test_runtime_option_reaches_the_network_and_the_report(tmp_path, random_model_file, monkeypatch, liver_ct_file):
     monkeypatch.setenv("SEGMATE_HOME", str(tmp_path / "home"))  # where the converted network is cached
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     for runtime in ("openvino", "torch"):
         out = tmp_path / runtime
         assert cli.main(["predict", str(path), "-o", str(out), "--model", str(random_model_file), "--device", "cpu",
@@ -268,10 +247,11 @@ def test_peak_memory_of_predict_on_a_512x512x300_volume(shared_data, tmp_path):
     assert code == 0 and peak < 2.5e9
 
 
-def test_naming_tg263_names_the_segments_with_the_same_rule_as_the_slicer_module(tmp_path, intensity_network):
+def test_naming_tg263_names_the_segments_with_the_same_rule_as_the_slicer_module(tmp_path, intensity_network,
+                                                                                 liver_ct_file):
     from segmatecore.data.organs import segment_name
 
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     out = tmp_path / "out"
     assert cli.main(["predict", str(path), "-o", str(out), "--organs", "liver,left_kidney", "--format", "seg.nrrd",
                      "--naming", "tg263"]) == 0
@@ -280,8 +260,8 @@ def test_naming_tg263_names_the_segments_with_the_same_rule_as_the_slicer_module
     assert names == ["Liver", "Kidney_L"] == [segment_name(organ(k), "tg263") for k in ("liver", "left_kidney")]
 
 
-def test_skip_existing_leaves_complete_cases_alone_and_says_so(tmp_path, intensity_network, capsys):
-    inputs = [str(synthetic_ct(tmp_path / "in" / f"{name}.nii.gz")) for name in ("a", "b")]
+def test_skip_existing_leaves_complete_cases_alone_and_says_so(tmp_path, intensity_network, capsys, liver_ct_file):
+    inputs = [str(liver_ct_file(tmp_path / "in" / f"{name}.nii.gz")) for name in ("a", "b")]
     out = tmp_path / "out"
     assert cli.main(["predict", *inputs, "-o", str(out), "--format", "nifti,report"]) == 0
     before = {p: p.read_bytes() for p in out.rglob("*.json")}
@@ -296,8 +276,8 @@ def test_skip_existing_leaves_complete_cases_alone_and_says_so(tmp_path, intensi
     assert (out / "b" / "labels.nii.gz").is_file()
 
 
-def test_quiet_prints_only_errors(tmp_path, intensity_network, capsys):
-    good = synthetic_ct(tmp_path / "in" / "good.nii.gz")
+def test_quiet_prints_only_errors(tmp_path, intensity_network, capsys, liver_ct_file):
+    good = liver_ct_file(tmp_path / "in" / "good.nii.gz")
     missing = tmp_path / "in" / "missing.nii.gz"
     assert cli.main(["predict", str(good), "-o", str(tmp_path / "out"), "--format", "report", "--quiet"]) == 0
     printed = capsys.readouterr()
@@ -309,10 +289,10 @@ def test_quiet_prints_only_errors(tmp_path, intensity_network, capsys):
 
 
 def test_low_memory_sets_batch_one_and_no_feature_cache_unless_given_explicitly(tmp_path, intensity_network,
-                                                                                monkeypatch):
+                                                                                monkeypatch, liver_ct_file):
     from segmatecore.inference.predictor import SegMatePredictor
 
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     real_init, seen = SegMatePredictor.__init__, []
 
     def recording_init(self, *args, **kwargs):
@@ -336,8 +316,8 @@ def test_low_memory_sets_batch_one_and_no_feature_cache_unless_given_explicitly(
 
 
 def test_the_notice_of_a_model_not_for_clinical_use_is_one_line_and_a_clinical_model_has_none(
-        tmp_path, intensity_network, monkeypatch, capsys):
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+        tmp_path, intensity_network, monkeypatch, capsys, liver_ct_file):
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "demo"), "--format", "report"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("notice: ") and "not for clinical use" in first

@@ -7,7 +7,6 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-import SimpleITK as sitk
 import torch
 from torch import nn
 
@@ -15,7 +14,6 @@ from segmatecore.runtime import cpu_fusion
 from segmatecore.bench.inputs import benchmark_model, calibration_slices
 from segmatecore.runtime.cpu_fusion import FusedConv2d, FusedGatedBlock, fuse_convolutions
 from segmatecore.runtime.optimize import DEFAULT, fusion_notice, prepare_for_inference
-from segmatecore.resources import resource_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 needs_fusion = pytest.mark.skipif(not cpu_fusion.available(), reason="this PyTorch cannot fuse convolutions")
@@ -24,9 +22,9 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def slices() -> torch.Tensor:
-    image = sitk.ReadImage(str(resource_path("SampleData", "totalsegmentator_example_ct.nii.gz")))
-    return calibration_slices(image, (64, 64), count=4)
+def slices(sample_ct) -> torch.Tensor:
+    """Four normalised 2.5D stacks of the bundled sample CT at 64 x 64."""
+    return calibration_slices(sample_ct, (64, 64), count=4)
 
 
 @pytest.mark.parametrize("activation", [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.ReLU(), None],
@@ -71,12 +69,10 @@ def test_fastvit_is_rewritten_and_its_outputs_are_kept(slices):
 
 @needs_fusion
 @pytest.mark.parametrize("backbone,at_least", [("fastvit_t12", 45), ("efficientnetv2_m", 165), ("mambaout_tiny", 24)])
-def test_every_backbone_is_rewritten_and_keeps_its_masks(backbone, at_least, slices):
+def test_every_backbone_is_rewritten_and_keeps_its_masks(backbone, at_least, slices, assert_agrees):
     """The check at preparation must not reject a sound rewrite (the random EfficientNetV2-M turns
     fp32 rounding into large output changes, which an fp32 comparison took for a wrong rewrite), and
     timm's in-place activations are fused (EfficientNetV2-M: 61 without that)."""
-    from test_optimize import assert_agrees
-
     model = benchmark_model(backbone, slices)
     z = torch.linspace(0, 1, len(slices))
     plain, _ = prepare_for_inference(model, CPU, "fp32", optimizations=DEFAULT.with_(fuse_convolutions=False))

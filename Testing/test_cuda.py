@@ -17,7 +17,7 @@ from segmatecore import segment
 from segmatecore.bench.configs import DICE_BAR
 from segmatecore.bench.inputs import sample_ct_path
 from segmatecore.cli.main import main
-from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 

@@ -12,16 +12,15 @@ from segmatecore.data.preprocess import Preprocessing, normalize_hu, resize_slic
 from segmatecore.train.dataset import (Augmenter, BalancedSampler, SliceDataset, balanced_weights, load_cases,
                                        z_norm_for)
 from segmatecore.data.prepare import prepare
-from test_prepare import make_nifti_pairs
 
 KEYS = list(PAPER_ORGANS)
 PRE = Preprocessing(input_size=(64, 64))
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared(tmp_path_factory, nifti_pairs):
     root = tmp_path_factory.mktemp("ds")
-    src = make_nifti_pairs(root / "src", cases=4)
+    src = nifti_pairs(root / "src", cases=4)
     prepare("nifti-pairs", src, root / "out", workers=1, all_train=True, progress=False)
     return root / "out"
 

@@ -2,31 +2,24 @@
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
-from intensity_model import IntensityModel, band_centre
-from segmatecore.data.geometry import canonical_image
+from segmatecore.data.geometry import canonical_image, to_canonical
+from segmatecore.data.prepared import load_cases
 from segmatecore.evaluation.evaluate import evaluate
 from segmatecore.inference.predictor import SegMatePredictor
 from segmatecore.inference.zstrategy import GroundTruthZ
-from segmatecore.data.geometry import to_canonical
-from segmatecore.data.prepared import load_cases
 from segmatecore.train.dataset import z_norm_for
-from segmatecore.data.prepare import prepare
 
 SHAPE = (12, 64, 64)  # z, y, x: 64 x 64 slices need no resizing at input size 64
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
+def prepared(tmp_path_factory, band_centre, prepared_pairs):
     """Three cases painted with the intensity model's bands; case02's cord label lacks one slice."""
-    root = tmp_path_factory.mktemp("eval")
-    (root / "src" / "images").mkdir(parents=True)
-    (root / "src" / "labels").mkdir()
+    pairs = []
     for n in range(3):
         ct = np.zeros(SHAPE, dtype=np.int16)
         lab = np.zeros(SHAPE, dtype=np.uint8)
@@ -36,13 +29,9 @@ def prepared(tmp_path_factory):
         ct[lab == 2] = band_centre("esophagus")
         if n == 2:
             lab[9, 40:46, 28:34] = 0  # the painted cord has 8 slices, its label 7
-        for array, folder in ((ct, "images"), (lab, "labels")):
-            image = sitk.GetImageFromArray(array)
-            image.SetSpacing((1.5, 1.5, 4.0))
-            sitk.WriteImage(image, str(root / "src" / folder / f"case{n:02d}.nii.gz"))
-    (root / "src" / "label_map.json").write_text(json.dumps({"spinal_cord": 1, "esophagus": 2, "liver": 9}))
-    prepare("nifti-pairs", root / "src", root / "data", workers=1, fractions=(0.0, 0.0, 1.0), progress=False)
-    return root / "data"
+        pairs.append((ct, lab))
+    return prepared_pairs(tmp_path_factory.mktemp("eval"), pairs, {"spinal_cord": 1, "esophagus": 2, "liver": 9},
+                          (0.0, 0.0, 1.0), spacing=(1.5, 1.5, 4.0))
 
 
 def test_canonical_image_maps_back_onto_the_prepared_array(prepared):
@@ -52,8 +41,8 @@ def test_canonical_image_maps_back_onto_the_prepared_array(prepared):
     np.testing.assert_array_equal(array, case.image)
 
 
-def test_evaluate_writes_csv_summary_and_boxplot(prepared, tmp_path):
-    model = IntensityModel(organs=["spinal_cord", "esophagus"], input_size=64)
+def test_evaluate_writes_csv_summary_and_boxplot(prepared, tmp_path, intensity_model):
+    model = intensity_model(organs=["spinal_cord", "esophagus"], input_size=64)
     summary = evaluate(model, [prepared], tmp_path, split="test", device="cpu", ground_truth_z=True)
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     # liver is annotated but the model was not trained on it: not scored
@@ -76,9 +65,9 @@ def test_evaluate_writes_csv_summary_and_boxplot(prepared, tmp_path):
     assert (tmp_path / "boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_ground_truth_z_norm_follows_the_organ_extent(prepared):
+def test_ground_truth_z_norm_follows_the_organ_extent(prepared, intensity_model):
     case = load_cases([prepared], "test")[0]
-    model = IntensityModel(organs=["spinal_cord", "esophagus"], input_size=64)
+    model = intensity_model(organs=["spinal_cord", "esophagus"], input_size=64)
     image = canonical_image(case.image, case.record["spacing"])
     result = SegMatePredictor(model, device="cpu").segment(image, z=GroundTruthZ(*case.record["extent"]))
     seen = np.concatenate([z.cpu().numpy() for z in model.z_seen if z is not None])

@@ -14,7 +14,6 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 from pydicom.uid import generate_uid
-from conftest import DICOM_SERIES
 from rt_utils import RTStructBuilder
 
 import segmatecore
@@ -357,9 +356,9 @@ def test_rtstruct_round_trip_on_real_dicom_is_voxel_exact(tmp_path, dicom_with_u
     assert mean_x("Liver") < mean_x("SpinalCord")  # the liver lies on the patient's right
 
 
-def test_rtstruct_refuses_a_series_without_image_uids(tmp_path, shared_data, dicom_labelmap):
+def test_rtstruct_refuses_a_series_without_image_uids(tmp_path, dicom_series, dicom_labelmap):
     with pytest.raises(ValueError, match="SOP Instance UID"):
-        write_rtstruct(dicom_labelmap, legend(PAPER_ORGANS), shared_data / DICOM_SERIES, tmp_path / "rtstruct.dcm")
+        write_rtstruct(dicom_labelmap, legend(PAPER_ORGANS), dicom_series, tmp_path / "rtstruct.dcm")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -438,11 +437,11 @@ def test_write_outputs_with_rtstruct_uses_the_results_dicom_folder(tmp_path, dic
     assert pydicom.dcmread(written["rtstruct"]).StructureSetROISequence[1].ROIName == "A_Aorta"
 
 
-def test_write_outputs_writes_nothing_when_one_output_fails(tmp_path, shared_data, dicom_labelmap):
+def test_write_outputs_writes_nothing_when_one_output_fails(tmp_path, dicom_series, dicom_labelmap):
     result = _result(dicom_labelmap, ["liver"])
     with pytest.raises(ValueError, match="SOP Instance UID"):
         write_outputs(result, tmp_path / "case", formats=["nifti", "report", "rtstruct"],
-                      dicom_dir=shared_data / DICOM_SERIES)
+                      dicom_dir=dicom_series)
     assert list((tmp_path / "case").iterdir()) == []
 
 

@@ -1,6 +1,6 @@
 """Exact geometry through segment(): the labelmap lands on the input's grid, and left stays left.
 
-The network is the intensity test network (Testing/intensity_model.py): organ k wherever the
+The network is the intensity test network (the ``intensity_model`` fixture): organ k wherever the
 voxel's HU lies in the organ's band, so every expectation below is exact and independent of
 learned weights. Synthetic patients are painted in physical (LPS) space: a body cylinder along
 the patient's z axis, a "left kidney" cylinder 10 mm toward the patient's left (LPS +x) and a
@@ -16,11 +16,10 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from intensity_model import IntensityModel
 
 from segmatecore import segment
 from segmatecore.data.geometry import closest_canonical_axes, from_canonical, to_canonical
-from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
@@ -76,8 +75,10 @@ def paint_patient(direction: np.ndarray, spacing=(1.5, 1.5, 3.0), slices: int = 
     return out, left, right
 
 
-def model(input_size=IN_PLANE) -> IntensityModel:
-    return IntensityModel(BANDS, input_size=input_size)
+@pytest.fixture
+def model(intensity_model):
+    """``model(input_size=IN_PLANE)``: a fresh intensity test network that finds the two kidneys."""
+    return lambda input_size=IN_PLANE: intensity_model(BANDS, input_size=input_size)
 
 
 def assert_exact_geometry(labelmap: sitk.Image, image: sitk.Image) -> None:
@@ -104,7 +105,7 @@ CASES = [(name, d, (1.5, 1.5, 3.0), 6, np.int16) for name, d in DIRECTIONS.items
 
 
 @pytest.mark.parametrize("name, direction, spacing, slices, dtype", CASES, ids=[c[0] for c in CASES])
-def test_labelmap_has_the_exact_input_geometry_and_the_painted_organs(name, direction, spacing, slices, dtype):
+def test_labelmap_has_the_exact_input_geometry_and_the_painted_organs(name, direction, spacing, slices, dtype, model):
     image, left, right = paint_patient(direction, spacing, slices, dtype)
     result = segment(image, model(), device="cpu", z_norm="volume")
     assert_exact_geometry(result.labelmap, image)
@@ -121,7 +122,7 @@ def test_labelmap_has_the_exact_input_geometry_and_the_painted_organs(name, dire
 
 @pytest.mark.parametrize("direction", [np.eye(3), DIRECTIONS["coronal, axes permuted and flipped"]],
                          ids=["axial", "coronal"])
-def test_resizing_to_the_model_input_and_back_keeps_organs_in_place(direction):
+def test_resizing_to_the_model_input_and_back_keeps_organs_in_place(direction, model):
     axes, _ = closest_canonical_axes(direction)
     spacing = [0.0, 0.0, 0.0]
     spacing[axes[0]], spacing[axes[1]], spacing[axes[2]] = 1.1, 0.9, 3.0
@@ -136,7 +137,7 @@ def test_resizing_to_the_model_input_and_back_keeps_organs_in_place(direction):
     assert centroid_x(result.organ_mask("left_kidney")) > centroid_x(result.organ_mask("right_kidney"))
 
 
-def test_a_left_organ_found_on_the_patients_right_is_warned():
+def test_a_left_organ_found_on_the_patients_right_is_warned(model):
     image, _, _ = paint_patient(np.diag([-1.0, -1.0, 1.0]), left_hu=RIGHT_HU, right_hu=LEFT_HU)
     result = segment(image, model(), device="cpu", z_norm="none")
     laterality = [w for w in result.warnings if w.startswith("laterality")]
@@ -190,12 +191,12 @@ PAROTID_BANDS = {"left_parotid": BANDS["left_kidney"], "right_parotid": BANDS["r
 
 
 @pytest.mark.parametrize("name", ["RAS (nibabel-style NIfTI)", "slices head to feet", "oblique (20 deg about z, 12 deg about x)"])
-def test_parotids_of_a_head_and_neck_model_stay_on_their_side(name):
+def test_parotids_of_a_head_and_neck_model_stay_on_their_side(name, intensity_model):
     """A seven-organ model (another organ set and channel order than the paper's): the parotid
     painted on the patient's left comes back as the left parotid, with the model's own label values,
     on flipped and oblique volumes."""
     organs = ("spinal_cord", "esophagus", "brainstem", "left_parotid", "right_parotid", "larynx", "mandible")
-    net = IntensityModel(PAROTID_BANDS, input_size=IN_PLANE, organ_set=organs)
+    net = intensity_model(PAROTID_BANDS, input_size=IN_PLANE, organ_set=organs)
     image, left, right = paint_patient(DIRECTIONS[name])
     result = segment(image, net, device="cpu", z_norm="volume")
     assert_exact_geometry(result.labelmap, image)
@@ -206,9 +207,9 @@ def test_parotids_of_a_head_and_neck_model_stay_on_their_side(name):
     assert not any(w.startswith("laterality") for w in result.warnings)
 
 
-def test_swapped_parotids_are_warned():
+def test_swapped_parotids_are_warned(intensity_model):
     organs = ("left_parotid", "right_parotid", "mandible")
-    net = IntensityModel(PAROTID_BANDS, input_size=IN_PLANE, organ_set=organs)
+    net = intensity_model(PAROTID_BANDS, input_size=IN_PLANE, organ_set=organs)
     image, _, _ = paint_patient(np.diag([-1.0, -1.0, 1.0]), left_hu=RIGHT_HU, right_hu=LEFT_HU)
     warnings = segment(image, net, device="cpu", z_norm="volume").warnings
     assert any("left parotid gland lies on the patient's right" in w for w in warnings), warnings

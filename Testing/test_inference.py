@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from intensity_model import DEFAULT_BANDS, IntensityModel, band_centre
 
 from segmatecore import SegmentationCancelled, create_model, segment
 from segmatecore.runtime import optimize
@@ -26,7 +25,7 @@ from segmatecore.data.geometry import to_canonical
 from segmatecore.inference.gate import PresenceGate
 from segmatecore.runtime.devices import autocast_dtype, resolve_device
 from segmatecore.data.io import load_volume
-from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 from segmatecore.data.validation import InputError
 from segmatecore.inference.zpass import ZPassConfig, estimate_extent, robust_extent
 
@@ -141,22 +140,26 @@ def test_z_norm_follows_the_training_formula():
 
 # ---- end to end with the intensity test network -----------------------------------------------------
 
-def organ_in_slices(nz: int = 20, first: int = 5, last: int = 14, key: str = "liver") -> sitk.Image:
-    """A 32 x 32 x nz LPS CT-like volume: body 300 HU (no band), an organ in axial slices first..last."""
-    a = np.full((nz, 32, 32), -1000, dtype=np.int16)
-    a[:, 3:29, 3:29] = 300
-    a[first:last + 1, 12:24, 10:22] = band_centre(key)
-    image = sitk.GetImageFromArray(a)
-    image.SetSpacing((2.0, 2.0, 2.5))
-    return image
+@pytest.fixture(scope="module")
+def organ_in_slices(band_centre):
+    """``organ_in_slices(nz=20, first=5, last=14, key="liver")``: a 32 x 32 x nz LPS CT-like volume, body
+    300 HU (no band), the organ in axial slices first..last."""
+    def make(nz: int = 20, first: int = 5, last: int = 14, key: str = "liver") -> sitk.Image:
+        a = np.full((nz, 32, 32), -1000, dtype=np.int16)
+        a[:, 3:29, 3:29] = 300
+        a[first:last + 1, 12:24, 10:22] = band_centre(key)
+        image = sitk.GetImageFromArray(a)
+        image.SetSpacing((2.0, 2.0, 2.5))
+        return image
+    return make
 
 
-def z_values_of_second_pass(model: IntensityModel) -> list[float]:
+def z_values_of_second_pass(model) -> list[float]:
     return [float(v) for z in model.z_seen if z is not None for v in z]
 
 
-def test_auto_z_norm_estimates_the_extent_and_feeds_film_with_it():
-    model = IntensityModel(input_size=32)
+def test_auto_z_norm_estimates_the_extent_and_feeds_film_with_it(organ_in_slices, intensity_model):
+    model = intensity_model(input_size=32)
     result = segment(organ_in_slices(), model, device="cpu", batch_size=3, postprocess=NO_POSTPROCESS)
     assert result.z_range == {"mode": "auto", "first": 5, "last": 14, "num_slices": 20,
                               "slices_run": result.z_range["slices_run"], "skipped_outside": False}
@@ -167,85 +170,94 @@ def test_auto_z_norm_estimates_the_extent_and_feeds_film_with_it():
     assert liver[5:15].any(axis=(1, 2)).all() and not liver[:5].any() and not liver[15:].any()
 
 
-def test_volume_and_none_modes():
-    model = IntensityModel(input_size=32)
+def test_volume_and_none_modes(organ_in_slices, intensity_model):
+    model = intensity_model(input_size=32)
     result = segment(organ_in_slices(), model, device="cpu", z_norm="volume")
     assert np.allclose(z_values_of_second_pass(model), np.arange(20) / 19)
     assert (result.z_range["first"], result.z_range["last"]) == (0, 19)
-    model = IntensityModel(input_size=32)
+    model = intensity_model(input_size=32)
     result = segment(organ_in_slices(), model, device="cpu", z_norm="none")
     assert model.z_seen and all(z is None for z in model.z_seen) and result.z_range["first"] is None
     with pytest.raises(ValueError, match="Unknown z_norm"):
         segment(organ_in_slices(), model, z_norm="ground_truth")
 
 
-def test_skip_outside_extent_runs_only_the_slices_inside():
-    model = IntensityModel(input_size=32)
+def test_skip_outside_extent_runs_only_the_slices_inside(organ_in_slices, intensity_model):
+    model = intensity_model(input_size=32)
     result = segment(organ_in_slices(), model, device="cpu", batch_size=4, skip_outside_extent=True)
     second_pass = sum(len(z) for z in model.z_seen if z is not None)
     assert second_pass == 10 and result.z_range["skipped_outside"]
-    full = segment(organ_in_slices(), IntensityModel(input_size=32), device="cpu")
+    full = segment(organ_in_slices(), intensity_model(input_size=32), device="cpu")
     assert np.array_equal(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(full.labelmap))
 
 
-def test_the_first_pass_finding_nothing_falls_back_to_the_volume_with_a_warning():
-    model = IntensityModel(input_size=32)
+def test_the_first_pass_finding_nothing_falls_back_to_the_volume_with_a_warning(organ_in_slices, intensity_model):
+    model = intensity_model(input_size=32)
     result = segment(organ_in_slices(first=3, last=2), model, device="cpu")
     assert result.z_range["mode"] == "volume" and (result.z_range["first"], result.z_range["last"]) == (0, 19)
     assert any("found no organ" in w for w in result.warnings)
     assert all(v == 0 for v in result.volumes_ml.values())
 
 
-class BlindToOneOrgan(IntensityModel):
-    """The intensity network whose presence head never reports ``blind`` (its masks still do)."""
+@pytest.fixture(scope="module")
+def blind_to_one_organ(intensity_model):
+    """The class of the intensity network whose presence head never reports ``blind`` (its masks still do)."""
+    class BlindToOneOrgan(intensity_model):
+        def __init__(self, blind: str, **kwargs):
+            super().__init__(**kwargs)
+            self.blind = list(PAPER_ORGANS).index(blind)
 
-    def __init__(self, blind: str, **kwargs):
-        super().__init__(**kwargs)
-        self.blind = list(PAPER_ORGANS).index(blind)
+        def forward(self, x, z_norm=None):
+            out = super().forward(x, z_norm)
+            presence = out.presence.clone()
+            presence[:, self.blind] = -30.0  # a logit: probability ~1e-13
+            return out._replace(presence=presence)
 
-    def forward(self, x, z_norm=None):
-        out = super().forward(x, z_norm)
-        presence = out.presence.clone()
-        presence[:, self.blind] = -30.0  # a logit: probability ~1e-13
-        return out._replace(presence=presence)
+    return BlindToOneOrgan
 
 
-def test_an_organ_the_first_pass_never_finds_is_left_empty_with_a_warning():
+def test_an_organ_the_first_pass_never_finds_is_left_empty_with_a_warning(organ_in_slices, blind_to_one_organ,
+                                                                          band_centre):
     """A liver mask in a CT where the presence head finds no liver (a neck CT) is dropped, and said so."""
     image = organ_in_slices(key="liver")
     array = sitk.GetArrayFromImage(image)
     array[5:15, 4:8, 4:8] = band_centre("aorta")  # an organ the first pass does find, so it has an extent
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((2.0, 2.0, 2.5))
-    gated = segment(image, BlindToOneOrgan("liver", input_size=32), device="cpu", organs=["liver"])
+    gated = segment(image, blind_to_one_organ("liver", input_size=32), device="cpu", organs=["liver"])
     assert gated.volumes_ml["liver"] == 0.0
     assert any("found no liver" in w and "presence gate" in w for w in gated.warnings)
-    kept = segment(image, BlindToOneOrgan("liver", input_size=32), device="cpu", organs=["liver"],
+    kept = segment(image, blind_to_one_organ("liver", input_size=32), device="cpu", organs=["liver"],
                    postprocess={"presence_gate": False})
     assert kept.volumes_ml["liver"] == pytest.approx(10 * 12 * 12 * 2.0 * 2.0 * 2.5 / 1000)
     assert not any("found no" in w for w in kept.warnings)
 
 
-class PresenceFromAnotherOrgan(IntensityModel):
-    """The intensity network whose liver presence is the aorta's: its presence head sees less liver than its masks."""
+@pytest.fixture(scope="module")
+def presence_from_another_organ(intensity_model):
+    """The class of the intensity network whose liver presence is the aorta's: its presence head sees less
+    liver than its masks."""
+    class PresenceFromAnotherOrgan(intensity_model):
+        def forward(self, x, z_norm=None):
+            out = super().forward(x, z_norm)
+            presence = out.presence.clone()
+            presence[:, list(PAPER_ORGANS).index("liver")] = presence[:, list(PAPER_ORGANS).index("aorta")]
+            return out._replace(presence=presence)
 
-    def forward(self, x, z_norm=None):
-        out = super().forward(x, z_norm)
-        presence = out.presence.clone()
-        presence[:, list(PAPER_ORGANS).index("liver")] = presence[:, list(PAPER_ORGANS).index("aorta")]
-        return out._replace(presence=presence)
+    return PresenceFromAnotherOrgan
 
 
-def test_segment_keeps_a_mask_only_on_the_slices_where_the_first_pass_found_its_organ():
+def test_segment_keeps_a_mask_only_on_the_slices_where_the_first_pass_found_its_organ(organ_in_slices,
+        presence_from_another_organ, band_centre):
     array = sitk.GetArrayFromImage(organ_in_slices(key="liver"))  # liver on slices 5..14
     array[5:10, 4:8, 4:8] = band_centre("aorta")                   # presence "liver" only on 5..9
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((2.0, 2.0, 2.5))
-    gated = sitk.GetArrayFromImage(segment(image, PresenceFromAnotherOrgan(input_size=32), device="cpu",
+    gated = sitk.GetArrayFromImage(segment(image, presence_from_another_organ(input_size=32), device="cpu",
                                            organs=["liver"]).labelmap)
     liver_slices = np.flatnonzero((gated == PAPER.label("liver")).any(axis=(1, 2)))
     assert liver_slices[0] == 5 and 9 <= liver_slices[-1] <= 10  # up to the next "absent" sample (every 2nd slice)
-    full = sitk.GetArrayFromImage(segment(image, PresenceFromAnotherOrgan(input_size=32), device="cpu",
+    full = sitk.GetArrayFromImage(segment(image, presence_from_another_organ(input_size=32), device="cpu",
                                           organs=["liver"], postprocess={"presence_gate": False}).labelmap)
     assert np.flatnonzero((full == PAPER.label("liver")).any(axis=(1, 2))).tolist() == list(range(5, 15))
 
@@ -263,29 +275,29 @@ def test_the_presence_gate_keeps_an_organ_only_near_where_the_first_pass_found_i
     assert PresenceGate({0: extent.organ_ranges[0]}, 2).mask(np.array([5, 10, 20, 25]))[:, 0].tolist() == [0, 1, 1, 0]
 
 
-def test_organ_subset_labels_and_volumes():
+def test_organ_subset_labels_and_volumes(organ_in_slices, intensity_model):
     image = organ_in_slices()
-    result = segment(image, IntensityModel(input_size=32), organs=["liver", "aorta"], device="cpu")
+    result = segment(image, intensity_model(input_size=32), organs=["liver", "aorta"], device="cpu")
     assert result.organs == ["liver", "aorta"]
     assert set(np.unique(sitk.GetArrayFromImage(result.labelmap))) == {0, PAPER.label("liver")}
     assert result.volumes_ml["liver"] == pytest.approx(10 * 12 * 12 * 2.0 * 2.0 * 2.5 / 1000)
     assert result.volumes_ml["aorta"] == 0.0
     with pytest.raises(ValueError, match="Unknown organ"):
-        segment(image, IntensityModel(input_size=32), organs=["heart"])
+        segment(image, intensity_model(input_size=32), organs=["heart"])
     with pytest.raises(KeyError):
         result.organ_mask("trachea")
 
 
-def test_untrained_organs_are_off_by_default_and_warned_when_asked():
-    model = IntensityModel(["liver"], input_size=32)
+def test_untrained_organs_are_off_by_default_and_warned_when_asked(organ_in_slices, intensity_model):
+    model = intensity_model(["liver"], input_size=32)
     assert segment(organ_in_slices(), model, device="cpu").organs == ["liver"]
     asked = segment(organ_in_slices(), model, organs=["liver", "aorta"], device="cpu")
     assert any("not trained on aorta" in w for w in asked.warnings)
 
 
-def test_progress_reaches_the_total_and_cancel_stops_between_batches():
+def test_progress_reaches_the_total_and_cancel_stops_between_batches(organ_in_slices, intensity_model):
     calls = []
-    segment(organ_in_slices(), IntensityModel(input_size=32), device="cpu", batch_size=4,
+    segment(organ_in_slices(), intensity_model(input_size=32), device="cpu", batch_size=4,
             progress=lambda stage, done, total: calls.append((stage, done, total)))
     network = [(d, t) for s, d, t in calls if s == "network"]
     assert network[0] == (0, 20) and network[-1] == (20, 20)
@@ -293,7 +305,7 @@ def test_progress_reaches_the_total_and_cancel_stops_between_batches():
     assert {s for s, _, _ in calls} == {"z_pass", "network", "postprocess"}
 
     cancel = threading.Event()
-    model = IntensityModel(input_size=32)
+    model = intensity_model(input_size=32)
 
     def cancel_after_first_batch(stage, done, total):
         if stage == "network" and done > 0:
@@ -305,20 +317,23 @@ def test_progress_reaches_the_total_and_cancel_stops_between_batches():
     assert sum(model.batches_seen) == 4  # one batch, then it stopped
 
 
-class RunsOutOfMemory(IntensityModel):
-    """Raises the error PyTorch raises on a full GPU whenever a batch is larger than ``limit``."""
+@pytest.fixture(scope="module")
+def runs_out_of_memory(intensity_model):
+    """The class of raises the error PyTorch raises on a full GPU whenever a batch is larger than ``limit``."""
+    class RunsOutOfMemory(intensity_model):
+        limit = 2
 
-    limit = 2
+        def forward(self, x, z_norm=None):
+            if x.shape[0] > self.limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().forward(x, z_norm)
 
-    def forward(self, x, z_norm=None):
-        if x.shape[0] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().forward(x, z_norm)
+    return RunsOutOfMemory
 
 
-def test_out_of_memory_halves_the_batch_and_gives_the_same_result():
-    reference = segment(organ_in_slices(), IntensityModel(input_size=32), device="cpu", batch_size=8)
-    model = RunsOutOfMemory(input_size=32)
+def test_out_of_memory_halves_the_batch_and_gives_the_same_result(organ_in_slices, runs_out_of_memory, intensity_model):
+    reference = segment(organ_in_slices(), intensity_model(input_size=32), device="cpu", batch_size=8)
+    model = runs_out_of_memory(input_size=32)
     result = segment(organ_in_slices(), model, device="cpu", batch_size=8)
     assert np.array_equal(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(reference.labelmap))
     assert any("batch size lowered to 4" in w for w in result.warnings)
@@ -329,14 +344,14 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result():
         segment(organ_in_slices(), model, device="cpu", batch_size=2)
 
 
-def test_probabilities_are_streamed_not_held_for_the_volume():
+def test_probabilities_are_streamed_not_held_for_the_volume(band_centre, intensity_model):
     """Numpy memory stays far below the 256 x 256 x 40 x 9 float32 probabilities (94 MB)."""
     a = np.full((40, 256, 256), -1000, dtype=np.int16)
     a[:, 40:220, 40:220] = 300
     a[10:30, 80:160, 60:140] = band_centre("liver")
     image = sitk.GetImageFromArray(a)
     tracemalloc.start()
-    result = segment(image, IntensityModel(input_size=64), device="cpu", batch_size=4, postprocess=NO_POSTPROCESS)
+    result = segment(image, intensity_model(input_size=64), device="cpu", batch_size=4, postprocess=NO_POSTPROCESS)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     full_probabilities = a.size * 9 * 4
@@ -344,7 +359,7 @@ def test_probabilities_are_streamed_not_held_for_the_volume():
     assert result.volumes_ml["liver"] > 0
 
 
-def test_device_and_precision_policy():
+def test_device_and_precision_policy(organ_in_slices, intensity_model):
     assert resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert resolve_device("auto").type == expected
@@ -361,24 +376,27 @@ def test_device_and_precision_policy():
     assert autocast_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
     assert autocast_dtype(torch.device("cuda"), "fp32") is None
     with pytest.raises(ValueError, match="Unknown precision"):
-        segment(organ_in_slices(), IntensityModel(input_size=32), precision="fp8")
+        segment(organ_in_slices(), intensity_model(input_size=32), precision="fp8")
 
 
-class AutocastRecorder(IntensityModel):
-    """The intensity network, recording the CPU autocast dtype each batch ran under (None: off)."""
+@pytest.fixture(scope="module")
+def autocast_recorder(intensity_model):
+    """The class of the intensity network, recording the CPU autocast dtype each batch ran under (None: off)."""
+    class AutocastRecorder(intensity_model):
+        def forward(self, x, z_norm=None):
+            self.seen.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return super().forward(x, z_norm)
 
-    def forward(self, x, z_norm=None):
-        self.seen.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
-        return super().forward(x, z_norm)
+    return AutocastRecorder
 
 
 @pytest.mark.parametrize("amx", [False, True])
-def test_bf16_on_a_cpu_without_amx_runs_with_a_warning(monkeypatch, amx):
+def test_bf16_on_a_cpu_without_amx_runs_with_a_warning(monkeypatch, amx, organ_in_slices, autocast_recorder):
     monkeypatch.setattr(optimize, "cpu_bf16_is_faster", lambda: amx)
     image = organ_in_slices()
     runs = {}
     for precision in ("bf16", "fp32"):
-        network = AutocastRecorder(input_size=32)
+        network = autocast_recorder(input_size=32)
         network.seen = set()
         runs[precision] = (segment(image, network, device="cpu", precision=precision), network.seen)
     (bf16, bf16_seen), (fp32, fp32_seen) = runs["bf16"], runs["fp32"]
@@ -404,17 +422,17 @@ BAD = {
 
 
 @pytest.mark.parametrize("name", BAD)
-def test_bad_images_are_refused_in_one_line(name):
-    model = IntensityModel(input_size=32)
+def test_bad_images_are_refused_in_one_line(name, intensity_model):
+    model = intensity_model(input_size=32)
     with pytest.raises(InputError) as err:
         segment(BAD[name], model, device="cpu")
     assert "\n" not in str(err.value) and not model.batches_seen
 
 
-def test_mr_like_intensity_is_warned():
+def test_mr_like_intensity_is_warned(intensity_model):
     a = np.zeros((6, 32, 32), np.int16)
     a[:, 8:24, 8:24] = 800
-    result = segment(_image(a), IntensityModel(input_size=32), device="cpu")
+    result = segment(_image(a), intensity_model(input_size=32), device="cpu")
     assert any("does not look like CT" in w for w in result.warnings)
 
 
@@ -453,22 +471,22 @@ def test_real_nifti_with_a_random_fastvit(shared_data, random_fastvit):
     assert result.z_range["num_slices"] == 30 and result.model_info["backbone"] == "fastvit_t12"
 
 
-def test_real_dicom_series_with_the_intensity_network(shared_data):
+def test_real_dicom_series_with_the_intensity_network(shared_data, bands_for, intensity_model):
     folder = shared_data / "totalseg_example" / "example_ct_dicom"
     loaded = load_volume(folder)
-    result = segment(loaded, IntensityModel(input_size=64), device="cpu", batch_size=10, postprocess=NO_POSTPROCESS)
+    result = segment(loaded, intensity_model(input_size=64), device="cpu", batch_size=10, postprocess=NO_POSTPROCESS)
     labels = check_result(result, loaded.image)
     assert result.dicom_dir == str(folder) and labels.any()
     # Contrast-enhanced soft tissue (60-160 HU, the "trachea" band) fills large regions: the labels
     # follow it there, after the trip to 64 x 64 and back.
     hu = sitk.GetArrayViewFromImage(loaded.image)
-    lo, hi = DEFAULT_BANDS["trachea"]
+    lo, hi = bands_for(PAPER_ORGANS)["trachea"]
     assert np.mean(labels[(hu > lo + 30) & (hu < hi - 30)] == PAPER.label("trachea")) > 0.5
 
 
-def test_real_openkbp_case_end_to_end(shared_data):
+def test_real_openkbp_case_end_to_end(shared_data, intensity_model):
     path = shared_data / "openkbp" / "train_pt_100" / "ct.nii.gz"
-    result = segment(path, IntensityModel(["spinal_cord", "esophagus"], input_size=64), device="cpu",
+    result = segment(path, intensity_model(["spinal_cord", "esophagus"], input_size=64), device="cpu",
                      batch_size=16, z_norm="volume")
     check_result(result, sitk.ReadImage(str(path)))
     assert result.organs == ["spinal_cord", "esophagus"]

@@ -30,22 +30,16 @@ def same_geometry(a: sitk.Image, b: sitk.Image, atol: float = 0.0) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=atol + 1e-12))
 
 
-def write_ct_slices(folder: Path, count: int, series_uid: str, modality: str = "CT") -> None:
-    """A DICOM series written with SimpleITK, one file per slice, 2 mm apart."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    volume = small_ct((count, 12, 10))
-    for k in range(count):
-        image = volume[:, :, k]
-        tags = {"0008|0060": modality, "0020|000e": series_uid, "0020|000d": "1.2.826.0.1.3680043.8.498.77",
-                "0020|0032": f"0\\0\\{2.0 * k:.2f}", "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0013": str(k + 1),
-                "0008|0018": f"{series_uid}.{k + 1}", "0028|0030": "0.8\\0.75",
-                "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0028|1052": "0", "0028|1053": "1"}
-        for key, value in tags.items():
-            image.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"{series_uid[-2:]}_{k:03d}.dcm"))
-        writer.Execute(image)
+@pytest.fixture(scope="session")
+def write_ct_slices(write_ct_series):
+    """``write_ct_slices(folder, count, series_uid, modality="CT")``: a DICOM series of the small CT, one file
+    per slice, 2 mm apart."""
+    def write(folder: Path, count: int, series_uid: str, modality: str = "CT") -> None:
+        volume = small_ct((count, 12, 10))
+        write_ct_series(folder, [volume[:, :, k] for k in range(count)], [(0, 0, 2.0 * k) for k in range(count)],
+                        pixel_spacing=(0.8, 0.75), modality=modality, series_uid=series_uid,
+                        study_uid="1.2.826.0.1.3680043.8.498.77", prefix=f"{series_uid[-2:]}_")
+    return write
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"])
@@ -80,7 +74,7 @@ def test_a_single_dicom_file_reads_its_whole_series(shared_data):
     assert load_volume(one_file).image.GetSize() == (512, 512, 20)
 
 
-def test_several_series_in_one_folder_choose_the_largest_ct_or_the_uid_asked(tmp_path):
+def test_several_series_in_one_folder_choose_the_largest_ct_or_the_uid_asked(tmp_path, write_ct_slices):
     write_ct_slices(tmp_path, 4, "1.2.826.0.1.3680043.8.498.31")
     write_ct_slices(tmp_path, 6, "1.2.826.0.1.3680043.8.498.32")
     write_ct_slices(tmp_path, 9, "1.2.826.0.1.3680043.8.498.33", modality="MR")

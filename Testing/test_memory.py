@@ -1,6 +1,6 @@
 """Bounded memory (slow): a 1,000-slice 512 x 512 CT through segment() peaks under 3 GB.
 
-The segmentation runs in a child process (``python Testing/test_memory.py CT.nii MODEL``) read
+The segmentation runs in a child process (``python -m support.memory_child CT.nii NETWORK``) read
 from a NIfTI file, as the command line does; the test samples the child's resident memory with
 psutil every 10 ms and also reads the kernel's own peak (ru_maxrss) when the child ends. Two
 networks: the intensity test network at the paper's 512 x 512 input (every organ present, so
@@ -10,57 +10,35 @@ post-processing has work to do) and a real FastViT-T12 SegMateNet at the demonst
 from __future__ import annotations
 
 import json
-import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 import SimpleITK as sitk
 
 pytestmark = pytest.mark.slow
 
-TESTING = Path(__file__).resolve().parent
 LIMIT_BYTES = 3_000_000_000  # 3 GB
 SHAPE = (1000, 512, 512)  # slices, rows, columns
 SAMPLE_SECONDS = 0.01
 
 
-def synthetic_ct(shape=SHAPE) -> np.ndarray:
-    """[k, j, i] int16: air, an elliptic 40 HU body, and a block at each organ's test-network intensity."""
-    from intensity_model import band_centre
-    from segmatecore.data.organs import PAPER_ORGANS
-
-    slices, rows, cols = shape
-    ct = np.full(shape, -1000, dtype=np.int16)
-    y, x = np.ogrid[:rows, :cols]
-    body = ((y - rows / 2) / (0.4 * rows)) ** 2 + ((x - cols / 2) / (0.45 * cols)) ** 2 <= 1
-    ct[:, body] = 50  # between two test-network bands: no organ
-    for n, key in enumerate(PAPER_ORGANS):  # 9 blocks in a 3 x 3 grid, each over a different stretch of slices
-        r, c = divmod(n, 3)
-        z0 = int(slices * 0.05 * (n + 1))
-        ct[z0:z0 + slices // 3, rows // 4 + r * rows // 6: rows // 4 + r * rows // 6 + rows // 8,
-           cols // 4 + c * cols // 6: cols // 4 + c * cols // 6 + cols // 8] = int(band_centre(key))
-    return ct
-
-
 @pytest.fixture(scope="module")
-def ct_file(tmp_path_factory) -> Path:
+def ct_file(tmp_path_factory, organ_blocks_ct) -> Path:
     path = tmp_path_factory.mktemp("memory") / "ct1000.nii"
-    image = sitk.GetImageFromArray(synthetic_ct())
+    image = sitk.GetImageFromArray(organ_blocks_ct(SHAPE))
     image.SetSpacing((0.8, 0.8, 1.0))
     sitk.WriteImage(image, str(path))
     return path
 
 
-def run_monitored(args: list[str]) -> dict:
+def run_monitored(args: list[str], env: dict[str, str]) -> dict:
     """Run a child Python, sampling its resident memory (and its children's); return its JSON and the peaks."""
     child = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(TESTING)})
+                             env=env)
     monitor = psutil.Process(child.pid)
     sampled_peak, samples, start = 0, 0, time.monotonic()
     while child.poll() is None:
@@ -78,8 +56,8 @@ def run_monitored(args: list[str]) -> dict:
 
 
 @pytest.mark.parametrize("network", ["intensity-512", "fastvit_t12-128"])
-def test_1000_slices_of_512x512_stay_under_3_gb(ct_file, network, capsys):
-    report = run_monitored([__file__, str(ct_file), network])
+def test_1000_slices_of_512x512_stay_under_3_gb(ct_file, network, capsys, support_env):
+    report = run_monitored(["-m", "support.memory_child", str(ct_file), network], support_env)
     peak = max(report["sampled_peak_bytes"], report["maxrss_bytes"])
     with capsys.disabled():
         print(f"\n[memory] {network}: 512 x 512 x 1000 int16 NIfTI -> segment(): peak RSS "
@@ -92,31 +70,3 @@ def test_1000_slices_of_512x512_stay_under_3_gb(ct_file, network, capsys):
     if network.startswith("intensity"):
         assert all(v > 0 for v in report["volumes_ml"].values()), report["volumes_ml"]
     assert peak < LIMIT_BYTES, f"peak {peak / 1e9:.2f} GB >= 3 GB"
-
-
-def child_main(ct_path: str, network: str) -> None:
-    """In the child: build the network, then segment the file; print the result's figures as JSON."""
-    import torch
-
-    import segmatecore
-    from intensity_model import IntensityModel
-    from segmatecore.models.checkpoint import default_metadata
-
-    torch.set_num_threads(1)  # memory does not depend on it; on a shared CPU a second thread mostly waits
-    name, size = network.rsplit("-", 1)
-    if name == "intensity":
-        model = IntensityModel(input_size=int(size))
-    else:
-        torch.manual_seed(0)
-        model = segmatecore.create_model(name).eval()
-        model.metadata = default_metadata(name)
-        model.metadata["preprocessing"]["input_size"] = [int(size), int(size)]
-    baseline = psutil.Process().memory_info().rss
-    result = segmatecore.segment(ct_path, model=model, device="cpu")
-    print(json.dumps({"maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "baseline_bytes": baseline, "timings": result.timings, "organs": result.organs,
-                      "volumes_ml": result.volumes_ml, "size": list(result.labelmap.GetSize())}))
-
-
-if __name__ == "__main__":
-    child_main(sys.argv[1], sys.argv[2])

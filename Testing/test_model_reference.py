@@ -1,11 +1,10 @@
-"""SegMateNet is the research model's function, stage by stage (../shared/reference)."""
+"""SegMateNet is the research model's function, stage by stage (shared/reference beside the repository)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from reference_fill import reference_outputs, reference_state_dict
 from segmatecore import create_model
 from segmatecore.models.research import convert_research_state_dict
 
@@ -36,7 +35,7 @@ def run_stages(model, x, z):
 
 
 @pytest.fixture(scope="module", params=BACKBONES)
-def imported(request):
+def imported(request, reference_state_dict, reference_outputs):
     backbone = request.param
     model = create_model(backbone, deep_supervision=True)
     model.load_state_dict(convert_research_state_dict(reference_state_dict(backbone)), strict=True)
@@ -63,7 +62,7 @@ def test_film_changes_output_only_when_z_given(imported):
     assert not torch.equal(a, b)
 
 
-def test_unused_research_blocks_are_dropped():
+def test_unused_research_blocks_are_dropped(reference_state_dict):
     state = reference_state_dict("fastvit_t12")
     converted = convert_research_state_dict(state)
     assert not any("skip_dec2_4" in k or "skip_dec1_3" in k or "skip_dec1_4" in k for k in converted)

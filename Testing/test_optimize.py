@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 from torch import nn
 
-from intensity_model import IntensityModel
 from segmatecore.runtime import openvino as openvino_runtime
 from segmatecore.bench.configs import DICE_BAR
 from segmatecore.bench.inputs import benchmark_model, calibration_slices
@@ -17,8 +15,7 @@ from segmatecore.bench.jobs import dice
 from segmatecore.runtime import optimize
 from segmatecore.runtime.optimize import (DEFAULT, NONE, Optimizations, bf16_warning, compute_dtype, cpu_bf16_is_faster,
                                   fold_batchnorm, prepare_for_inference)
-from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
-from segmatecore.resources import resource_path
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
@@ -30,10 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors (confte
 
 
 @pytest.fixture(scope="module")
-def slices() -> torch.Tensor:
+def slices(sample_ct) -> torch.Tensor:
     """Eight normalised 2.5D stacks of the bundled sample CT at 64 x 64."""
-    image = sitk.ReadImage(str(resource_path("SampleData", "totalsegmentator_example_ct.nii.gz")))
-    return calibration_slices(image, (SIZE, SIZE), count=8)
+    return calibration_slices(sample_ct, (SIZE, SIZE), count=8)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +50,6 @@ def masks(model: nn.Module, slices: torch.Tensor, z: torch.Tensor | None = "ramp
         return model(slices, z).seg.float() > 0
 
 
-def assert_agrees(a: torch.Tensor, b: torch.Tensor, bar: float = DICE_BAR) -> None:
-    scores = [dice(a[:, k].numpy(), b[:, k].numpy()) for k in range(a.shape[1])]
-    assert min(scores) >= bar, f"Dice per organ vs fp32: {np.round(scores, 4).tolist()}"
-
-
 # The random network has no margin around its threshold, so bf16 rounding flips about 1 % of its
 # pixels (min Dice 0.987): bf16 misses the 0.99 bar here, which is why it is opt-in (docs/benchmark.md).
 BF16_BAR = 0.97
@@ -71,7 +62,7 @@ def test_benchmark_model_output_varies_over_the_image(reference):
 
 
 @pytest.mark.parametrize("backbone,norms", [("fastvit_t12", 43), ("efficientnetv2_m", 187), ("mambaout_tiny", 31)])
-def test_fold_batchnorm_removes_every_batchnorm_and_keeps_outputs(backbone, norms, slices):
+def test_fold_batchnorm_removes_every_batchnorm_and_keeps_outputs(backbone, norms, slices, assert_agrees):
     """Every norm of the three backbones is folded (timm's BatchNormAct2d included), in fp32 and in
     float64, where the folded network must compute the same function as the unfolded one."""
     model = benchmark_model(backbone, slices[:4]).reparameterize()
@@ -156,13 +147,13 @@ def test_fold_batchnorm_refuses_a_training_model(fastvit):
                                   NONE.with_(reparameterize=True, fold_batchnorm=True, fuse_convolutions=True,
                                              channels_last=True)],
                          ids=["reparameterize", "fold", "fuse", "channels_last"])
-def test_each_fp32_optimisation_keeps_the_outputs(opts, fastvit, slices, reference):
+def test_each_fp32_optimisation_keeps_the_outputs(opts, fastvit, slices, reference, assert_agrees):
     net, autocast = prepare_for_inference(fastvit, CPU, "fp32", optimizations=opts)
     assert autocast is None
     assert_agrees(masks(net, slices), reference)
 
 
-def test_bf16_network_casts_its_own_input(fastvit, slices, reference):
+def test_bf16_network_casts_its_own_input(fastvit, slices, reference, assert_agrees):
     net, autocast = prepare_for_inference(fastvit, CPU, "bf16", optimizations=DEFAULT.with_(runtime="torch"))
     assert autocast is None, "the CPU bf16 network casts its own input"
     assert next(net.parameters()).dtype == torch.bfloat16
@@ -177,8 +168,8 @@ def test_prepare_works_on_a_copy_unless_told_otherwise(fastvit):
     assert not fastvit.is_reparameterized
 
 
-def test_prepare_leaves_other_modules_untouched():
-    model = IntensityModel()
+def test_prepare_leaves_other_modules_untouched(intensity_model):
+    model = intensity_model()
     prepared, autocast = prepare_for_inference(model, CPU, "auto")
     assert prepared is model and autocast is None
     assert prepare_for_inference(model, CPU, "bf16")[1] == torch.bfloat16
@@ -284,7 +275,7 @@ def openvino_home(tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_openvino_network_agrees_with_eager_fp32(precision, openvino_home, fastvit, slices, reference):
+def test_openvino_network_agrees_with_eager_fp32(precision, openvino_home, fastvit, slices, reference, assert_agrees):
     net, autocast = prepare_for_inference(fastvit, CPU, precision, optimizations=DEFAULT.with_(runtime="openvino"))
     assert isinstance(net, openvino_runtime.OpenVINONetwork) and autocast is None
     assert net.metadata == fastvit.metadata
@@ -298,11 +289,11 @@ def test_openvino_network_agrees_with_eager_fp32(precision, openvino_home, fastv
     torch.testing.assert_close(off.presence, off_expected.presence, atol=0.02, rtol=0)
 
 
-def test_segment_with_openvino_reuses_the_first_pass_encodings(openvino_home, fastvit):
+def test_segment_with_openvino_reuses_the_first_pass_encodings(openvino_home, fastvit, sample_ct):
     """The OpenVINO network is two graphs, so the main pass decodes the first pass's slices too."""
     from segmatecore import segment
 
-    image = sitk.ReadImage(str(resource_path("SampleData", "totalsegmentator_example_ct.nii.gz")))
+    image = sample_ct
     net, _ = prepare_for_inference(fastvit, CPU, "fp32", optimizations=DEFAULT.with_(runtime="openvino"))
     eager = segment(image, model=fastvit, device="cpu", batch_size=8, feature_cache_mb=0)
     compiled = segment(image, model=net, device="cpu", batch_size=8)
@@ -314,11 +305,11 @@ def test_segment_with_openvino_reuses_the_first_pass_encodings(openvino_home, fa
         assert dice(a == PAPER.label(key), b == PAPER.label(key)) >= DICE_BAR, key
 
 
-def test_segment_runtime_openvino_compiles_a_copy_and_gives_the_eager_labels(openvino_home, fastvit):
+def test_segment_runtime_openvino_compiles_a_copy_and_gives_the_eager_labels(openvino_home, fastvit, sample_ct):
     """What `segment(runtime="openvino")` and `segmate predict --runtime openvino` ask for."""
     from segmatecore import segment
 
-    image = sitk.ReadImage(str(resource_path("SampleData", "totalsegmentator_example_ct.nii.gz")))
+    image = sample_ct
     state = {k: v.clone() for k, v in fastvit.state_dict().items()}
     eager = segment(image, model=fastvit, device="cpu", batch_size=8)
     compiled = segment(image, model=fastvit, device="cpu", batch_size=8, runtime="openvino")

@@ -1,7 +1,6 @@
 """`segmate prepare`: canonical arrays, presence, extents, annotated organs and splits match the masks."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -47,30 +46,6 @@ def check_case(root: Path, record: dict, truth: dict[str, np.ndarray]) -> None:
             assert not labels[k].any() and not presence[:, k].any()
     hit = np.flatnonzero(union)
     assert record["extent"] == ([int(hit[0]), int(hit[-1])] if hit.size else None)
-
-
-def make_nifti_pairs(root: Path, cases: int = 4, shape_zyx=(16, 40, 48), seed: int = 0) -> Path:
-    """A small synthetic nifti-pairs dataset: body, spinal cord, esophagus and a left kidney."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for n in range(cases):
-        z, y, x = shape_zyx
-        ct = np.full(shape_zyx, -1000, dtype=np.int16)
-        ct[:, 6:36, 6:42] = rng.integers(-50, 50, size=(z, 30, 36))
-        lab = np.zeros(shape_zyx, dtype=np.uint8)
-        lab[2 + n % 2:13, 28:33, 22:27] = 1          # spinal cord (posterior, central)
-        lab[4:15, 18:22, 23:27] = 2                  # esophagus
-        lab[3:8, 20:27, 33:39] = 3                   # left kidney (LPS +x = patient left)
-        ct[lab == 1] = 40
-        ct[lab == 2] = 10
-        ct[lab == 3] = 150
-        for array, folder in ((ct, "images"), (lab, "labels")):
-            image = sitk.GetImageFromArray(array)
-            image.SetSpacing((2.0, 2.0, 3.0))
-            sitk.WriteImage(image, str(root / folder / f"case{n:02d}.nii.gz"))
-    (root / "label_map.json").write_text(json.dumps({"spinal_cord": 1, "esophagus": [2], "left_kidney": 3}))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +129,8 @@ def test_totalseg_example_labels_are_the_merged_masks(shared_data, tmp_path):
     assert all("model output" in r["notes"][0] for r in records.values())
 
 
-def test_nifti_pairs_and_patient_level_splits_are_reproducible(tmp_path):
-    src = make_nifti_pairs(tmp_path / "src", cases=6)
+def test_nifti_pairs_and_patient_level_splits_are_reproducible(tmp_path, nifti_pairs):
+    src = nifti_pairs(tmp_path / "src", cases=6)
     a = prepare("nifti-pairs", src, tmp_path / "a", workers=1, seed=3, progress=False)
     b = prepare("nifti-pairs", src, tmp_path / "b", workers=1, seed=3, progress=False)
     assert a["splits"] == b["splits"]

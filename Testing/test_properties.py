@@ -9,8 +9,6 @@ in-plane resize to the network's input size. Fixed seed, bounded examples: part 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,15 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vtk.util import numpy_support
 
-
 import segmatecore
-from intensity_model import IntensityModel
 from segmatecore.data.geometry import closest_canonical_axes
-from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SegMateSlicer"))
-from SegMateLib.logic import SegMateLogic  # noqa: E402
-from SegMateLib.segments import binaryLabelmapName, ensureConverterRules  # noqa: E402
+from SegMateLib.logic import SegMateLogic
+from SegMateLib.segments import binaryLabelmapName, ensureConverterRules
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
@@ -39,11 +34,16 @@ LABEL = PAPER.label(MARKER)
 # The marker's band is centred on the painted value and half-way to air, so the network's decision
 # boundary falls mid-way between a marker voxel and an air voxel: resizing moves edges by rounding only.
 MARKER_HU = 0.0
-MODEL = IntensityModel(organs={MARKER: (-500.0, 500.0)}, input_size=INPUT_SIZE)
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors (conftest)
+
+
+@pytest.fixture(scope="module")
+def marker_model(intensity_model):
+    """An intensity test network that finds only the marker organ, in the band described above."""
+    return intensity_model(organs={MARKER: (-500.0, 500.0)}, input_size=INPUT_SIZE)
 
 
 def examples(n: int) -> settings:
@@ -139,9 +139,9 @@ def assert_marker_in_place(found_kji: np.ndarray, geometry: dict, to_world) -> N
 
 @examples(200)
 @given(geometry=geometries())
-def test_segment_keeps_geometry_and_puts_the_marker_back_in_place(geometry):
+def test_segment_keeps_geometry_and_puts_the_marker_back_in_place(geometry, marker_model):
     image = sitk_image(geometry)
-    result = segmatecore.segment(image, model=MODEL, organs=[MARKER], device="cpu", batch_size=64)
+    result = segmatecore.segment(image, model=marker_model, organs=[MARKER], device="cpu", batch_size=64)
     labels = result.labelmap
     assert labels.GetSize() == image.GetSize()
     assert labels.GetSpacing() == image.GetSpacing()
@@ -175,14 +175,14 @@ def vtk_matrix_array(getter) -> np.ndarray:
 
 @examples(200)
 @given(geometry=geometries())
-def test_slicer_logic_keeps_geometry_and_puts_the_marker_back_in_place(geometry):
+def test_slicer_logic_keeps_geometry_and_puts_the_marker_back_in_place(geometry, marker_model):
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
     ensureConverterRules()
     try:
         matrix = ijk_to_ras(geometry)
         volume = slicer.util.addVolumeFromArray(painted(geometry), matrix, name="CT")
-        run = SegMateLogic().process(volume, None, organs=[MARKER], model=MODEL, device="cpu", batchSize=64)
+        run = SegMateLogic().process(volume, None, organs=[MARKER], model=marker_model, device="cpu", batchSize=64)
         node = run.segmentationNode
         segment = node.GetSegmentation().GetSegment(run.segmentIds[MARKER])
         oriented = segment.GetRepresentation(binaryLabelmapName())

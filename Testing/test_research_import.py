@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from reference_fill import reference_outputs, reference_state_dict
 from segmatecore import load_model
 from segmatecore.cli.main import main
 
 
 @pytest.mark.parametrize("layout", ["bare", "wrapped_ddp"])
-def test_cli_import_matches_reference(tmp_path, layout, capsys):
+def test_cli_import_matches_reference(tmp_path, layout, capsys, reference_state_dict, reference_outputs):
     state = reference_state_dict("fastvit_t12")
     if layout == "wrapped_ddp":
         state = {"epoch": 3, "model_state_dict": {f"module.{k}": v for k, v in state.items()}}
@@ -43,7 +42,7 @@ def test_import_refuses_non_research_checkpoint(tmp_path, capsys):
     assert not (tmp_path / "o.safetensors").exists()
 
 
-def test_import_refuses_wrong_backbone(tmp_path, capsys):
+def test_import_refuses_wrong_backbone(tmp_path, capsys, reference_state_dict):
     ckpt = tmp_path / "r.pth"
     torch.save(reference_state_dict("fastvit_t12"), ckpt)
     assert main(["import-research", str(ckpt), "--backbone", "mambaout_tiny", "-o", str(tmp_path / "o.safetensors")]) == 2

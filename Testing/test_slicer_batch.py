@@ -19,39 +19,40 @@ import SimpleITK as sitk
 import slicer
 import slicerio
 
+import segmate_batch as batch  # SegMateSlicer/Scripts is on pytest.ini's pythonpath
+import segmatecore
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
+
+from SegMateLib.batch import CSV_NAME, findCases, parseOrgans, runBatch
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "SegMateSlicer" / "Scripts" / "segmate_batch.py"
-sys.path.insert(0, str(REPO / "SegMateSlicer"))
-sys.path.insert(0, str(SCRIPT.parent))
-
-import segmate_batch as batch  # noqa: E402
-import segmatecore  # noqa: E402
-from intensity_model import IntensityModel, band_centre  # noqa: E402
-from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ  # noqa: E402
-
-from SegMateLib.batch import CSV_NAME, findCases, parseOrgans, runBatch  # noqa: E402
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 ORGANS = ["liver", "aorta"]
 
 
-def ct_image(shift: int, oblique: bool = False) -> sitk.Image:
-    array = np.full((8, 30, 32), -1000, dtype=np.int16)
-    array[2:7, 5 + shift:20 + shift, 4:16] = band_centre("liver")
-    array[1:8, 22:27, 18:24] = band_centre("aorta")
-    array[0, 0, 0] = 300
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((1.2, 1.1, 3.0))
-    image.SetOrigin((-20.0, 15.0, 100.0 + shift))
-    if oblique:
-        c, s = np.cos(0.3), np.sin(0.3)
-        image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
-    return image
+@pytest.fixture(scope="module")
+def ct_image(band_centre):
+    """``ct_image(shift, oblique=False)``: a small CT with a liver (moved ``shift`` rows) and an aorta."""
+    def make(shift: int, oblique: bool = False) -> sitk.Image:
+        array = np.full((8, 30, 32), -1000, dtype=np.int16)
+        array[2:7, 5 + shift:20 + shift, 4:16] = band_centre("liver")
+        array[1:8, 22:27, 18:24] = band_centre("aorta")
+        array[0, 0, 0] = 300
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.2, 1.1, 3.0))
+        image.SetOrigin((-20.0, 15.0, 100.0 + shift))
+        if oblique:
+            c, s = np.cos(0.3), np.sin(0.3)
+            image.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+        return image
+    return make
 
 
 @pytest.fixture
-def case_folder(tmp_path) -> Path:
+def case_folder(tmp_path, ct_image) -> Path:
     """Two NIfTI/NRRD volumes, a DICOM series folder, a damaged file, and files the loop must ignore."""
     folder = tmp_path / "cases"
     folder.mkdir()
@@ -75,8 +76,8 @@ def test_find_cases_lists_volumes_and_dicom_folders(case_folder, shared_data):
         findCases(case_folder / "missing")
 
 
-def test_folder_loop_writes_a_seg_nrrd_per_case_and_a_csv_log(scene, case_folder, tmp_path):
-    model = IntensityModel(organs=ORGANS, input_size=64)
+def test_folder_loop_writes_a_seg_nrrd_per_case_and_a_csv_log(scene, case_folder, tmp_path, ct_image, intensity_model):
+    model = intensity_model(organs=ORGANS, input_size=64)
     output = tmp_path / "out"
     messages = []
     rows = runBatch(case_folder, output, scene=scene, log=messages.append, organs=ORGANS, model=model,

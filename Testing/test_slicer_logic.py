@@ -26,23 +26,21 @@ import slicerio
 import vtk
 import vtk.util.numpy_support
 
+import segmatecore
+from segmatecore.data.organs import OrganSet, PAPER_ORGANS, category, organ
+from segmatecore.inference.result import SegmentationCancelled
+
+import SegMateLib
+from SegMateLib import dependencies, diagnostics, sample_data
+from SegMateLib.batch import saveSegmentation
+from SegMateLib.progress import JobProgress, elapsedText
+from SegMateLib.logic import SegMateLogic
+from SegMateLib.model_choices import modelChoices
+from SegMateLib.segments import SOURCE_TAG, THRESHOLD_TAG, Z_SMOOTHING_TAG, binaryLabelmapName
+from SegMateLib.terminology import organKeyForTerminology, terminologyEntry
+from SegMateLib.volume_image import imageFromVolumeNode
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "SegMateSlicer"))
-
-import segmatecore  # noqa: E402
-from intensity_model import IntensityModel, band_centre  # noqa: E402
-from segmatecore.data.organs import OrganSet, PAPER_ORGANS, category, organ  # noqa: E402
-from segmatecore.inference.result import SegmentationCancelled  # noqa: E402
-
-import SegMateLib  # noqa: E402
-from SegMateLib import dependencies, diagnostics, sample_data  # noqa: E402
-from SegMateLib.batch import saveSegmentation  # noqa: E402
-from SegMateLib.progress import JobProgress, elapsedText  # noqa: E402
-from SegMateLib.logic import SegMateLogic  # noqa: E402
-from SegMateLib.model_choices import modelChoices  # noqa: E402
-from SegMateLib.segments import SOURCE_TAG, THRESHOLD_TAG, Z_SMOOTHING_TAG, binaryLabelmapName  # noqa: E402
-from SegMateLib.terminology import organKeyForTerminology, terminologyEntry  # noqa: E402
-from SegMateLib.volume_image import imageFromVolumeNode  # noqa: E402
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
@@ -52,7 +50,7 @@ ORGANS = ["left_lung", "esophagus", "liver", "aorta", "trachea"]  # the test mod
 SHAPE = (12, 40, 44)  # k, j, i
 
 
-def painted_array() -> np.ndarray:
+def painted_array(band_centre) -> np.ndarray:
     """A small CT-like array: air, one bone voxel, and blocks painted at four organs' test intensities."""
     array = np.full(SHAPE, -1000, dtype=np.int16)
     array[3:10, 10:25, 4:19] = band_centre("liver")
@@ -79,18 +77,22 @@ def ijk_to_ras(oblique: bool) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model():
-    return IntensityModel(organs=PAINTED, input_size=64)
+def model(intensity_model):
+    return intensity_model(organs=PAINTED, input_size=64)
 
 
-def add_ct(scene, oblique=False, name="CT"):
-    """A CT volume node made with Slicer's own API, placed under a study in the subject hierarchy."""
-    volume = slicer.util.addVolumeFromArray(painted_array(), ijk_to_ras(oblique), name=name)
-    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1")
-    study = sh.CreateStudyItem(patient, "CT study")
-    sh.CreateItem(study, volume)
-    return volume
+@pytest.fixture(scope="module")
+def add_ct(band_centre):
+    """``add_ct(scene, oblique=False, name="CT")``: a CT volume node of the painted array made with Slicer's
+    own API, placed under a study in the subject hierarchy."""
+    def add(scene, oblique=False, name="CT"):
+        volume = slicer.util.addVolumeFromArray(painted_array(band_centre), ijk_to_ras(oblique), name=name)
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1")
+        study = sh.CreateStudyItem(patient, "CT study")
+        sh.CreateItem(study, volume)
+        return volume
+    return add
 
 
 def slicer_written_image(volume, tmp_path) -> sitk.Image:
@@ -167,7 +169,7 @@ def add_user_segment(segmentation_node, volume, name="My structure") -> tuple[st
 
 
 @pytest.mark.parametrize("oblique", [False, True], ids=["axial", "oblique"])
-def test_volume_node_becomes_the_image_slicer_writes(scene, tmp_path, oblique):
+def test_volume_node_becomes_the_image_slicer_writes(scene, tmp_path, oblique, add_ct):
     volume = add_ct(scene, oblique)
     image = imageFromVolumeNode(volume)
     written = slicer_written_image(volume, tmp_path)
@@ -221,7 +223,7 @@ def test_terminology_string_is_slicers_format():
 
 
 @pytest.mark.parametrize("oblique", [False, True], ids=["axial", "oblique"])
-def test_process_writes_each_organ_voxel_for_voxel(scene, tmp_path, model, oblique):
+def test_process_writes_each_organ_voxel_for_voxel(scene, tmp_path, model, oblique, add_ct):
     volume = add_ct(scene, oblique)
     expected = reference_labels(volume, tmp_path, model)
     assert {PAPER.label(k) for k in ("left_lung", "liver", "aorta", "trachea")} <= set(np.unique(expected))
@@ -253,7 +255,7 @@ def test_process_writes_each_organ_voxel_for_voxel(scene, tmp_path, model, obliq
     assert node.GetName() == "CT segmentation"
 
 
-def test_each_segment_records_the_threshold_and_smoothing_it_was_drawn_with(scene, model):
+def test_each_segment_records_the_threshold_and_smoothing_it_was_drawn_with(scene, model, add_ct):
     volume = add_ct(scene)
     run = SegMateLogic().process(volume, None, organs=["liver", "aorta"], model=model, device="cpu",
                                  postprocess={"thresholds": {"liver": 0.6}, "z_smoothing_mm": {"aorta": 3}})
@@ -268,7 +270,7 @@ def test_each_segment_records_the_threshold_and_smoothing_it_was_drawn_with(scen
                     ("liver", Z_SMOOTHING_TAG): "0", ("aorta", Z_SMOOTHING_TAG): "3"}
 
 
-def test_mirror_tta_reaches_segmatecore_from_the_logic(scene, model):
+def test_mirror_tta_reaches_segmatecore_from_the_logic(scene, model, add_ct):
     volume = add_ct(scene)
     run = SegMateLogic().process(volume, None, organs=["liver", "aorta"], model=model, device="cpu", tta=True)
     plain = SegMateLogic().process(volume, None, organs=["liver", "aorta"], model=model, device="cpu")
@@ -276,7 +278,7 @@ def test_mirror_tta_reaches_segmatecore_from_the_logic(scene, model):
     assert run.result.volumes_ml == plain.result.volumes_ml  # the intensity network is mirror-symmetric
 
 
-def test_precision_and_feature_reuse_reach_segmatecore_from_the_logic(scene):
+def test_precision_and_feature_reuse_reach_segmatecore_from_the_logic(scene, add_ct):
     """The panel's Precision and "Reuse the first pass's features" choices change what segment() runs:
     without reuse the main pass encodes every slice again and the segments are the same."""
     from segmatecore.models.checkpoint import default_metadata
@@ -308,9 +310,9 @@ def test_precision_and_feature_reuse_reach_segmatecore_from_the_logic(scene):
     assert scene.GetNumberOfNodes() == nodes  # refused before anything is added
 
 
-def test_tg263_names_and_default_organs(scene, tmp_path):
+def test_tg263_names_and_default_organs(scene, tmp_path, add_ct, intensity_model):
     volume = add_ct(scene)
-    model = IntensityModel(organs=["liver", "left_lung", "aorta"], input_size=64)  # trained on three organs
+    model = intensity_model(organs=["liver", "left_lung", "aorta"], input_size=64)  # trained on three organs
     run = SegMateLogic().process(volume, None, model=model, device="cpu", naming="tg263")
     names = [run.segmentationNode.GetSegmentation().GetSegment(run.segmentIds[k]).GetName() for k in run.segmentIds]
     assert list(run.segmentIds) == ["left_lung", "liver", "aorta"]
@@ -323,7 +325,7 @@ def test_tg263_names_and_default_organs(scene, tmp_path):
         SegMateLogic().startSegmentation(volume, None, model=model)
 
 
-def test_user_segment_survives_and_a_second_run_replaces_segmates_segments(scene, tmp_path, model):
+def test_user_segment_survives_and_a_second_run_replaces_segmates_segments(scene, tmp_path, model, add_ct):
     volume = add_ct(scene)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
     node.CreateDefaultDisplayNodes()
@@ -358,13 +360,16 @@ def test_user_segment_survives_and_a_second_run_replaces_segmates_segments(scene
 # ----------------------------------------------------------------------------------------------- cancel, errors
 
 
-class FailingModel(IntensityModel):
-    """The intensity model, failing on its second batch (as a GPU running out of memory might)."""
+@pytest.fixture(scope="module")
+def failing_model(intensity_model):
+    """The class of the intensity model failing on its second batch (as a GPU running out of memory might)."""
+    class FailingModel(intensity_model):
+        def forward(self, x, z_norm=None):
+            if len(self.batches_seen) >= 1:
+                raise RuntimeError("simulated failure in the network")
+            return super().forward(x, z_norm)
 
-    def forward(self, x, z_norm=None):
-        if len(self.batches_seen) >= 1:
-            raise RuntimeError("simulated failure in the network")
-        return super().forward(x, z_norm)
+    return FailingModel
 
 
 def scene_state(scene, node, volume):
@@ -372,7 +377,7 @@ def scene_state(scene, node, volume):
     return node_ids, segment_snapshot(node)
 
 
-def test_cancel_leaves_the_segmentation_unchanged(scene, tmp_path, model):
+def test_cancel_leaves_the_segmentation_unchanged(scene, tmp_path, model, add_ct):
     volume = add_ct(scene)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
     add_user_segment(node, volume)
@@ -395,25 +400,25 @@ def test_cancel_leaves_the_segmentation_unchanged(scene, tmp_path, model):
     assert scene_state(scene, node, volume) == before
 
 
-def test_error_mid_inference_leaves_node_and_scene_unchanged(scene, tmp_path):
+def test_error_mid_inference_leaves_node_and_scene_unchanged(scene, tmp_path, add_ct, failing_model):
     volume = add_ct(scene)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
     add_user_segment(node, volume)
     before = scene_state(scene, node, volume)
     logic = SegMateLogic()
     with pytest.raises(RuntimeError, match="simulated failure"):
-        logic.process(volume, node, organs=ORGANS, model=FailingModel(PAINTED, input_size=64), device="cpu",
+        logic.process(volume, node, organs=ORGANS, model=failing_model(PAINTED, input_size=64), device="cpu",
                       batchSize=2)
     assert scene_state(scene, node, volume) == before
     # "create new segmentation" must not leave an empty node behind either
     nodes = scene.GetNumberOfNodes()
     with pytest.raises(RuntimeError, match="simulated failure"):
-        logic.process(volume, None, organs=ORGANS, model=FailingModel(PAINTED, input_size=64), device="cpu",
+        logic.process(volume, None, organs=ORGANS, model=failing_model(PAINTED, input_size=64), device="cpu",
                       batchSize=2)
     assert scene.GetNumberOfNodes() == nodes
 
 
-def test_a_failed_segment_write_leaves_the_segmentation_exactly_as_it_was(scene, model):
+def test_a_failed_segment_write_leaves_the_segmentation_exactly_as_it_was(scene, model, add_ct):
     """Slicer refusing one organ's segment after earlier organs' old segments were already replaced must
     not leave half a result: the write is all or nothing, display properties included."""
     volume = add_ct(scene)
@@ -484,7 +489,7 @@ def test_progress_text():
 # ----------------------------------------------------------------------------------------------- saving
 
 
-def test_saved_seg_nrrd_reads_back_with_slicerio(scene, tmp_path, model):
+def test_saved_seg_nrrd_reads_back_with_slicerio(scene, tmp_path, model, add_ct):
     volume = add_ct(scene, oblique=True)
     expected = reference_labels(volume, tmp_path, model)
     run = SegMateLogic().process(volume, None, organs=ORGANS, model=model, device="cpu", naming="tg263")
@@ -642,7 +647,6 @@ def test_a_restart_is_offered_for_packages_slicer_had_already_imported():
 
 BROKEN_TORCH = """
 import sys
-sys.path.insert(0, {module!r})
 import slicer
 from SegMateLib.segments import ensureConverterRules
 slicer.mrmlScene = slicer.vtkMRMLScene()
@@ -658,15 +662,15 @@ print("torch imported:", "torch" in sys.modules)
 """
 
 
-def test_a_broken_pytorch_leaves_the_organ_list_the_self_test_and_diagnostics_working(tmp_path):
+def test_a_broken_pytorch_leaves_the_organ_list_the_self_test_and_diagnostics_working(tmp_path, support_env):
     """A PyTorch that fails to import (a wrong build, a missing library) must not empty the panel: the organ
     table, the light self-test that ctest runs and Diagnostics need no PyTorch, and Diagnostics says what
     is wrong with it."""
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text(
         'raise ImportError("libtorch_cpu.so: cannot open shared object file (simulated)")\n')
-    environment = dict(os.environ, PYTHONPATH=str(tmp_path))
-    code = BROKEN_TORCH.format(module=str(REPO / "SegMateSlicer"), organs=str(REPO / "Resources" / "organs.json"))
+    environment = dict(support_env, PYTHONPATH=os.pathsep.join([str(tmp_path), support_env["PYTHONPATH"]]))
+    code = BROKEN_TORCH.format(organs=str(REPO / "Resources" / "organs.json"))
     done = subprocess.run([sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=300, env=environment)
     assert done.returncode == 0, done.stderr
@@ -688,7 +692,7 @@ def test_sample_data_sources_point_at_the_bundled_files():
         assert source["category"] == "SegMate" and source["nodeNames"] == entry["node_name"]
 
 
-def test_segmentation_follows_the_volumes_parent_transform(scene, model):
+def test_segmentation_follows_the_volumes_parent_transform(scene, model, add_ct):
     volume = add_ct(scene)
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Registration")
     matrix = vtk.vtkMatrix4x4()

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "SegMateSlicer"))
+from SegMateLib.slicer_version import MINIMUM_SLICER_VERSION, unsupportedSlicerMessage
 
-from SegMateLib.slicer_version import MINIMUM_SLICER_VERSION, unsupportedSlicerMessage  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # The ExtensionsIndex catalog entry schema, version 1.0.2: its required and allowed keys.
 SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#"

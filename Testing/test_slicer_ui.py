@@ -18,12 +18,10 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "SegMateSlicer"
 UI_FILE = MODULE / "Resources" / "UI" / "SegMate.ui"
 WIDGET_FILE = MODULE / "SegMate.py"
-sys.path.insert(0, str(MODULE))
 
 # The controls the panel offers, by name and class.
 REQUIRED_CONTROLS = {
@@ -175,7 +173,6 @@ def test_sample_data_registration_adds_every_bundled_ct_to_sample_data(monkeypat
 # opens (setup before the worker answers): none of it may import PyTorch, SimpleITK or numpy for SegMate.
 STARTUP_AND_PANEL_OPEN = """
 import sys
-sys.path.insert(0, {module!r})
 import slicer, vtk  # loaded by Slicer itself before any module
 before = set(sys.modules)
 import SegMateLib
@@ -195,7 +192,7 @@ print("counts:", len(sources), len(organs))
 """
 
 
-def test_startup_and_opening_the_panel_import_nothing_heavy():
+def test_startup_and_opening_the_panel_import_nothing_heavy(support_env):
     for path in (MODULE / "SegMateLib").glob("*.py"):
         text = path.read_text(encoding="utf-8")
         tree = ast.parse(text)
@@ -207,8 +204,8 @@ def test_startup_and_opening_the_panel_import_nothing_heavy():
         assert not any(a.startswith("slicer.app") for a in attributes), path.name
         assert not any(a.startswith("slicer.modules") for a in attributes) or path.name == "terminology.py", path.name
         assert not any("ScriptedLoadableModule" in x for x in attributes | names | imported), path.name
-    done = subprocess.run([sys.executable, "-c", STARTUP_AND_PANEL_OPEN.format(module=str(MODULE))],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", STARTUP_AND_PANEL_OPEN], capture_output=True, text=True, timeout=120,
+                          env=support_env)
     assert done.returncode == 0, done.stderr
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
     assert lines["heavy"] == "[]", lines["heavy"]
@@ -281,8 +278,7 @@ def test_ui_loads_in_qt_with_stand_ins():
     import PySide6  # noqa: F401  (pinned in requirements-dev.txt)
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    sys.path.insert(0, str(MODULE / "Utilities"))
-    from render_panel_preview import loadPanel
+    from render_panel_preview import loadPanel  # SegMateSlicer/Utilities is on pytest.ini's pythonpath
 
     app, panel = loadPanel()
     used = set(re.findall(r"self\.ui\.(\w+)", WIDGET_FILE.read_text(encoding="utf-8")))

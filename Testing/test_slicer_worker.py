@@ -29,19 +29,16 @@ import SimpleITK as sitk
 import slicer  # noqa: F401  (slicer-core: the scene fixture)
 import torch
 
+import segmatecore
+from segmatecore.inference.result import SegmentationCancelled
+
+from SegMateLib import protocol, worker
+from SegMateLib.logic import SegMateLogic
+from SegMateLib.self_test import segmentVoxels
+from SegMateLib.volume_image import imageFromVolumeNode, volumeNodeFromImage
+from SegMateLib.worker_client import WorkerClient, WorkerCrashed, WorkerError, describeExit, killProcessTree
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "SegMateSlicer"))
-
-import segmatecore  # noqa: E402
-from segmatecore.inference.result import SegmentationCancelled  # noqa: E402
-
-from SegMateLib import protocol, worker  # noqa: E402
-from SegMateLib.logic import SegMateLogic  # noqa: E402
-from SegMateLib.segments import binaryLabelmapName  # noqa: E402
-from SegMateLib.self_test import segmentVoxels  # noqa: E402
-from SegMateLib.volume_image import imageFromVolumeNode, volumeNodeFromImage  # noqa: E402
-from SegMateLib.worker_client import (WorkerClient, WorkerCrashed, WorkerError, describeExit,  # noqa: E402
-                                      killProcessTree)
 
 SAMPLE = REPO / "Resources" / "SampleData" / "openkbp_validation_pt_201_ct.nii.gz"
 ORGANS = ["spinal_cord", "esophagus"]
@@ -101,24 +98,6 @@ def run_folders(worker_tmp, monkeypatch) -> Path:
     assert leftovers(worker_tmp) == [], "a run left temporary files behind"
 
 
-def scene_state(scene) -> tuple:
-    """Every node and every segment's voxels: what 'the scene is unchanged' means."""
-    nodes = [(n.GetID(), n.GetClassName(), n.GetName()) for n in
-             (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))]
-    segments = []
-    for node in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())):
-        if node.IsA("vtkMRMLSegmentationNode"):
-            segmentation = node.GetSegmentation()
-            for index in range(segmentation.GetNumberOfSegments()):
-                segment = segmentation.GetNthSegment(index)
-                labelmap = segment.GetRepresentation(binaryLabelmapName())
-                scalars = labelmap.GetPointData().GetScalars()
-                segments.append((node.GetID(), segmentation.GetNthSegmentID(index), segment.GetName(),
-                                 tuple(labelmap.GetExtent()),
-                                 bytes(memoryview(scalars)) if scalars is not None else b""))
-    return nodes, segments
-
-
 def drive(job, main_thread_work=None, timeout: float = 600.0) -> float:
     """Run a job to its end the way the panel does: a poll every POLL_S on the main thread, which in
     between either sleeps (Slicer idle, GIL free here) or runs ``main_thread_work(seconds)``."""
@@ -157,6 +136,17 @@ def first_event(job, predicate, timeout: float = 600.0):
 
 def network_progress(event) -> bool:
     return event.get("event") == "progress" and event.get("stage") == "network" and 0 < event["done"] < event["total"]
+
+
+def start_in_mid_network(scene, client, ct, scene_snapshot):
+    """Start a run of the CT into a new output node as the panel does and wait until the network is running;
+    returns the job and the scene as it was when the run started."""
+    volume = volumeNodeFromImage(ct, "CT", scene)
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
+    before = scene_snapshot(scene)
+    job = SegMateLogic().startSegmentation(volume, output, organs=ORGANS, device="cpu", client=client)
+    first_event(job, network_progress)
+    return job, before
 
 
 # ----------------------------------------------------------------------------------------------- one warm worker
@@ -244,16 +234,16 @@ def test_run_keeps_its_speed_while_the_main_thread_is_busy_in_python(scene, clie
     assert timings["busy main thread"] <= BUSY_SLOWDOWN_LIMIT * timings["idle main thread"] + 2.0
 
 
-def test_volume_removed_during_a_run_writes_nothing(scene, client, ct, run_folders):
+def test_volume_removed_during_a_run_writes_nothing(scene, client, ct, run_folders, scene_snapshot):
     volume = volumeNodeFromImage(ct, "CT", scene)
     output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
     job = SegMateLogic().startSegmentation(volume, output, organs=ORGANS, device="cpu", client=client)
     scene.RemoveNode(volume)  # the user deletes the CT while the worker computes on its copy
-    before = scene_state(scene)
+    before = scene_snapshot(scene)
     drive(job)
     with pytest.raises(RuntimeError, match="was removed from the scene while it was being segmented"):
         job.finish()
-    assert scene_state(scene) == before
+    assert scene_snapshot(scene) == before
 
 
 def test_output_removed_during_a_run_gets_a_new_node(scene, client, ct, run_folders):
@@ -267,17 +257,18 @@ def test_output_removed_during_a_run_gets_a_new_node(scene, client, ct, run_fold
     assert list(run.segmentIds) == ORGANS
 
 
-def test_an_error_in_the_worker_is_reported_and_the_worker_serves_the_next_request(scene, client, ct, run_folders):
+def test_an_error_in_the_worker_is_reported_and_the_worker_serves_the_next_request(scene, client, ct, run_folders,
+                                                                                   scene_snapshot):
     volume = volumeNodeFromImage(ct, "CT", scene)
     job = SegMateLogic().startSegmentation(volume, None, organs=["spinal_cord", "no_such_organ"], device="cpu",
                                            client=client)
     pid = job.workerPid
-    before = scene_state(scene)
+    before = scene_snapshot(scene)
     drive(job)
     with pytest.raises(WorkerError, match="Unknown organ.*no_such_organ") as raised:
         job.finish()
     assert raised.value.errorType == "ValueError" and "Traceback" in raised.value.details
-    assert scene_state(scene) == before
+    assert scene_snapshot(scene) == before
     task = client.submit("models")
     assert task.wait(120) and task.error is None
     assert client.pid == pid
@@ -287,12 +278,8 @@ def test_an_error_in_the_worker_is_reported_and_the_worker_serves_the_next_reque
     assert default["organs"][0] == "spinal_cord" and len(default["organs"]) == 7
 
 
-def test_cancel_in_mid_network_ends_the_process_tree_at_once(scene, client, ct, run_folders):
-    volume = volumeNodeFromImage(ct, "CT", scene)
-    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
-    before = scene_state(scene)
-    job = SegMateLogic().startSegmentation(volume, output, organs=ORGANS, device="cpu", client=client)
-    first_event(job, network_progress)
+def test_cancel_in_mid_network_ends_the_process_tree_at_once(scene, client, ct, run_folders, scene_snapshot):
+    job, before = start_in_mid_network(scene, client, ct, scene_snapshot)
     tree = [psutil.Process(job.workerPid)] + psutil.Process(job.workerPid).children(recursive=True)
     start = time.monotonic()
     job.cancel()
@@ -303,24 +290,21 @@ def test_cancel_in_mid_network_ends_the_process_tree_at_once(scene, client, ct, 
     assert not client.running and not client.busy
     with pytest.raises(SegmentationCancelled):
         job.finish()
-    assert scene_state(scene) == before
+    assert scene_snapshot(scene) == before
     started = client.startedProcesses
     task = client.submit("models")  # the next click starts a new worker
     assert task.wait(120) and task.error is None
     assert client.startedProcesses == started + 1 and client.running
 
 
-def test_worker_killed_in_mid_run_gives_a_clear_error_and_an_unchanged_scene(scene, client, ct, run_folders):
-    volume = volumeNodeFromImage(ct, "CT", scene)
-    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
-    before = scene_state(scene)
-    job = SegMateLogic().startSegmentation(volume, output, organs=ORGANS, device="cpu", client=client)
-    first_event(job, network_progress)
+def test_worker_killed_in_mid_run_gives_a_clear_error_and_an_unchanged_scene(scene, client, ct, run_folders,
+                                                                             scene_snapshot):
+    job, before = start_in_mid_network(scene, client, ct, scene_snapshot)
     os.kill(job.workerPid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
     drive(job, timeout=30)
     with pytest.raises(WorkerCrashed, match=r"killed \(SIGKILL\).*out of memory.*smaller batch size"):
         job.finish()
-    assert scene_state(scene) == before
+    assert scene_snapshot(scene) == before
     assert not client.running
 
 
@@ -335,7 +319,8 @@ def fake_package(folder: Path, name: str, body: str) -> Path:
     return folder
 
 
-def test_worker_that_exits_with_an_error_gives_a_clear_error_and_an_unchanged_scene(scene, ct, run_folders, tmp_path):
+def test_worker_that_exits_with_an_error_gives_a_clear_error_and_an_unchanged_scene(scene, ct, run_folders, tmp_path,
+                                                                                    scene_snapshot):
     broken = fake_package(tmp_path / "broken", "torch", """
         import os, sys
         sys.stderr.write("Intel MKL FATAL ERROR: Cannot load libmkl_avx2.so.2 or libmkl_def.so.2.\\n")
@@ -345,12 +330,12 @@ def test_worker_that_exits_with_an_error_gives_a_clear_error_and_an_unchanged_sc
     failing = WorkerClient(environment=worker_environment(run_folders, PYTHONPATH=str(broken)))
     volume = volumeNodeFromImage(ct, "CT", scene)
     output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Contours")
-    before = scene_state(scene)
+    before = scene_snapshot(scene)
     job = SegMateLogic().startSegmentation(volume, output, organs=ORGANS, device="cpu", client=failing)
     drive(job, timeout=60)
     with pytest.raises(WorkerCrashed, match=r"exited with code 2.*Intel MKL FATAL ERROR: Cannot load libmkl_avx2"):
         job.finish()
-    assert scene_state(scene) == before
+    assert scene_snapshot(scene) == before
     assert not failing.running
 
 

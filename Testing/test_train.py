@@ -9,24 +9,20 @@ import torch
 from segmatecore import load_model, read_metadata
 from segmatecore.cli.main import main
 from segmatecore.data.prepare import prepare
-from test_prepare import make_nifti_pairs
-
-TINY = ["--input-size", "64", "--batch-size", "2", "--samples-per-epoch", "4",
-        "--epochs", "4", "--workers", "0", "--val-max-slices", "2", "--augment", "light", "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, nifti_pairs):
     root = tmp_path_factory.mktemp("train")
-    src = make_nifti_pairs(root / "src", cases=4)
+    src = nifti_pairs(root / "src", cases=4)
     prepare("nifti-pairs", src, root / "data", workers=1, fractions=(0.5, 0.5, 0.0), progress=False)
     return root / "data"
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
+def trained(data, tmp_path_factory, tiny_training):
     run = tmp_path_factory.mktemp("run")
-    code = main(["train", "--backbone", "fastvit_t12", "--data", str(data), *TINY, "--max-steps", "3", "--run-dir", str(run),
+    code = main(["train", "--backbone", "fastvit_t12", "--data", str(data), *tiny_training, "--max-steps", "3", "--run-dir", str(run),
                  "--organs", "spinal_cord,esophagus,liver,left_kidney",  # liver: a model organ the data never annotate
                  "-o", str(run / "model.safetensors"), "--dtype", "fp16"])
     assert code == 0
@@ -58,8 +54,8 @@ def test_tiny_run_writes_a_loadable_model_with_provenance(trained, data):
     assert (trained / "model.safetensors").stat().st_size < (trained / "best.safetensors").stat().st_size * 0.6
 
 
-def test_resume_continues_where_the_run_stopped(trained, data):
-    assert main(["train", "--backbone", "fastvit_t12", "--data", str(data), *TINY, "--max-steps", "5", "--run-dir", str(trained),
+def test_resume_continues_where_the_run_stopped(trained, data, tiny_training):
+    assert main(["train", "--backbone", "fastvit_t12", "--data", str(data), *tiny_training, "--max-steps", "5", "--run-dir", str(trained),
                  "--resume"]) == 0
     history = json.loads((trained / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 3, 4, 5]
@@ -67,9 +63,9 @@ def test_resume_continues_where_the_run_stopped(trained, data):
     assert state["step"] == 5 and state["epoch"] == 2
 
 
-def test_finetune_keeps_the_encoder_frozen_at_first(trained, data, tmp_path):
+def test_finetune_keeps_the_encoder_frozen_at_first(trained, data, tmp_path, tiny_training):
     start = trained / "model.safetensors"
-    code = main(["finetune", "--model", str(start), "--data", str(data), *TINY, "--max-steps", "2",
+    code = main(["finetune", "--model", str(start), "--data", str(data), *tiny_training, "--max-steps", "2",
                  "--freeze-encoder-epochs", "1", "--run-dir", str(tmp_path), "-o", str(tmp_path / "ft.safetensors")])
     assert code == 0
     before = load_model(start, reparameterize=False)
@@ -82,7 +78,7 @@ def test_finetune_keeps_the_encoder_frozen_at_first(trained, data, tmp_path):
     assert meta["provenance"]["recipe"]["schedule"] == "cosine" and meta["provenance"]["recipe"]["lr"] == 5e-6
 
 
-def test_two_process_ddp_run_under_torchrun(data, tmp_path):
+def test_two_process_ddp_run_under_torchrun(data, tmp_path, tiny_training):
     """The documented multi-GPU command, on the CPU: torchrun starts 2 ranks (gloo), they split the
     samples, rank 0 alone validates and writes, and the model records world size 2."""
     import os
@@ -92,7 +88,7 @@ def test_two_process_ddp_run_under_torchrun(data, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "segmatecore.cli.main", "train", "--backbone", "fastvit_t12", "--data", str(data), *TINY,
+           "-m", "segmatecore.cli.main", "train", "--backbone", "fastvit_t12", "--data", str(data), *tiny_training,
            "--max-steps", "2", "--device", "cpu", "--run-dir", str(run), "-o", str(run / "model.safetensors")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -7,7 +7,6 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from intensity_model import IntensityModel, band_centre
 from segmatecore import segment
 from segmatecore.inference.tta import average_with_mirror
 from segmatecore.models import SegMateOutput
@@ -17,13 +16,14 @@ PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
 
 class SidedModel(nn.Module):
-    """IntensityModel whose kidney channels also know the side: left_kidney only in the rows of the
-    patient's left (in a canonical slice, rows run toward the patient's right), right_kidney in the
+    """An intensity test network whose kidney channels also know the side: left_kidney only in the rows of
+    the patient's left (in a canonical slice, rows run toward the patient's right), right_kidney in the
     others, as a trained network would. A flipped image's left kidney therefore comes out as right."""
 
-    def __init__(self):
+    def __init__(self, inner: nn.Module):
+        """``inner``: an intensity test network trained on both kidneys and the liver."""
         super().__init__()
-        self.inner = IntensityModel(organs=["left_kidney", "right_kidney", "liver"], input_size=64)
+        self.inner = inner
         self.inner.centre[list(PAPER_ORGANS).index("right_kidney")] = self.inner.centre[list(PAPER_ORGANS).index("left_kidney")]
         self.inner.half_width[list(PAPER_ORGANS).index("right_kidney")] = self.inner.half_width[list(PAPER_ORGANS).index("left_kidney")]
         self.metadata = self.inner.metadata
@@ -38,7 +38,7 @@ class SidedModel(nn.Module):
         return out._replace(seg=seg)
 
 
-def kidney_ct() -> sitk.Image:
+def kidney_ct(band_centre) -> sitk.Image:
     """A kidney-band blob on one side of a 64 x 64 slice and a liver-band blob across the middle."""
     a = np.full((6, 64, 64), -1000, dtype=np.int16)  # z, y, x
     a[1:5, 20:30, 6:16] = band_centre("left_kidney")  # low x
@@ -48,8 +48,9 @@ def kidney_ct() -> sitk.Image:
     return image
 
 
-def test_tta_brings_the_mirrored_pass_back_to_the_same_place_and_side():
-    model, image = SidedModel(), kidney_ct()
+def test_tta_brings_the_mirrored_pass_back_to_the_same_place_and_side(intensity_model, band_centre):
+    model = SidedModel(intensity_model(organs=["left_kidney", "right_kidney", "liver"], input_size=64))
+    image = kidney_ct(band_centre)
     plain = segment(image, model=model, device="cpu", z_norm="none", organs=["left_kidney", "right_kidney", "liver"])
     mirrored = segment(image, model=model, device="cpu", z_norm="none", tta=True,
                        organs=["left_kidney", "right_kidney", "liver"])
@@ -89,15 +90,13 @@ def test_lateral_swap_pairs_left_and_right_and_refuses_half_a_pair():
         lateral_swap(["left_lung", "liver"])
 
 
-def test_cli_options_reach_segment_and_evaluate_refuses_to_record_tta_figures(tmp_path, capsys, monkeypatch):
+def test_cli_options_reach_segment_and_evaluate_refuses_to_record_tta_figures(tmp_path, capsys, intensity_network,
+                                                                             liver_ct_file):
     import json
 
     from segmatecore.cli import main as cli
-    from test_cli_predict import synthetic_ct
 
-    monkeypatch.setattr("segmatecore.inference.predictor.load_with_facts",
-                        lambda model: (IntensityModel(input_size=32), {"id": "intensity-test"}))
-    path = synthetic_ct(tmp_path / "case.nii.gz")
+    path = liver_ct_file(tmp_path / "case.nii.gz")
     assert cli.main(["predict", str(path), "-o", str(tmp_path / "out"), "--format", "report", "--tta"]) == 0
     report = json.loads((tmp_path / "out" / "case" / "report.json").read_text())
     assert report["model"]["tta"] is True and report["volumes_ml"]["liver"] > 0

@@ -226,42 +226,30 @@ def test_intensity_check_reads_a_large_volume_without_copying_it():
 
 # ---- DICOM series -------------------------------------------------------------------------------
 
-def write_dicom_series(folder: Path, positions, orientation=(1, 0, 0, 0, 1, 0), size=(8, 8), modality="CT",
-                       series_uid="1.2.826.0.1.3680043.8.498.1", first_instance=1) -> list[str]:
-    """Write one CT slice per position with SimpleITK; returns the file names in the given order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    names = []
-    for i, position in enumerate(positions):
-        slice_ = sitk.GetImageFromArray(ct_array((1, size[1], size[0])))
-        number = first_instance + i
-        tags = {"0008|0060": modality, "0020|000e": series_uid, "0020|000d": "1.2.826.0.1.3680043.8.498.2",
-                "0020|0032": "\\".join(f"{v:.4f}" for v in position),
-                "0020|0037": "\\".join(f"{v:.6f}" for v in orientation), "0020|0013": str(number),
-                "0008|0018": f"{series_uid}.{number}", "0028|0030": "0.8\\0.8",
-                "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0028|1052": "0", "0028|1053": "1"}
-        for key, value in tags.items():
-            slice_.SetMetaData(key, value)
-        name = str(folder / f"slice{number:04d}.dcm")
-        writer.SetFileName(name)
-        writer.Execute(slice_)
-        names.append(name)
-    return names
+@pytest.fixture(scope="session")
+def write_dicom_series(write_ct_series):
+    """``write_dicom_series(folder, positions, orientation=..., size=(8, 8), modality="CT", series_uid=...,
+    first_instance=1)``: one CT-like slice per position; returns the file names in the given order."""
+    def write(folder: Path, positions, orientation=(1, 0, 0, 0, 1, 0), size=(8, 8), modality="CT",
+              series_uid="1.2.826.0.1.3680043.8.498.1", first_instance=1) -> list[str]:
+        slices = [sitk.GetImageFromArray(ct_array((1, size[1], size[0]))) for _ in positions]
+        return write_ct_series(folder, slices, positions, orientation=orientation, modality=modality,
+                               series_uid=series_uid, first_instance=first_instance)
+    return write
 
 
 def series_files(folder: Path) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
 
 
-def test_complete_dicom_series_is_accepted(tmp_path):
+def test_complete_dicom_series_is_accepted(tmp_path, write_dicom_series):
     write_dicom_series(tmp_path, [(0, 0, 2.0 * k) for k in range(6)])
     assert validate_dicom_series(series_files(tmp_path), "ct") == []
     loaded = load_volume(tmp_path)
     assert loaded.image.GetSize() == (8, 8, 6) and loaded.warnings == []
 
 
-def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, write_dicom_series):
     write_dicom_series(tmp_path, [(0, 0, 2.0 * k) for k in (0, 1, 2, 4, 5, 6)])
     message = ("1 gap in the slice positions (e.g. 4.00 mm between slices 3 and 4 where the series steps 2.00 mm): "
                "slices are missing")
@@ -271,14 +259,14 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
         load_volume(tmp_path)
 
 
-def test_slightly_uneven_dicom_spacing_is_warned(tmp_path):
+def test_slightly_uneven_dicom_spacing_is_warned(tmp_path, write_dicom_series):
     write_dicom_series(tmp_path, [(0, 0, z) for z in (0.0, 2.0, 4.3, 6.0, 8.0, 10.0)])
     warnings = validate_dicom_series(series_files(tmp_path), "uneven")
     assert warnings == ["uneven: uneven slice spacing (steps from 1.70 to 2.30 mm); read as an evenly spaced stack, "
                         "slices sit up to 0.30 mm from their recorded positions."]
 
 
-def test_strongly_uneven_dicom_spacing_is_refused(tmp_path):
+def test_strongly_uneven_dicom_spacing_is_refused(tmp_path, write_dicom_series):
     # 3 mm slices, then 2 mm ones: no gap, but an even stack would put slices more than a half step off.
     write_dicom_series(tmp_path, [(0, 0, z) for z in (0, 3, 6, 9, 11, 13, 15, 17, 19, 21, 23)])
     with pytest.raises(InputError, match=r"slices would sit up to 2.10 mm from their recorded positions \(more than "
@@ -286,20 +274,20 @@ def test_strongly_uneven_dicom_spacing_is_refused(tmp_path):
         validate_dicom_series(series_files(tmp_path), "variable")
 
 
-def test_dicom_series_with_two_slices_at_one_position_is_refused(tmp_path):
+def test_dicom_series_with_two_slices_at_one_position_is_refused(tmp_path, write_dicom_series):
     write_dicom_series(tmp_path, [(0, 0, z) for z in (0, 2, 4, 4, 6)])
     with pytest.raises(InputError, match=r"lie at the same position \(0.0, 0.0, 4.0\) mm; the series holds more "
                                          r"than one volume"):
         validate_dicom_series(series_files(tmp_path), "phases")
 
 
-def test_dicom_files_out_of_slice_order_are_refused(tmp_path):
+def test_dicom_files_out_of_slice_order_are_refused(tmp_path, write_dicom_series):
     names = write_dicom_series(tmp_path, [(0, 0, z) for z in (0, 4, 2, 6)])
     with pytest.raises(InputError, match="the files are not in slice order"):
         validate_dicom_series(names, "shuffled")
 
 
-def test_gantry_tilted_dicom_series_is_accepted_with_the_displacement_it_causes(tmp_path):
+def test_gantry_tilted_dicom_series_is_accepted_with_the_displacement_it_causes(tmp_path, write_dicom_series):
     tilt = math.radians(20.0)
     positions = [(0.0, 2.0 * k * math.sin(tilt), 2.0 * k * math.cos(tilt)) for k in range(6)]
     write_dicom_series(tmp_path, positions)
@@ -316,21 +304,21 @@ def test_gantry_tilted_dicom_series_is_accepted_with_the_displacement_it_causes(
     assert load_volume(tmp_path).warnings == [warnings[0].replace("tilted", str(tmp_path), 1)]
 
 
-def test_dicom_series_mixing_orientations_is_refused(tmp_path):
+def test_dicom_series_mixing_orientations_is_refused(tmp_path, write_dicom_series):
     names = write_dicom_series(tmp_path, [(0, 0, z) for z in (0, 2, 4)])
     names += write_dicom_series(tmp_path, [(0, 0, 6)], orientation=(1, 0, 0, 0, 0, -1), first_instance=4)
     with pytest.raises(InputError, match="the series mixes slice orientations; .*localizer"):
         validate_dicom_series(names, "mixed")
 
 
-def test_dicom_series_mixing_slice_sizes_is_refused(tmp_path):
+def test_dicom_series_mixing_slice_sizes_is_refused(tmp_path, write_dicom_series):
     names = write_dicom_series(tmp_path, [(0, 0, z) for z in (0, 2, 4)])
     names += write_dicom_series(tmp_path, [(0, 0, 6)], size=(16, 8), first_instance=4)
     with pytest.raises(InputError, match="the series mixes slice sizes 16x8, 8x8"):
         validate_dicom_series(names, "mixed")
 
 
-def test_dicom_slice_without_position_is_refused(tmp_path):
+def test_dicom_slice_without_position_is_refused(tmp_path, write_dicom_series):
     import pydicom
 
     names = write_dicom_series(tmp_path, [(0, 0, 2.0 * k) for k in range(4)])
@@ -342,7 +330,7 @@ def test_dicom_slice_without_position_is_refused(tmp_path):
         validate_dicom_series(names, "unplaced")
 
 
-def test_dicom_series_with_broken_orientation_is_refused(tmp_path):
+def test_dicom_series_with_broken_orientation_is_refused(tmp_path, write_dicom_series):
     import pydicom
 
     names = write_dicom_series(tmp_path, [(0, 0, 2.0 * k) for k in range(3)])
@@ -354,14 +342,14 @@ def test_dicom_series_with_broken_orientation_is_refused(tmp_path):
         validate_dicom_series(names, "broken")
 
 
-def test_non_ct_dicom_series_is_warned(tmp_path):
+def test_non_ct_dicom_series_is_warned(tmp_path, write_dicom_series):
     write_dicom_series(tmp_path, [(0, 0, 2.0 * k) for k in range(4)], modality="MR")
     assert validate_dicom_series(series_files(tmp_path), "mr") == [
         "mr: the DICOM modality is MR, not CT; SegMate is trained on CT and results on other modalities are "
         "meaningless."]
 
 
-def test_folder_with_mixed_series_uses_the_largest_ct_series_and_says_so(tmp_path):
+def test_folder_with_mixed_series_uses_the_largest_ct_series_and_says_so(tmp_path, write_dicom_series):
     write_dicom_series(tmp_path / "ct", [(0, 0, 2.0 * k) for k in range(6)], series_uid="1.2.826.0.1.3680043.8.498.10")
     write_dicom_series(tmp_path / "ct_small", [(0, 0, 2.0 * k) for k in range(3)],
                        series_uid="1.2.826.0.1.3680043.8.498.11")

@@ -9,8 +9,6 @@ import SimpleITK as sitk
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from intensity_model import IntensityModel, band_centre
-from validation_cases import prepare_validation_copies
 from segmatecore import read_metadata, segment
 from segmatecore.models.checkpoint import CheckpointError, default_metadata, validate_metadata
 from segmatecore.cli.main import main
@@ -105,7 +103,9 @@ def test_smoothing_comes_from_the_model_unless_the_caller_overrides_it():
             validate_metadata({**good, "z_smoothing_mm": bad})
 
 
-def flicker_volume() -> tuple[np.ndarray, np.ndarray]:
+@pytest.fixture(scope="module")
+def flicker_volume(band_centre) -> tuple[np.ndarray, np.ndarray]:
+    """A cord tube on slices 2..8 whose slice 5 is painted off its band (the network misses it), and its label."""
     ct = np.zeros((12, 48, 48), dtype=np.int16)
     lab = np.zeros(ct.shape, dtype=np.uint8)
     ct[2:9, 20:26, 20:26] = band_centre("spinal_cord")
@@ -114,36 +114,37 @@ def flicker_volume() -> tuple[np.ndarray, np.ndarray]:
     return ct, lab
 
 
-def flicker_image() -> sitk.Image:
-    image = sitk.GetImageFromArray(flicker_volume()[0])
+@pytest.fixture(scope="module")
+def flicker_image(flicker_volume) -> sitk.Image:
+    image = sitk.GetImageFromArray(flicker_volume[0])
     image.SetSpacing((1.5, 1.5, SPACING_Z))
     return image
 
 
-def test_segment_smooths_each_organ_by_the_models_sigma_before_its_threshold():
-    model = IntensityModel(organs=["spinal_cord"], input_size=48)
-    image = flicker_image()
+def test_segment_smooths_each_organ_by_the_models_sigma_before_its_threshold(flicker_image, flicker_volume,
+                                                                             intensity_model):
+    model = intensity_model(organs=["spinal_cord"], input_size=48)
+    image = flicker_image
     voxel_ml = 1.5 * 1.5 * SPACING_Z / 1000
     plain = segment(image, model=model, device="cpu", z_norm="none", batch_size=3)
     assert plain.volumes_ml["spinal_cord"] == pytest.approx(6 * 36 * voxel_ml)  # slice 5 missed
     model.metadata["z_smoothing_mm"] = {"spinal_cord": SPACING_Z}  # one slice
     smoothed = segment(image, model=model, device="cpu", z_norm="none", batch_size=3)
     labels = sitk.GetArrayFromImage(smoothed.labelmap)
-    assert np.array_equal(labels > 0, flicker_volume()[1] > 0)  # the whole tube, ends kept, nothing added
+    assert np.array_equal(labels > 0, flicker_volume[1] > 0)  # the whole tube, ends kept, nothing added
     assert smoothed.model_info["z_smoothing_mm"] == {"spinal_cord": SPACING_Z}
     off = segment(image, model=model, device="cpu", z_norm="none", postprocess={"z_smoothing_mm": 0})  # all organs
     assert off.volumes_ml == plain.volumes_ml
 
 
 @pytest.fixture(scope="module")
-def flicker_cases(tmp_path_factory):
-    ct, lab = flicker_volume()
-    return prepare_validation_copies(tmp_path_factory.mktemp("flicker"), ct, lab, {"spinal_cord": 1},
-                                     (1.5, 1.5, SPACING_Z))
+def flicker_cases(tmp_path_factory, validation_copies, flicker_volume):
+    ct, lab = flicker_volume
+    return validation_copies(tmp_path_factory.mktemp("flicker"), ct, lab, {"spinal_cord": 1}, (1.5, 1.5, SPACING_Z))
 
 
-def test_calibration_fits_the_smoothing_that_recovers_a_flickering_slice(flicker_cases, tmp_path):
-    model = IntensityModel(organs=["spinal_cord"], input_size=48)
+def test_calibration_fits_the_smoothing_that_recovers_a_flickering_slice(flicker_cases, tmp_path, intensity_model):
+    model = intensity_model(organs=["spinal_cord"], input_size=48)
     model.metadata["z_smoothing_mm"] = {"spinal_cord": 8.0}  # the model's own value must not reach the sweep
     cord = calibrate_masks(model, [flicker_cases], "val")["spinal_cord"]
     assert cord["dice_by_smoothing"]["0"] == pytest.approx(2 * 6 / 13, abs=1e-4)  # best without: 6 of 7 slices
@@ -187,11 +188,12 @@ def test_calibrate_command_records_the_smoothing_and_info_shows_it(flicker_cases
     assert "--z-smoothing-mm values must lie between 0 and 20 mm" in capsys.readouterr().err
 
 
-def test_running_out_of_memory_after_smoothing_fails_clearly_instead_of_losing_slices(monkeypatch):
+def test_running_out_of_memory_after_smoothing_fails_clearly_instead_of_losing_slices(monkeypatch, flicker_image,
+                                                                                      intensity_model):
     from segmatecore.inference import labels as inference
 
-    model = IntensityModel(organs=["spinal_cord"], input_size=48)
-    image = flicker_image()
+    model = intensity_model(organs=["spinal_cord"], input_size=48)
+    image = flicker_image
     real = inference.labels_on_grid
     calls = {"n": 0}
 
@@ -221,11 +223,11 @@ def test_running_out_of_memory_after_smoothing_fails_clearly_instead_of_losing_s
         segment(image, model=model, device="cpu", z_norm="none", batch_size=4)
 
 
-def test_calibration_scores_what_segment_draws_when_the_network_grid_differs(flicker_cases):
+def test_calibration_scores_what_segment_draws_when_the_network_grid_differs(flicker_cases, intensity_model):
     # segment() smooths on the network's 32 x 32 grid, then resizes to the CT's 48 x 48; the
     # calibration sweep smooths on the CT's grid. Both are linear, on different axes, so the Dice the
     # sweep counts for a pair must be the Dice of what segment() draws with that pair.
-    model = IntensityModel(organs=["spinal_cord"], input_size=32)
+    model = intensity_model(organs=["spinal_cord"], input_size=32)
     case = load_cases([flicker_cases], "val")[0]
     image = canonical_image(case.image, case.record["spacing"])
     truth = case.masks(["spinal_cord"])  # canonical

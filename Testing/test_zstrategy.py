@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from intensity_model import IntensityModel
 from segmatecore.inference.predictor import SegMatePredictor
 from segmatecore.inference.zpass import ZPassConfig
 from segmatecore.inference.zstrategy import AutoZ, GroundTruthZ, NoZ, VolumeZ, z_strategy
@@ -35,8 +34,8 @@ def z_given(model) -> np.ndarray | None:
     (GroundTruthZ(3, 7), np.clip((np.arange(DEPTH) - 3) / 4, 0, 1)),
     ("none", None),
 ])
-def test_each_strategy_feeds_its_z_to_the_network(ct, z, expected):
-    model = IntensityModel(input_size=32)
+def test_each_strategy_feeds_its_z_to_the_network(ct, intensity_model, z, expected):
+    model = intensity_model(input_size=32)
     result = SegMatePredictor(model, device="cpu").segment(ct, z=z)
     seen = z_given(model)
     if expected is None:
@@ -47,8 +46,8 @@ def test_each_strategy_feeds_its_z_to_the_network(ct, z, expected):
         assert result.z_range["mode"] == z_strategy(z).mode
 
 
-def test_ground_truth_outside_the_volume_is_a_clear_error(ct):
-    predictor = SegMatePredictor(IntensityModel(input_size=32), device="cpu")
+def test_ground_truth_outside_the_volume_is_a_clear_error(ct, intensity_model):
+    predictor = SegMatePredictor(intensity_model(input_size=32), device="cpu")
     with pytest.raises(ValueError, match="outside the volume's 12 slices"):
         predictor.segment(ct, z=GroundTruthZ(5, 12))
 

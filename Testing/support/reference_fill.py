@@ -1,4 +1,4 @@
-"""The documented deterministic fill of ../shared/reference (README there), for tests only."""
+"""The documented deterministic fill of shared/reference (README there), for tests only."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
-
-def reference_state_dict(backbone: str) -> dict[str, torch.Tensor]:
-    """Research-layout state dict for ``backbone`` filled by the README's formula."""
-    shapes = json.loads((REFERENCE_DIR / f"research_state_dict_{backbone}.json").read_text())
+def reference_state_dict(folder: Path, backbone: str) -> dict[str, torch.Tensor]:
+    """Research-layout state dict for ``backbone`` filled by the README's formula (``folder``: shared/reference)."""
+    shapes = json.loads((folder / f"research_state_dict_{backbone}.json").read_text())
     state: dict[str, torch.Tensor] = {}
     i = 0
     for key in sorted(shapes):
@@ -39,6 +37,7 @@ def reference_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def reference_outputs(backbone: str) -> dict[str, np.ndarray]:
-    with np.load(REFERENCE_DIR / f"research_outputs_{backbone}.npz") as z:
+def reference_outputs(folder: Path, backbone: str) -> dict[str, np.ndarray]:
+    """The research code's recorded outputs for ``backbone`` on the reference input."""
+    with np.load(folder / f"research_outputs_{backbone}.npz") as z:
         return {k: z[k] for k in z.files}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,7 +59,7 @@ class IntensityModel(nn.Module):
         self.register_buffer("half_width", half)
         self.sharpness = sharpness
         self.metadata = default_metadata("fastvit_t12", organs=keys, trained_organs=[k for k in keys if k in organs],
-                                         provenance={"source": "Testing/intensity_model.py", "id": "intensity-test"})
+                                         provenance={"source": "Testing/support/intensity_model.py", "id": "intensity-test"})
         self.metadata["backbone"] = "intensity-test"
         self.metadata["preprocessing"]["input_size"] = size
         self.z_seen: list[torch.Tensor | None] = []
@@ -77,3 +78,19 @@ class IntensityModel(nn.Module):
         logits = self.sharpness * (self.half_width[None, :, None, None] - (hu - self.centre[None, :, None, None]).abs())
         presence = logits.amax(dim=(2, 3))
         return SegMateOutput(logits, torch.zeros_like(logits), presence, ())
+
+
+def organ_blocks_ct(shape: tuple[int, int, int]) -> np.ndarray:
+    """[k, j, i] int16: air, an elliptic 50 HU body, and a block at each paper organ's band centre,
+    each over a different stretch of slices, so the network finds every organ somewhere."""
+    slices, rows, cols = shape
+    ct = np.full(shape, -1000, dtype=np.int16)
+    y, x = np.ogrid[:rows, :cols]
+    body = ((y - rows / 2) / (0.4 * rows)) ** 2 + ((x - cols / 2) / (0.45 * cols)) ** 2 <= 1
+    ct[:, body] = 50  # between two test-network bands: no organ
+    for n, key in enumerate(PAPER_ORGANS):  # 9 blocks in a 3 x 3 grid
+        r, c = divmod(n, 3)
+        z0 = int(slices * 0.05 * (n + 1))
+        ct[z0:z0 + slices // 3, rows // 4 + r * rows // 6: rows // 4 + r * rows // 6 + rows // 8,
+           cols // 4 + c * cols // 6: cols // 4 + c * cols // 6 + cols // 8] = int(band_centre(key))
+    return ct
