@@ -111,3 +111,13 @@ def test_inference_functions_are_short():
 def test_the_checker_sees_a_real_upward_import(graph):
     """The walk follows imports: the predictor's own imports include the runtime and the data layer."""
     assert {"segmatecore.runtime.network", "segmatecore.data.io"} <= graph["segmatecore.inference.predictor"]
+
+
+def test_the_tests_mirror_the_layers():
+    """Testing/<layer>/ holds the tests of segmatecore/<layer>/; the Slicer module's tests are in
+    Testing/slicer_module/ and only whole-repository checks sit at the top."""
+    testing = Path(__file__).resolve().parent
+    folders = {p.parent.name for p in testing.glob("*/test_*.py")}
+    assert folders == {*LAYERS, "slicer_module"}, folders
+    assert {p.name for p in testing.glob("test_*.py")} == {"test_readme.py", "test_no_absolute_paths.py",
+                                                         "test_structure.py"}

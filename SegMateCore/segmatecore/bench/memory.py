@@ -60,8 +60,8 @@ def kernel_peak_mb() -> float:
     """The kernel's high-water mark of this process's resident set.
 
     On Linux, VmHWM of /proc/self/status: ru_maxrss is no use in a worker, because Linux carries
-    the parent's high-water mark over fork and exec (every row of one run reported the orchestrating
-    process's 1,633 MB, whatever the row used). Elsewhere ru_maxrss (bytes on macOS).
+    the parent's high-water mark over fork and exec (every row would report the orchestrating
+    process's peak, whatever the row used). Elsewhere ru_maxrss (bytes on macOS).
     """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -77,8 +77,7 @@ def machine_cpu_seconds() -> tuple[float, float] | None:
     """(all, stolen) CPU seconds of the whole machine so far, from Linux's /proc/stat; None elsewhere.
 
     Stolen time is what the hypervisor gave this virtual machine's CPUs to other guests: a row can
-    run twice as slow with no load inside the VM (seen here: up to 54 % of the two vCPUs stolen for
-    an hour), so each row records the share stolen while it ran.
+    run much slower with no load inside the VM, so each row records the share stolen while it ran.
     """
     try:
         fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()

@@ -1,12 +1,10 @@
 """A SegMateNet compiled by OpenVINO for CPU inference, converted once and cached on disk.
 
 OpenVINO fuses the many small operations of the decoder's attention blocks and runs convolutions
-in bf16 on CPUs that have it (AMX, AVX512-BF16). It is opt-in (``segment(runtime="openvino")``,
-``segmate predict --runtime openvino``): on the AMX machine of the earlier benchmark runs it beat
-eager PyTorch with one thread and on a heavily loaded machine, not with two threads on a lightly
-loaded one; on a CPU without AMX, in fp32, it ran FastViT-T12 14 % and EfficientNetV2-M 12 %
-faster than eager PyTorch with two threads, MambaOut-Tiny no faster (docs/benchmark.md). The
-compiled network keeps the segment() model contract: ``forward(x[B,3,H,W], z_norm[B] | None) -> SegMateOutput`` and a ``.metadata`` dict.
+in bf16 on CPUs that have it (AMX, AVX512-BF16). It is opt-in (``SegMatePredictor(runtime="openvino")``,
+``segmate predict --runtime openvino``): whether it beats eager PyTorch depends on the CPU, the
+thread count and the load (docs/benchmark.md). The compiled network has ``encode`` and ``decode``
+like SegMateNet's, so it runs behind :class:`segmatecore.runtime.network.SplitNetwork`.
 
 The network is converted as two graphs, the encoder (everything before FiLM) and the decoder (FiLM,
 decoder, mask and presence heads), so that segment()'s feature cache works here too: slices the

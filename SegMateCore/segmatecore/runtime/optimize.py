@@ -10,18 +10,15 @@ while the outputs stay equal to fp32 (Dice >= 0.99 per organ); docs/benchmark.md
   FastViT's grouped downsampling convolutions run as depthwise ones, and MambaOut's gated blocks
   without the copy and the concatenation of timm's version;
 - channels-last memory layout, which oneDNN's convolutions prefer;
-- bf16 weights and activations. Only AMX makes them faster: with AMX, oneDNN runs bf16
-  convolutions and matmuls about twice as fast as fp32; with AVX512-BF16 alone it runs them in
-  bf16 too, but no faster than fp32 (FastViT-T12 at 512 took 142 against 104 ms per slice on such a
-  CPU, docs/benchmark.md). It is opt-in (``precision="bf16"``): it missed the Dice >= 0.99 bar
-  against fp32 on the benchmark network (min 0.987), so ``auto`` stays fp32 on the CPU, and
-  :func:`bf16_warning` tells a user who asks for it on a CPU without AMX;
+- bf16 weights and activations, which only AMX makes faster than fp32 (oneDNN's bf16 kernels
+  without AMX are no faster, and the conversions cost extra). Whether a model's masks survive bf16
+  is the model's own property: ``precision="auto"`` uses it only where the model records that they
+  do (:mod:`segmatecore.runtime.precision`), and :func:`bf16_warning` tells a user who asks for
+  bf16 on a CPU without AMX;
 - opt-in (``runtime="openvino"``): the network compiled by OpenVINO (see
-  :mod:`segmatecore.runtime.openvino`), which fuses what eager PyTorch runs op by op. On an AMX
-  machine it was faster with one thread and under heavy load, not with two threads on a lightly
-  loaded one; on a CPU without AMX it was 12-14 % faster in fp32 for FastViT-T12 and
-  EfficientNetV2-M but peaked about 370 MiB higher, and its first run pays a conversion, so eager
-  PyTorch stays the default.
+  :mod:`segmatecore.runtime.openvino`), which fuses what eager PyTorch runs op by op. Whether it
+  pays depends on the CPU, the thread count and the load, and its first run pays a conversion, so
+  eager PyTorch stays the default (docs/benchmark.md has the measurements).
 
 The caller runs the returned model under ``torch.inference_mode()`` (as ``segment`` does).
 """

@@ -95,7 +95,7 @@ def run(args) -> int:
             print(format_row(row))
     else:
         results = run_benchmark(quick=args.quick, backbones=args.backbones, precision=args.precision,
-                                device=args.device, peers=args.peers, bundled=args.bundled, openvino=args.openvino, ct=args.ct, workdir=args.workdir,
+                                device=args.device, peers=args.peers, bundled=args.bundled, openvino=args.openvino, ct=args.ct, workdir=Path(args.workdir).resolve() if args.workdir else None,
                                 batch_size=args.batch_size, network_slices=args.network_slices, threads=args.threads,
                                 scopes=SCOPES if args.scope == "all" else (args.scope,), revision=args.revision,
                                 report=lambda row: print(format_row(row), flush=True))

@@ -14,7 +14,7 @@ from segmatecore.cli import demo
 from segmatecore.models.checkpoint import default_metadata, save_model
 from segmatecore.models import create_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "Resources" / "SampleData"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from SegMateLib.slicer_version import MINIMUM_SLICER_VERSION, unsupportedSlicerMessage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # The ExtensionsIndex catalog entry schema, version 1.0.2: its required and allowed keys.
 SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#"

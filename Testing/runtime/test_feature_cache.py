@@ -154,7 +154,7 @@ def test_on_a_gpu_every_network_call_runs_a_full_batch_and_the_labels_stay_the_s
                                                                                  options):
     """A GPU prepares its kernels once per batch shape, so there segment() repeats the last slice of
     a short batch up to the batch size and drops the extra outputs (checked here on the CPU with the
-    GPU's policy; Testing/test_cuda.py runs it on a GPU)."""
+    GPU's policy; Testing/runtime/test_cuda.py runs it on a GPU)."""
     from segmatecore.runtime import network as runtime_network
 
     plain = run(ct, network, batch_size=4, **options)

@@ -189,7 +189,7 @@ def test_update_metadata_copies_the_tensors_as_stored_and_refuses_bad_metadata(m
     assert path.read_bytes() == before  # nothing written
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "Resources" / "Models" / "segmate_hn_fastvit_t12.safetensors"
 
 

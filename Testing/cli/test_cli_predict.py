@@ -230,7 +230,7 @@ def peak_rss_of(command: list[str], interval: float = 0.05) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_peak_memory_of_predict_on_a_512x512x300_volume(shared_data, tmp_path):
-    """`pytest -m slow Testing/test_cli_predict.py -s`: prints the figure reported in docs/inference.md."""
+    """`pytest -m slow Testing/cli/test_cli_predict.py -s`: prints the figure reported in docs/inference.md."""
     source = sitk.ReadImage(str(shared_data / "totalseg_example" / "example_ct.nii.gz"))
     size = (512, 512, 300)
     spacing = [sp * (n - 1) / (m - 1) for sp, n, m in zip(source.GetSpacing(), source.GetSize(), size)]

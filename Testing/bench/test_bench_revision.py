@@ -17,7 +17,7 @@ from segmatecore.bench.inputs import BenchSetup, resample_to_size, sample_ct_pat
 from segmatecore.bench.revision import RevisionError, measure_core, revision_checkout, revision_rows
 from segmatecore.cli.main import main
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+REPOSITORY = Path(__file__).resolve().parents[2]
 PLAN = {"device": "cpu", "precision": "fp32", "batch_size": 2, "threads": 1, "timeout": 600.0}
 
 # A revision's whole SegMateCore in the tiny repository: a segment() that records how it was called.

@@ -27,7 +27,7 @@ from segmatecore.cli import main as cli
 from segmatecore.models.checkpoint import CheckpointError, default_metadata, read_metadata, save_model
 from segmatecore.models import backbone_spec, create_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESOURCES = REPO / "Resources"
 TRAINED = ["spinal_cord", "esophagus"]
 

@@ -38,7 +38,7 @@ from SegMateLib.self_test import segmentVoxels
 from SegMateLib.volume_image import imageFromVolumeNode, volumeNodeFromImage
 from SegMateLib.worker_client import WorkerClient, WorkerCrashed, WorkerError, describeExit, killProcessTree
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SAMPLE = REPO / "Resources" / "SampleData" / "openkbp_validation_pt_201_ct.nii.gz"
 ORGANS = ["spinal_cord", "esophagus"]

@@ -29,7 +29,7 @@ from segmatecore.models.checkpoint import CheckpointError, default_metadata, loa
 from segmatecore.models import backbone_spec, create_model
 from segmatecore.models.research import load_research_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FUZZ = settings(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

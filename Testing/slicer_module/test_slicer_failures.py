@@ -2,7 +2,7 @@
 
 Each leaves the output segmentation node and the scene exactly as they were and raises an error
 whose message the panel shows. Real MRML scene from slicer-core; the intensity test network.
-Nodes deleted while the worker process runs: Testing/test_slicer_worker.py.
+Nodes deleted while the worker process runs: Testing/slicer_module/test_slicer_worker.py.
 """
 from __future__ import annotations
 

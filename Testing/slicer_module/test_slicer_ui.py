@@ -18,7 +18,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "SegMateSlicer"
 UI_FILE = MODULE / "Resources" / "UI" / "SegMate.ui"
 WIDGET_FILE = MODULE / "SegMate.py"

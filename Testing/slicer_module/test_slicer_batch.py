@@ -25,7 +25,7 @@ from segmatecore.data.organs import OrganSet, PAPER_ORGANS, organ
 
 from SegMateLib.batch import CSV_NAME, findCases, parseOrgans, runBatch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "SegMateSlicer" / "Scripts" / "segmate_batch.py"
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults

@@ -2,7 +2,7 @@
 test-time augmentation and the feature cache, the CLI's report and the benchmark's GPU memory.
 
 Skipped where PyTorch sees no CUDA GPU (CI has none). Where one is:
-``python -m pytest Testing/test_cuda.py`` (docs/inference.md, "GPU").
+``python -m pytest Testing/runtime/test_cuda.py`` (docs/inference.md, "GPU").
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ from SegMateLib.segments import SOURCE_TAG, THRESHOLD_TAG, Z_SMOOTHING_TAG, bina
 from SegMateLib.terminology import organKeyForTerminology, terminologyEntry
 from SegMateLib.volume_image import imageFromVolumeNode
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 PAPER = OrganSet(PAPER_ORGANS)  # the organs of a model made with the defaults
 
