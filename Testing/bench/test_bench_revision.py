@@ -87,6 +87,7 @@ def test_a_revision_runs_its_own_segmatecore_through_segment_alone(tiny_repo, tm
     assert labels.GetSize() == tuple(QUICK_SIZE)
 
 
+@pytest.mark.slow  # the real segment() twice in child processes; the tiny repository above covers the mechanism
 def test_head_and_the_working_tree_segment_the_same_ct_side_by_side(tmp_path):
     from segmatecore.bench.jobs import compare_with_references
     from segmatecore.bench.markdown import markdown_tables

@@ -60,7 +60,7 @@ def test_evaluate_writes_csv_summary_and_boxplot(prepared, tmp_path, intensity_m
     assert float(exact["volume_error_pct"]) == 0.0
     cord = summary["modes"]["label_free"]["spinal_cord"]["dice"]
     assert cord["n"] == 3 and cord["mean"] == pytest.approx((2 + 14 / 15) / 3)
-    text = (tmp_path / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert "spinal_cord" in text and "HD95" in text and "volume error" in text
     assert (tmp_path / "boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
