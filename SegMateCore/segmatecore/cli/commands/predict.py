@@ -74,7 +74,8 @@ def register(sub) -> None:
     speed.add_argument("--batch-size", type=int, metavar="N",
                        help="slices per batch (default: 16 on CUDA, 8 on MPS, 2 on the CPU; 1 with --low-memory)")
     speed.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto = fp16 autocast on CUDA, else fp32 (default: %(default)s)")
+                       help="auto = fp16 on CUDA or bf16 on a CPU with AMX where the model records masks "
+                            "agreeing with fp32, else fp32 (default: %(default)s)")
     speed.add_argument("--runtime", choices=RUNTIMES, default="torch",
                        help="on the CPU: torch (eager PyTorch), openvino (the network compiled by OpenVINO, "
                             "converted once per model; faster in fp32 for FastViT-T12 and EfficientNetV2-M on CPUs "
