@@ -108,7 +108,7 @@ def test_inference_functions_are_short():
     assert not long, long
 
 
-def test_the_checker_sees_a_real_upward_import(graph):
+def test_the_checker_follows_real_imports(graph):
     """The walk follows imports: the predictor's own imports include the runtime and the data layer."""
     assert {"segmatecore.runtime.network", "segmatecore.data.io"} <= graph["segmatecore.inference.predictor"]
 

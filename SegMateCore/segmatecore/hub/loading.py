@@ -13,6 +13,7 @@ from torch import nn
 
 from segmatecore.hub.catalogue import CatalogueError, catalogue_entries, default_model_id, resolve_model
 from segmatecore.models.checkpoint import load_model
+from segmatecore.models.network import module_metadata
 from segmatecore.hub.intended_use import intended_use
 
 # What a model's file and the catalogue tell about it.
@@ -22,11 +23,7 @@ MODEL_FILE_FACTS = ("id", "version", "path", "provenance", "backbone", "input_si
 def load_with_facts(model: str | os.PathLike | nn.Module | None) -> tuple[nn.Module, dict[str, Any]]:
     """The network and its facts, from a module, a .safetensors path, a catalogue id or None (the default)."""
     if isinstance(model, nn.Module):
-        meta = getattr(model, "metadata", None)
-        if not isinstance(meta, dict) or "preprocessing" not in meta or "organs" not in meta:
-            raise ValueError("A model passed as a module needs a .metadata dict with 'organs' and 'preprocessing' "
-                             "(as segmatecore.load_model sets it).")
-        return model, model_facts(meta, None)
+        return model, model_facts(module_metadata(model), None)
     if model is not None and Path(model).is_file():
         path = Path(model)
         entry = _catalogue_entry_of_file(path)

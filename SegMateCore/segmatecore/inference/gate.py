@@ -13,6 +13,7 @@ import torch
 
 from segmatecore.data.organs import OrganSet, organ
 from segmatecore.inference.zpass import ZExtent
+from segmatecore.inference.zstrategy import trained_organs
 
 NOT_FOUND = ("the first pass found no {name} in this CT, so it is left empty (presence gate; to keep the "
              "network's mask use --no-presence-gate, or untick 'Drop organs the first pass does not find' in "
@@ -30,7 +31,7 @@ class PresenceGate:
     def from_extent(cls, extent: ZExtent, keys: Sequence[str], meta: dict) -> "PresenceGate":
         """The gate for organs ``keys`` from the first pass's per-organ ranges (over trained organs)."""
         channels = list(OrganSet.of(meta))
-        trained = [channels.index(k) for k in (meta.get("trained_organs") or channels)]
+        trained = [channels.index(k) for k in trained_organs(meta)]
         by_channel = dict(zip(trained, extent.organ_ranges))
         ranges = {i: by_channel[channels.index(k)] for i, k in enumerate(keys) if channels.index(k) in by_channel}
         return cls(ranges, len(keys))

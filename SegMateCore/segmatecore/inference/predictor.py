@@ -37,7 +37,7 @@ from segmatecore.inference.result import SegmentationResult
 from segmatecore.inference.runner import BatchRunner, ProgressCallback
 from segmatecore.inference.zpass import ZPassConfig
 from segmatecore.inference.zsmoothing import sigmas_in_slices
-from segmatecore.inference.zstrategy import ZPlan, ZStrategy, z_strategy
+from segmatecore.inference.zstrategy import ZPlan, ZStrategy, trained_organs, z_strategy
 from segmatecore.runtime.devices import COMPUTE_PRECISIONS, check_precision, default_batch_size, release_freed_memory, resolve_device
 from segmatecore.runtime.feature_cache import DEFAULT_MAX_MB, FeatureCache
 from segmatecore.runtime.network import prepare_network
@@ -50,7 +50,7 @@ ImageInput = sitk.Image | str | os.PathLike | LoadedVolume
 def choose_organs(organs: list[str] | str | None, meta: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The organ keys to segment in the model's channel order (default: its trained organs), and warnings."""
     model_organs = OrganSet.of(meta)
-    trained = list(meta.get("trained_organs") or model_organs)
+    trained = trained_organs(meta)
     if organs is None:
         return [k for k in model_organs if k in trained], []
     organs = [organs] if isinstance(organs, str) else list(organs)
@@ -139,7 +139,7 @@ class SegMatePredictor:
         info = {**self.model_info, "device": str(run.runner.network.device), "precision": self.precision,
                 "compute_precision": run.runner.network.precision,
                 "batch_size": run.runner.batch_size, "runtime": self.network.runtime, "tta": bool(tta),
-                "feature_cache": run.cache.summary() if run.passes.cache is not None else None,
+                "feature_cache": run.passes.cache.summary() if run.passes.cache is not None else None,
                 "mask_thresholds": dict(zip(keys, thresholds)), "z_smoothing_mm": dict(zip(keys, smoothing))}
         timings = {"read": loaded.read_seconds, **run.timings}
         timings["total"] = time.perf_counter() - t_start + (loaded.read_seconds if loaded is image else 0.0)

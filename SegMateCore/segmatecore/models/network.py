@@ -102,8 +102,7 @@ class SegMateNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> Encoded:
         """SliceFusion, backbone, skip alignment and ASPP: the part that does not depend on z_norm."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"SegMateNet expects [B, 3, H, W] (three adjacent slices), got {tuple(x.shape)}")
+        check_slices(x)
         if x.shape[-2] % 32 or x.shape[-1] % 32:
             raise ValueError(f"H and W must be divisible by 32, got {tuple(x.shape[-2:])}")
         x = x.to(self.slice_fusion.proj.weight.dtype)  # a network cast to bf16 for inference takes fp32 input
@@ -135,3 +134,18 @@ class SegMateNet(nn.Module):
             reparameterize_model(self.encoder, inplace=True)
             self.is_reparameterized = True
         return self
+
+
+def check_slices(x: torch.Tensor) -> None:
+    """Refuse anything but a batch of 2.5D stacks, [B, 3, H, W], with a clear message."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"SegMateNet expects [B, 3, H, W] (three adjacent slices), got {tuple(x.shape)}")
+
+
+def module_metadata(model: nn.Module) -> dict:
+    """The ``.metadata`` of a module run as a SegMate model, with a clear error when it lacks one."""
+    metadata = getattr(model, "metadata", None)
+    if not isinstance(metadata, dict) or "preprocessing" not in metadata or "organs" not in metadata:
+        raise ValueError("A model passed as a module needs a .metadata dict with 'organs' and 'preprocessing' "
+                         "(as segmatecore.load_model sets it).")
+    return metadata

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from segmatecore.models import Encoded, SegMateOutput
+from segmatecore.models.network import module_metadata
 from segmatecore.runtime.devices import autocast_dtype
 from segmatecore.runtime.optimize import DEFAULT, fusion_notice, prepare_for_inference
 
@@ -156,10 +157,7 @@ def prepare_network(model: nn.Module, device: torch.device, precision: str = "au
     ``copy`` False prepares the module in place (folding cannot be undone: only for a model the
     caller will not train or save again). A module prepared before runs as it is.
     """
-    metadata = getattr(model, "metadata", None)
-    if not isinstance(metadata, dict) or "preprocessing" not in metadata or "organs" not in metadata:
-        raise ValueError("A model passed as a module needs a .metadata dict with 'organs' and 'preprocessing' "
-                         "(as segmatecore.load_model sets it).")
+    metadata = module_metadata(model)
     optimizations = DEFAULT.with_(runtime=runtime)
     prepared = prepare_for_inference(model, device, precision, optimizations=optimizations, copy_model=copy)[0]
     splits = callable(getattr(prepared, "encode", None)) and callable(getattr(prepared, "decode", None))

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from segmatecore.models import Encoded, SegMateNet, SegMateOutput
+from segmatecore.models.network import check_slices
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,7 @@ class OpenVINONetwork(nn.Module):
         return self.decode(self.encode(x), z_norm)
 
     def encode(self, x: torch.Tensor) -> Encoded:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"SegMateNet expects [B, 3, H, W] (three adjacent slices), got {tuple(x.shape)}")
+        check_slices(x)
         outputs = self.encoder_graph([x.detach().to("cpu", torch.float32).contiguous().numpy()]).to_tuple()
         *skips, context = (torch.from_numpy(o) for o in outputs)
         return Encoded(tuple(skips), context, self.input_size)
