@@ -87,6 +87,26 @@ def test_a_revision_runs_its_own_segmatecore_through_segment_alone(tiny_repo, tm
     assert labels.GetSize() == tuple(QUICK_SIZE)
 
 
+def test_repeated_sides_take_turns_and_each_row_is_its_sides_median_run(tiny_repo, tmp_path, monkeypatch):
+    """`--repeat 3`: a machine that slows down during the run slows both sides, and one slow run moves neither row."""
+    from segmatecore.bench import revision
+    from segmatecore.bench.results import revision_text
+
+    order, seconds = [], iter([10.0, 20.0, 30.0, 11.0, 12.0, 19.0])  # ours, theirs, ours, theirs, ours, theirs
+    monkeypatch.setattr(revision, "measure_core", lambda core, name, *args: order.append(core) or
+                        {"s_per_volume": next(seconds), "cpu_s_per_volume": 1.0, "peak_rss_mb": 100.0, "s_network": 1.0})
+    setup = small_setup(tmp_path, tmp_path / "model.safetensors")
+    with revision_checkout(tiny_repo, "HEAD~1") as checkout:
+        rows = revision_rows(checkout, setup, BUNDLED, "m", "m", setup.costs[BUNDLED], {**PLAN, "repeat": 3})
+    assert order == [revision.working_tree_core(), checkout.core] * 3
+    assert [r["s_per_volume"] for r in rows] == [12.0, 19.0]
+    assert rows[0]["runs_s_per_volume"] == [10.0, 30.0, 12.0] and rows[1]["runs_s_per_volume"] == [20.0, 11.0, 19.0]
+    assert rows[0]["vs_revision"]["wall"] == pytest.approx(12.0 / 19.0, abs=0.006)
+    text = revision_text(rows)
+    assert text[1:] == ["  working tree: 10.0, 30.0, 12.0 s per run, in turn; the median is the row's",
+                        f"  {checkout.label}: 20.0, 11.0, 19.0 s per run, in turn; the median is the row's"]
+
+
 @pytest.mark.slow  # the real segment() twice in child processes; the tiny repository above covers the mechanism
 def test_head_and_the_working_tree_segment_the_same_ct_side_by_side(tmp_path):
     from segmatecore.bench.jobs import compare_with_references

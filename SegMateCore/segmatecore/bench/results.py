@@ -90,5 +90,13 @@ def format_row(row: dict[str, Any]) -> str:
 
 def revision_text(rows: Sequence[dict[str, Any]]) -> list[str]:
     """``--revision``'s ratios as lines: the working tree's seconds and memory over the revision's."""
-    return [f"working tree / {v['revision']}: wall {v['wall']}, CPU {v['cpu']}, peak RSS {v['rss']} "
-            "(below 1: the working tree takes less)" for v in (r.get("vs_revision") for r in rows) if v]
+    lines = []
+    for v in (r.get("vs_revision") for r in rows):
+        if not v:
+            continue
+        lines.append(f"working tree / {v['revision']}: wall {v['wall']}, CPU {v['cpu']}, peak RSS {v['rss']} "
+                     "(below 1: the working tree takes less)")
+        for side, seconds in v.get("runs_s_per_volume", {}).items():
+            lines.append(f"  {side}: {', '.join(f'{s:.1f}' for s in seconds)} s per run, in turn; the median is "
+                         "the row's")
+    return lines

@@ -110,19 +110,37 @@ def revision_rows(checkout: Checkout, setup: BenchSetup, model_key: str, prefix:
                   costs: dict[str, Any], plan: dict[str, Any]) -> list[dict[str, Any]]:
     """The working tree's row, then the revision's (whose labels are compared with the working tree's),
     the working tree's carrying ``vs_revision``: its wall and CPU seconds and memory over the revision's.
-    ``plan``: the run's device, precision, batch size, threads and timeout."""
+    ``plan``: the run's device, precision, batch size, threads, timeout and ``repeat``.
+
+    With ``repeat`` above 1 the two sides take turns (working tree, revision, working tree, ...), so
+    that a drift of the machine's speed during the run falls on both, and each row is its side's
+    median run, listing every run's seconds in ``runs_s_per_volume``.
+    """
     model = setup.models[model_key]
     ours = Config(f"{prefix} end_to_end: {WORKING_TREE}", "revision", "end_to_end",
                   precision=plan["precision"], optimizations={})
     theirs = Config(f"{prefix} end_to_end: {checkout.label}", "revision", "end_to_end",
                     precision=plan["precision"], optimizations={}, reference=ours.name)
-    rows = []
-    for config, core, code in ((ours, working_tree_core(), {"revision": WORKING_TREE}),
-                               (theirs, checkout.core, {"revision": checkout.revision, "commit": checkout.commit})):
-        measured = {**measure_core(core, config.name, setup, model, plan), "revision": code}
-        rows.append(make_row(config, model_label, plan["device"], costs, measured))
+    sides = ((ours, working_tree_core(), {"revision": WORKING_TREE}),
+             (theirs, checkout.core, {"revision": checkout.revision, "commit": checkout.commit}))
+    runs: dict[str, list[dict[str, Any]]] = {config.name: [] for config, _, _ in sides}
+    for _ in range(max(1, int(plan.get("repeat", 1)))):
+        for config, core, code in sides:
+            runs[config.name].append({**measure_core(core, config.name, setup, model, plan), "revision": code})
+    rows = [make_row(config, model_label, plan["device"], costs, median_run(runs[config.name]))
+            for config, _, _ in sides]
     rows[0]["vs_revision"] = {"revision": checkout.label, **revision_ratios(rows[0], rows[1])}
+    if len(runs[ours.name]) > 1:
+        rows[0]["vs_revision"]["runs_s_per_volume"] = {WORKING_TREE: rows[0]["runs_s_per_volume"],
+                                                       checkout.label: rows[1]["runs_s_per_volume"]}
     return rows
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose wall seconds are the median (the lower of the middle two for an even count), with
+    every run's seconds beside it."""
+    ordered = sorted(runs, key=lambda run: run["s_per_volume"])
+    return {**ordered[(len(ordered) - 1) // 2], "runs_s_per_volume": [round(run["s_per_volume"], 2) for run in runs]}
 
 
 def revision_ratios(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | None]:

@@ -26,7 +26,7 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
                   device: str = "cpu", peers: Sequence[str] | None = None, ct: str | os.PathLike | None = None,
                   workdir: str | os.PathLike | None = None, batch_size: int | None = None, network_slices: int | None = None,
                   threads: int | None = None, timeout: float = 3600.0, scopes: Sequence[str] = SCOPES,
-                  bundled: bool = True, openvino: bool = True, revision: str | None = None,
+                  bundled: bool = True, openvino: bool = True, revision: str | None = None, repeat: int = 1,
                   repository: str | os.PathLike | None = None,
                   report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every configuration and return ``{"machine", "ct", "batch_size", "rows"}`` (rows as
@@ -38,7 +38,8 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
     segment()'s own default for the device (2 on the CPU), so that the rows measure what users run.
     ``revision``: a git revision of ``repository`` (default: the checkout this package runs from)
     whose SegMateCore segments the same CT with the same model beside the working tree's
-    (:mod:`segmatecore.bench.revision`); checked out before anything is measured.
+    (:mod:`segmatecore.bench.revision`); checked out before anything is measured. ``repeat``: how many
+    times each side of that comparison runs, taking turns; each side reports its median run.
     """
     from segmatecore.bench.peers import PEERS
     from segmatecore.runtime.devices import DEFAULT_BATCH, resolve_device
@@ -47,10 +48,12 @@ def run_benchmark(*, quick: bool = False, backbones: Sequence[str] = BACKBONES, 
     if revision is not None and "end_to_end" not in scopes:
         raise ValueError("--revision compares end-to-end rows: use it with --scope all or end_to_end.")
     backbones = [backbone_spec(b).key for b in backbones]
+    if repeat < 1:
+        raise ValueError("--repeat must be at least 1.")
     if revision is not None and not (bundled or backbones):
         raise ValueError("--revision needs a model to run: the bundled one or a backbone.")
     plan = {"quick": quick, "precision": precision, "device": device, "timeout": timeout,
-            "batch_size": batch_size or DEFAULT_BATCH.get(resolve_device(device).type, 4),
+            "repeat": repeat, "batch_size": batch_size or DEFAULT_BATCH.get(resolve_device(device).type, 4),
             "network_slices": network_slices or (QUICK_NETWORK_SLICES if quick else NETWORK_SLICES),
             # --quick's tiny tensors: thread start-up and barriers would dominate, worst on a busy machine
             "threads": 1 if quick and threads is None else threads}

@@ -62,6 +62,9 @@ def register(sub) -> None:
                    help="also segment the CT with the SegMateCore of this git revision (a commit, branch, tag or "
                         "main~3) beside the working tree's, end to end with the same model, and report both rows "
                         "and their ratio")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="with --revision: run each side N times, taking turns, and report each side's median run "
+                        "(default 1)")
     p.add_argument("--workdir", metavar="DIR", help="keep the CT, models and outputs here (default: a temporary folder)")
     p.set_defaults(func=run)
 
@@ -98,7 +101,7 @@ def run(args) -> int:
                                 device=args.device, peers=args.peers, bundled=args.bundled, openvino=args.openvino, ct=args.ct, workdir=Path(args.workdir).resolve() if args.workdir else None,
                                 batch_size=args.batch_size, network_slices=args.network_slices, threads=args.threads,
                                 scopes=SCOPES if args.scope == "all" else (args.scope,), revision=args.revision,
-                                report=lambda row: print(format_row(row), flush=True))
+                                repeat=args.repeat, report=lambda row: print(format_row(row), flush=True))
     for row in results["rows"]:
         if "dice_min" in row:
             verdict = "agrees" if row["agrees_with_fp32"] else "DIFFERS"
