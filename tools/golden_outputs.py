@@ -39,24 +39,21 @@ CASES = {
 Z_MODES = ("auto", "volume", "ground_truth")
 
 
+def _to_canonical():
+    """segmatecore's to_canonical, from the layered package or the flat one before it."""
+    try:
+        from segmatecore.data.geometry import to_canonical
+    except ImportError:  # the flat layout before the subpackages
+        from segmatecore.geometry import to_canonical
+    return to_canonical
+
+
 def ground_truth_extent(reference: Path, labels: tuple[int, ...] | None) -> tuple[int, int]:
     """First and last canonical (inferior to superior) slice holding any of ``labels``."""
-    from segmatecore.data.geometry import to_canonical  # noqa: PLC0415 - new layout
-    array, _ = to_canonical(sitk.ReadImage(str(reference)))
+    array, _ = _to_canonical()(sitk.ReadImage(str(reference)))
     hit = np.isin(array, labels) if labels else array > 0
     slices = np.flatnonzero(hit.any(axis=(0, 1)))
     return int(slices[0]), int(slices[-1])
-
-
-def _extent(reference: Path, labels: tuple[int, ...] | None) -> tuple[int, int]:
-    try:
-        return ground_truth_extent(reference, labels)
-    except ImportError:  # the flat layout before the subpackages
-        from segmatecore.data.geometry import to_canonical
-        array, _ = to_canonical(sitk.ReadImage(str(reference)))
-        hit = np.isin(array, labels) if labels else array > 0
-        slices = np.flatnonzero(hit.any(axis=(0, 1)))
-        return int(slices[0]), int(slices[-1])
 
 
 def _segmenter():
@@ -75,11 +72,12 @@ def _segmenter():
 
 
 def _segmenter_flat():
+    """The same for the flat layout before the predictor (segmatecore.segment and GroundTruthZNorm)."""
     import segmatecore
-    from segmatecore.models.checkpoint import load_model
-    from segmatecore.evaluation.evaluate import GroundTruthZNorm
-    from segmatecore.data.geometry import to_canonical
-    from segmatecore.hub.catalogue import resolve_model
+    from segmatecore.catalogue import resolve_model
+    from segmatecore.checkpoint import load_model
+    from segmatecore.evaluate import GroundTruthZNorm
+    to_canonical = _to_canonical()
 
     def run(image, mode, extent, tta):
         if mode != "ground_truth":
@@ -97,7 +95,7 @@ def record(out: Path) -> None:
     manifest = {}
     for name, (ct, reference, labels) in CASES.items():
         image = sitk.ReadImage(str(ct))
-        extent = _extent(reference, labels)
+        extent = ground_truth_extent(reference, labels)
         for mode in Z_MODES:
             for tta in (False, True):
                 key = f"{name}__z_{mode}__tta_{'on' if tta else 'off'}"

@@ -91,3 +91,34 @@ def test_a_cancelled_run_raises_and_the_predictor_still_works(model_file):
     with pytest.raises(SegmentationCancelled):
         predictor.segment(ct(2), cancel=cancel)
     assert predictor.segment(ct(2)).labelmap.GetSize() == (40, 40, 6)
+
+
+def test_import_loads_nothing_heavy_and_a_run_without_preview_loads_neither_matplotlib_nor_openvino(
+        model_file, tmp_path, support_env):
+    """``import segmatecore`` is light (the Slicer panel and ``--help`` rely on it), and a run imports
+    the optional extras only when asked: matplotlib for the preview, OpenVINO for its runtime."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import segmatecore\n"
+        "def loaded(): return sorted(m for m in ('torch', 'timm', 'matplotlib', 'openvino') if m in sys.modules)\n"
+        "print('import:', loaded())\n"
+        "import numpy as np, SimpleITK as sitk\n"
+        "from segmatecore.export.outputs import write_outputs\n"
+        "image = sitk.GetImageFromArray(np.random.default_rng(0).integers(-1000, 400, (6, 40, 40)).astype(np.int16))\n"
+        "result = segmatecore.SegMatePredictor(sys.argv[1], device='cpu').segment(image)\n"
+        "write_outputs(result, sys.argv[2], formats=('nifti', 'seg.nrrd', 'report'))\n"
+        "print('run:', loaded())\n"
+        "write_outputs(result, sys.argv[2], formats=('preview',), image=image)\n"
+        "print('preview:', loaded())\n")
+    done = subprocess.run([sys.executable, "-c", code, str(model_file), str(tmp_path)], capture_output=True,
+                          text=True, env=support_env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if line.split(":")[0] in
+                 ("import", "run", "preview"))
+    assert lines["import"] == "[]"
+    assert lines["run"] == "['timm', 'torch']"
+    assert lines["preview"] == "['matplotlib', 'timm', 'torch']"  # the check can see matplotlib arrive
+    assert (tmp_path / "labels.nii.gz").is_file() and (tmp_path / "preview.png").is_file()
