@@ -266,14 +266,14 @@ def _flip_one_weight_byte(path: Path) -> None:
 
 def test_a_model_damaged_on_disk_is_refused_at_load(env, model_files):
     """One flipped bit in an installed weight file still loads as safetensors; the SHA-256 must catch it."""
-    from segmatecore.hub.loading import load_with_facts as load_segmentation_model
+    from segmatecore.hub.loading import load_with_facts
 
     installed = installer.download("tiny_good", progress=False)
-    assert load_segmentation_model("tiny_good")[0].metadata["trained_organs"] == TRAINED
+    assert load_with_facts("tiny_good")[0].metadata["trained_organs"] == TRAINED
     _flip_one_weight_byte(installed)
     read_metadata(installed)  # still a readable SegMate file: only the digest tells
     with pytest.raises(catalogue.DamagedModelError, match="segmate models remove tiny_good && segmate models download"):
-        load_segmentation_model("tiny_good")
+        load_with_facts("tiny_good")
 
     bundled = env["resources"] / "Models" / "tiny_bundled.safetensors"
     _flip_one_weight_byte(bundled)

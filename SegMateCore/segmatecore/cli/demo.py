@@ -13,12 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from segmatecore.resources import resource_path
+
 DEFAULT_OUTPUT = Path("demo-output")
 
 
 def sample_entries() -> list[dict]:
-    from segmatecore.resources import resource_path
-
     return json.loads(resource_path("SampleData", "samples.json").read_text(encoding="utf-8"))
 
 
@@ -29,8 +31,6 @@ class StageProgress:
         self.stage, self.bar = None, None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm import tqdm
-
         if stage != self.stage:
             self.close()
             self.stage, self.bar = stage, tqdm(total=total, desc=f"{stage:>11}", unit="slice" if total > 1 else "step",
@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from segmatecore.inference.predictor import segment
     from segmatecore.export.outputs import write_outputs
-    from segmatecore.resources import resource_path
 
     sample = sample_entries()[0]
     ct_path = resource_path("SampleData", sample["file"])

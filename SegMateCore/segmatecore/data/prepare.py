@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from tqdm import tqdm
 
 from segmatecore.data.atomic import atomic_path, write_text_atomic
 from segmatecore.data.geometry import to_canonical
 from segmatecore.data.organs import known_keys
-from segmatecore.data.sources import CaseSource, find_cases
+from segmatecore.data.sources import CaseSource, LabelSource, find_cases
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,6 @@ def convert_case(case: CaseSource, out_dir: Path, keys: list[str], dataset_dir: 
 
 def _convert_worker(job: tuple[dict[str, Any], str, list[str], str]) -> dict[str, Any]:
     case_dict, out_dir, keys, src = job
-    from segmatecore.data.sources import LabelSource
     labels = {k: [LabelSource(**s) for s in v] for k, v in case_dict["labels"].items()}
     case = CaseSource(**{**case_dict, "labels": labels})
     try:
@@ -193,7 +193,6 @@ def prepare(kind: str, src: str | Path, out: str | Path, *, workers: int | None 
     records = [previous[c.case_id] for c in cases if c.case_id in previous]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     jobs = [({**asdict(c)}, str(out), keys, str(src)) for c in todo]
-    from tqdm import tqdm
     started = time.time()
     failures = []
     if todo:

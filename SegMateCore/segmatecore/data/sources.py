@@ -6,6 +6,7 @@ case, the organs the case *annotates*: an organ absent from that list is unknown
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 from dataclasses import dataclass, field
@@ -85,7 +86,6 @@ def totalsegmentator_cases(src: Path) -> list[CaseSource]:
 def _totalseg_meta_splits(meta_csv: Path) -> dict[str, str]:
     if not meta_csv.is_file():
         return {}
-    import csv
     text = meta_csv.read_text(encoding="utf-8")
     dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=";,")
     return {row["image_id"]: row["split"] for row in csv.DictReader(text.splitlines(), dialect=dialect)

@@ -25,6 +25,7 @@ from segmatecore.data.prepared import load_cases
 from segmatecore.evaluation.metrics import organ_metrics
 from segmatecore.inference.predictor import SegMatePredictor
 from segmatecore.inference.zstrategy import GroundTruthZ
+from segmatecore.models.checkpoint import update_metadata
 
 METRICS = ("dice", "hd95_mm", "iou", "precision", "recall", "volume_error_pct")
 MODES = {"label_free": "z_norm estimated without labels (as segmate predict)",
@@ -94,8 +95,6 @@ def record_in_model(model_path: str | Path, summary: dict[str, Any], command: st
 
     The file is rewritten atomically with its tensors unchanged (same dtype).
     """
-    from segmatecore.models.checkpoint import update_metadata
-
     held_out = {"data": summary["data"], "split": summary["split"], "cases": summary["cases"], "command": command,
                 "z_norm": "label-free (segment() default)",
                 "organs": {k: {m: v[m].get("mean") for m in METRICS} | {"dice_median": v["dice"].get("median"),

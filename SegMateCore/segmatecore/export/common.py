@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from segmatecore import __version__
+from segmatecore.data.io import choose_series, list_dicom_series
 from segmatecore.data.organs import Organ, organ
 from segmatecore.hub.intended_use import NOT_FOR_CLINICAL_USE
 from segmatecore.hub.intended_use import model_name
@@ -60,9 +62,7 @@ def ijk_to_lps(image: sitk.Image) -> np.ndarray:
 def series_files(dicom_dir: Path, series_uid: str | None) -> tuple[list[str], int]:
     """The files of the series in ``dicom_dir`` that the reader picks (``series_uid``, else the largest CT
     series), and how many series the folder holds; the DICOM outputs reference these images."""
-    import pydicom
-
-    from segmatecore.data.io import choose_series, list_dicom_series
+    import pydicom  # heavy, and only the DICOM outputs need it
 
     if not dicom_dir.is_dir():
         raise ValueError(f"RTSTRUCT needs the DICOM series folder of the CT; {dicom_dir} is not a folder.")
@@ -86,8 +86,6 @@ def dicom_texts(made_by: Mapping[str, Any] | None) -> dict[str, Any]:
     and ``model`` (LO, 64), ``software_versions`` (LO values), ``description`` (ST, 1024),
     ``clinical`` (bool), and the ``made_by`` fields themselves.
     """
-    from segmatecore import __version__
-
     made_by = dict(made_by or {})
     made_by.setdefault("segmate_version", __version__)
     clinical = bool(made_by.get("clinical_use"))

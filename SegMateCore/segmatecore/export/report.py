@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from segmatecore import __version__
 from segmatecore.data.atomic import write_text_atomic
 from segmatecore.export.common import resolve_legend
 from segmatecore.hub.intended_use import NOT_FOR_CLINICAL_USE
@@ -29,8 +30,6 @@ def _json_default(value: Any) -> Any:
 def build_report(result: Any) -> dict[str, Any]:
     """The report of one case as a JSON-ready dict: the result's own summary (``to_dict``) plus the
     SegMate version, the time, and what each label value in the files means (see docs/outputs.md)."""
-    from segmatecore import __version__
-
     summary = result.to_dict()
     model = dict(summary.pop("model", {}) or {})
     chosen = resolve_legend(result.labels)

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from platformdirs import user_data_dir
+
 from segmatecore.resources import resource_path
 
 CATALOGUE_FILE = "models.json"
@@ -39,7 +41,7 @@ def catalogue_path() -> Path:
 
 def load_catalogue() -> dict[str, Any]:
     """Resources/models.json, validated against its JSON Schema and for consistency."""
-    import jsonschema
+    import jsonschema  # slow to import: only where a catalogue is read, so that --help stays light
 
     path = catalogue_path()
     try:
@@ -111,8 +113,6 @@ def cache_dir() -> Path:
     home = os.environ.get("SEGMATE_HOME")
     if home:
         return Path(home).expanduser() / "models"
-    from platformdirs import user_data_dir
-
     return Path(user_data_dir("SegMate", appauthor=False)) / "models"
 
 

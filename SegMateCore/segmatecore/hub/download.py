@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from tqdm import tqdm
+
 from segmatecore.data.atomic import atomic_path
 from segmatecore.hub.catalogue import (CHUNK, SUFFIX, CatalogueError, ModelNotInstalledError, cache_dir,
                                        catalogue_entries, catalogue_entry, check_model_file, file_sha256,
@@ -36,8 +38,6 @@ def _progress_reporter(progress: Progress, total: int, label: str):
 
         return update, lambda: None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label)
         return bar.update, bar.close
     return (lambda n: None), (lambda: None)

@@ -9,6 +9,7 @@ from typing import Any, Collection, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from timm.utils.model import reparameterize_model
 from torch import nn
 
 from segmatecore.models.blocks import ASPP, ConvBnAct, FiLM, SliceFusion
@@ -130,7 +131,6 @@ class SegMateNet(nn.Module):
     def reparameterize(self) -> "SegMateNet":
         """Fuse FastViT's training-time branches for inference (timm's reparameterize_model)."""
         if backbone_spec(self.backbone).reparameterizable and not self.is_reparameterized:
-            from timm.utils.model import reparameterize_model
             reparameterize_model(self.encoder, inplace=True)
             self.is_reparameterized = True
         return self

@@ -6,11 +6,15 @@ which are dropped here. Checkpoints are read with ``torch.load(weights_only=True
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Mapping
 
 import torch
+
+from segmatecore.models.checkpoint import check_state_dict, default_metadata, save_model
+from segmatecore.models.factory import create_model
 
 UNUSED_RESEARCH_BLOCKS = ("skip_dec2_4", "skip_dec1_3", "skip_dec1_4")
 
@@ -89,11 +93,6 @@ def import_research_checkpoint(checkpoint: str | Path, backbone: str, output: st
                                input_size: int = 512, hu_window: tuple[float, float] = (-1000.0, 400.0),
                                keep_deep_heads: bool = False) -> Path:
     """Convert a research .pth into a SegMate safetensors model with provenance metadata."""
-    import hashlib
-
-    from segmatecore.models.checkpoint import check_state_dict, default_metadata, save_model
-    from segmatecore.models import create_model
-
     checkpoint = Path(checkpoint)
     state = convert_research_state_dict(load_research_checkpoint(checkpoint), keep_deep_heads=keep_deep_heads)
     model = create_model(backbone, deep_supervision=keep_deep_heads)

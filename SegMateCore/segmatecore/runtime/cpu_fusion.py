@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from timm.models.mambaout import GatedConvBlock
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -216,15 +217,6 @@ class FusedGatedBlock(nn.Module):
         return self.drop_path(self.ls(self.fc2(product))) + shortcut
 
 
-def _gated_block_type() -> type | None:
-    """timm's MambaOut gated block class (None for a timm without MambaOut)."""
-    try:
-        from timm.models.mambaout import GatedConvBlock
-    except ImportError:
-        return None
-    return GatedConvBlock
-
-
 def _splittable(conv: nn.Module) -> bool:
     return (type(conv) is nn.Conv2d and conv.groups > 1 and conv.groups == conv.in_channels
             and conv.out_channels > conv.in_channels and conv.out_channels % conv.in_channels == 0)
@@ -325,9 +317,8 @@ def fuse_convolutions(model: nn.Module, example: tuple[torch.Tensor, ...], *, fu
         model.to(dtype)
         pairs = _conv_activation_pairs(model, lambda: model(*example)) if fuse_activations else {}
         undo: list[tuple[str, nn.Module]] = []
-        gated = _gated_block_type() if fuse_gated_blocks else None
-        if gated is not None:
-            for name, block in [(n, m) for n, m in model.named_modules() if type(m) is gated]:
+        if fuse_gated_blocks:
+            for name, block in [(n, m) for n, m in model.named_modules() if type(m) is GatedConvBlock]:
                 undo.append((name, block))
                 _replace(model, name, FusedGatedBlock(block))
         for name, conv in list(model.named_modules()):

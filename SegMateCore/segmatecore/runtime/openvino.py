@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from platformdirs import user_cache_dir
 from torch import nn
 
+from segmatecore import __version__
 from segmatecore.models import Encoded, SegMateNet, SegMateOutput
 from segmatecore.models.network import check_slices
 
@@ -47,8 +49,6 @@ def cache_root() -> Path:
     home = os.environ.get("SEGMATE_HOME")
     if home:
         return Path(home).expanduser() / "cache" / "openvino"
-    from platformdirs import user_cache_dir
-
     return Path(user_cache_dir("SegMate", appauthor=False)) / "openvino"
 
 
@@ -94,8 +94,6 @@ class DecoderGraph(nn.Module):
 def cache_key(net: SegMateNet, input_size: tuple[int, int]) -> str:
     """A hash of everything the converted graph depends on: weights, sizes, library versions."""
     import openvino
-
-    from segmatecore import __version__
 
     digest = hashlib.sha256()
     header = (GRAPH_VERSION, __version__, openvino.__version__, torch.__version__, net.backbone, tuple(input_size),

@@ -39,6 +39,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from segmatecore.runtime import cpu_fusion
+from segmatecore.runtime import openvino as openvino_runtime
 from segmatecore.choices import RUNTIMES
 from segmatecore.models import SegMateNet
 
@@ -135,11 +136,8 @@ def fusion_notice(device: torch.device, optimizations: Optimizations = DEFAULT) 
     PyTorch cannot (:func:`segmatecore.runtime.cpu_fusion.available`), else None."""
     if torch.device(device).type != "cpu" or not optimizations.fuse_convolutions:
         return None
-    if optimizations.runtime != "torch":
-        from segmatecore.runtime import openvino as openvino_runtime
-
-        if openvino_runtime.available():
-            return None
+    if optimizations.runtime != "torch" and openvino_runtime.available():
+        return None
     return cpu_fusion.notice()
 
 
@@ -291,8 +289,6 @@ def prepare_for_inference(model: nn.Module, device: torch.device, precision: str
     if copy_model:
         model = copy.deepcopy(model)
     if device.type == "cpu" and optimizations.runtime != "torch":
-        from segmatecore.runtime import openvino as openvino_runtime
-
         if openvino_runtime.available():
             return openvino_runtime.compile_network(model, dtype, optimizations), None
         if optimizations.runtime == "openvino":

@@ -16,6 +16,7 @@ Augmentation (kornia) is deterministic per (seed, epoch, index), whatever the wo
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -43,9 +44,7 @@ class Augmenter:
     """
 
     def __init__(self, organs: Sequence[str], level: str = "paper"):
-        import warnings
-
-        import kornia.augmentation as K
+        import kornia.augmentation as K  # the train extra
 
         warnings.filterwarnings("ignore", message="Default grid_sample and affine_grid behavior")
 

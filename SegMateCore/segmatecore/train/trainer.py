@@ -20,7 +20,7 @@ from segmatecore.data.organs import OrganSet
 from segmatecore.data.prepare import load_index
 from segmatecore.data.preprocess import Preprocessing
 from segmatecore.models import SegMateNet, create_model
-from segmatecore.models.checkpoint import default_metadata, save_model
+from segmatecore.models.checkpoint import default_metadata, load_model, read_metadata, save_model
 from segmatecore.train.config import TrainConfig, pick_device, setup_distributed
 from segmatecore.train.dataset import BalancedSampler, SliceDataset, balanced_weights, load_cases
 from segmatecore.train.losses import LossWeights, SegMateLoss
@@ -100,7 +100,6 @@ class Trainer:
             return checkpoint_organs(checkpoint)  # load_state reads the weights once, later
         if not self.cfg.init_model:
             return None
-        from segmatecore.models.checkpoint import read_metadata
         return list(read_metadata(self.cfg.init_model)["organs"])
 
     def _build_model(self) -> SegMateNet:
@@ -108,7 +107,6 @@ class Trainer:
         model = create_model(cfg.backbone, deep_supervision=cfg.deep_supervision, pretrained=cfg.pretrained,
                              num_classes=len(self.organs))
         if cfg.init_model:
-            from segmatecore.models.checkpoint import load_model
             source = load_model(cfg.init_model, reparameterize=False)
             if source.backbone != model.backbone:
                 raise ValueError(f"{cfg.init_model} is a {source.backbone} model; use --backbone {source.backbone}.")
@@ -304,7 +302,6 @@ class Trainer:
         result = {"steps": self.step, "epochs": self.epoch, "best": self.best, "history": self.history,
                   "output": None}
         if self.dist.main and cfg.output:
-            from segmatecore.models.checkpoint import load_model
             best = load_model(self.run_dir / BEST, reparameterize=False)
             meta = self.metadata({"validation": self.best, "history": self.history})
             dtype = {"fp16": torch.float16, "fp32": None}[cfg.dtype]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from segmatecore.choices import BENCH_BACKBONES as BACKBONES
+from segmatecore.choices import PEER_KEYS as PEERS
 from segmatecore.cli.commands import add_device_option
+from segmatecore.data.atomic import write_text_atomic
 
 
 def register(sub) -> None:
-    from segmatecore.choices import BENCH_BACKBONES as BACKBONES
-    from segmatecore.choices import PEER_KEYS as PEERS
-
     p = sub.add_parser("bench", help="speed and memory per CT volume against its peers (3D nnU-Net, LightMedSeg, "
                                      "HRMedSeg, Light-UNETR), in one run",
                        description="Runs each configuration in a fresh process on the bundled sample CT resampled to "
@@ -74,7 +74,6 @@ def run(args) -> int:
     from segmatecore.bench.plot import plot
     from segmatecore.bench.results import format_row, merge, revision_text
     from segmatecore.bench.run import run_benchmark
-    from segmatecore.data.atomic import write_text_atomic
     from segmatecore.runtime.devices import resolve_device
 
     args.device = str(resolve_device(args.device))  # the rows name the device they ran on

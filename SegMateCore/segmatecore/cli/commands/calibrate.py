@@ -5,6 +5,11 @@ See :mod:`segmatecore.train.calibrate`; the demonstration model's recipe ends wi
 """
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
+from segmatecore.choices import MAX_Z_SMOOTHING_MM
 from segmatecore.cli.commands import add_device_option
 
 
@@ -35,12 +40,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-    import sys
-    from pathlib import Path
-
     from segmatecore.models.checkpoint import load_model, update_metadata
-    from segmatecore.choices import MAX_Z_SMOOTHING_MM
     from segmatecore.train.calibrate import (DEFAULT_SMOOTHING_MM, MIN_CASES, calibrate_masks,
                                              measure_precision_agreement)
 

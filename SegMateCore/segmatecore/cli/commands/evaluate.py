@@ -1,6 +1,10 @@
 """``segmate evaluate --model M --data OUT [--split test] -o DIR``: Dice, HD95, IoU, precision, recall."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from segmatecore.data.atomic import write_text_atomic
 from segmatecore.cli.commands import add_device_option, add_organs_option
 
 
@@ -23,9 +27,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from segmatecore.evaluation.evaluate import evaluate
@@ -48,7 +49,6 @@ def run(args) -> int:
             d, h = m["dice"], m["hd95_mm"]
             print(f"{mode:15s} {key:13s} n={d['n']:3d} Dice {d.get('mean', float('nan')):.3f} "
                   f"(median {d.get('median', float('nan')):.3f})  HD95 {h.get('mean', float('nan')):.1f} mm")
-    from segmatecore.data.atomic import write_text_atomic
     from segmatecore.evaluation.evaluate import catalogue_metrics
 
     if "label_free" in summary["modes"]:

@@ -4,6 +4,9 @@ See :mod:`segmatecore.train.presence_fit` for why; the demonstration model's rec
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 def register(sub) -> None:
     p = sub.add_parser("fit-presence", help="refit the per-slice presence head on frozen features (z pass)",
@@ -21,9 +24,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-    from pathlib import Path
-
     import torch
     from safetensors import safe_open
 

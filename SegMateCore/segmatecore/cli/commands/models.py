@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from segmatecore.data.atomic import write_text_atomic
+from segmatecore.resources import resource_path
+
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="list, download, import and remove models")
@@ -123,9 +126,7 @@ def entry_fields(path: Path) -> dict:
 
 
 def run_entry(args) -> int:
-    from segmatecore.data.atomic import write_text_atomic
     from segmatecore.hub.catalogue import SCHEMA_FILE, catalogue_path, load_catalogue
-    from segmatecore.resources import resource_path
 
     fields = entry_fields(args.file)
     if args.metrics:
@@ -137,7 +138,7 @@ def run_entry(args) -> int:
     print(json.dumps(fields, indent=2))
     if not args.write:
         return 0
-    import jsonschema
+    import jsonschema  # slow to import; --help stays light
 
     path = catalogue_path()
     data = json.loads(path.read_text(encoding="utf-8"))

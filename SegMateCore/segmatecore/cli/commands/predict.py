@@ -6,6 +6,7 @@ A failing case is reported and the others still run; the exit code is 1 if any c
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -40,8 +41,6 @@ def _organ_help() -> str:
 
 
 def register(sub) -> None:
-    import argparse
-
     p = sub.add_parser("predict", help="segment CT volumes (files or DICOM folders) into organ labelmaps",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
                        description="Segment each INPUT (NIfTI, NRRD, MHA/MHD file or DICOM series folder) and\n"
@@ -172,7 +171,7 @@ class _Progress:
     """A tqdm bar per case that follows segment()'s (stage, done, total) callbacks."""
 
     def __init__(self, name: str, quiet: bool = False):
-        from tqdm import tqdm
+        from tqdm import tqdm  # not imported for --help
 
         self.name = name
         self.bar = tqdm(total=0, desc=name, unit="slice", leave=False, file=sys.stderr, disable=True if quiet else None)
