@@ -121,3 +121,26 @@ def test_the_tests_mirror_the_layers():
     assert folders == {*LAYERS, "slicer_module"}, folders
     assert {p.name for p in testing.glob("test_*.py")} == {"test_readme.py", "test_no_absolute_paths.py",
                                                          "test_structure.py"}
+
+
+def test_test_modules_neither_import_each_other_nor_edit_the_path():
+    """Shared code lives in conftest.py and Testing/support; pytest.ini puts it on the path."""
+    testing = Path(__file__).resolve().parent
+    test_modules = {p.stem for p in testing.rglob("test_*.py")}
+    offences = []
+    for path in testing.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and \
+                    node.value.attr == "path" and getattr(node.value.value, "id", "") == "sys" and \
+                    node.attr in ("insert", "append", "extend"):
+                offences.append(f"{path.name}: sys.path.{node.attr}")
+                continue
+            else:
+                continue
+            offences += [f"{path.name}: imports {n}" for n in names if n.split(".")[-1] in test_modules]
+    assert not offences, offences
+    assert "test_structure" in test_modules  # the check sees the test modules
