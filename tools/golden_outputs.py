@@ -78,11 +78,11 @@ def _segmenter_flat():
     from segmatecore.checkpoint import load_model
     from segmatecore.evaluate import GroundTruthZNorm
     to_canonical = _to_canonical()
+    net = load_model(resolve_model(None))
 
     def run(image, mode, extent, tta):
         if mode != "ground_truth":
             return segmatecore.segment(image, device="cpu", z_norm=mode, tta=tta).labelmap
-        net = load_model(resolve_model(None))
         depth = to_canonical(image)[0].shape[2]
         return segmatecore.segment(image, model=GroundTruthZNorm(net, extent, depth), device="cpu",
                                    z_norm="volume", tta=tta).labelmap

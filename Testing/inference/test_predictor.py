@@ -94,7 +94,7 @@ def test_a_cancelled_run_raises_and_the_predictor_still_works(model_file):
 
 
 def test_import_loads_nothing_heavy_and_a_run_without_preview_loads_neither_matplotlib_nor_openvino(
-        model_file, tmp_path, support_env):
+        model_file, tmp_path):
     """``import segmatecore`` is light (the Slicer panel and ``--help`` rely on it), and a run imports
     the optional extras only when asked: matplotlib for the preview, OpenVINO for its runtime."""
     import subprocess
@@ -114,7 +114,7 @@ def test_import_loads_nothing_heavy_and_a_run_without_preview_loads_neither_matp
         "write_outputs(result, sys.argv[2], formats=('preview',), image=image)\n"
         "print('preview:', loaded())\n")
     done = subprocess.run([sys.executable, "-c", code, str(model_file), str(tmp_path)], capture_output=True,
-                          text=True, env=support_env, timeout=600)
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if line.split(":")[0] in
                  ("import", "run", "preview"))

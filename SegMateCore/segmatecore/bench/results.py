@@ -89,14 +89,17 @@ def format_row(row: dict[str, Any]) -> str:
 
 
 def revision_text(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """``--revision``'s ratios as lines: the working tree's seconds and memory over the revision's."""
+    """``--revision``'s ratios as lines: the working tree's seconds and memory over the revision's, then
+    each side's runs where it ran more than once (``--repeat``)."""
     lines = []
-    for v in (r.get("vs_revision") for r in rows):
-        if not v:
-            continue
+    for mine in (r for r in rows if r.get("vs_revision")):
+        v = mine["vs_revision"]
         lines.append(f"working tree / {v['revision']}: wall {v['wall']}, CPU {v['cpu']}, peak RSS {v['rss']} "
                      "(below 1: the working tree takes less)")
-        for side, seconds in v.get("runs_s_per_volume", {}).items():
-            lines.append(f"  {side}: {', '.join(f'{s:.1f}' for s in seconds)} s per run, in turn; the median is "
-                         "the row's")
+        theirs = [r for r in rows if r.get("reference") == mine["name"] and r.get("kind") == "revision"]
+        for side, row in (("working tree", mine), *((v["revision"], r) for r in theirs)):
+            seconds = row.get("runs_s_per_volume", [])
+            if len(seconds) > 1:
+                lines.append(f"  {side}: {', '.join(f'{s:.1f}' for s in seconds)} s per run, in turn; the median "
+                             "is the row's")
     return lines

@@ -124,15 +124,12 @@ def revision_rows(checkout: Checkout, setup: BenchSetup, model_key: str, prefix:
     sides = ((ours, working_tree_core(), {"revision": WORKING_TREE}),
              (theirs, checkout.core, {"revision": checkout.revision, "commit": checkout.commit}))
     runs: dict[str, list[dict[str, Any]]] = {config.name: [] for config, _, _ in sides}
-    for _ in range(max(1, int(plan.get("repeat", 1)))):
+    for _ in range(plan.get("repeat", 1)):
         for config, core, code in sides:
             runs[config.name].append({**measure_core(core, config.name, setup, model, plan), "revision": code})
     rows = [make_row(config, model_label, plan["device"], costs, median_run(runs[config.name]))
             for config, _, _ in sides]
     rows[0]["vs_revision"] = {"revision": checkout.label, **revision_ratios(rows[0], rows[1])}
-    if len(runs[ours.name]) > 1:
-        rows[0]["vs_revision"]["runs_s_per_volume"] = {WORKING_TREE: rows[0]["runs_s_per_volume"],
-                                                       checkout.label: rows[1]["runs_s_per_volume"]}
     return rows
 
 
